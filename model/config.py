@@ -1,0 +1,193 @@
+"""Frozen configuration dataclasses for the CTVIS network, preprocessing and tracker.
+
+Every checkpoint we write stores these (``to_dict``) so that it can rebuild its model on its own.
+
+Mapping from the reference (detectron2 / CTVIS) config keys to our fields:
+
+=============================================  =========================================
+reference key                                  our field
+=============================================  =========================================
+MODEL.RESNETS.DEPTH                            ResNetConfig.depth
+MODEL.RESNETS.STEM_OUT_CHANNELS                ResNetConfig.stem_out_channels
+MODEL.RESNETS.RES2_OUT_CHANNELS                ResNetConfig.res2_out_channels
+MODEL.RESNETS.WIDTH_PER_GROUP                  ResNetConfig.width_per_group
+MODEL.RESNETS.NUM_GROUPS                       ResNetConfig.num_groups
+MODEL.SWIN.EMBED_DIM / DEPTHS / NUM_HEADS      SwinConfig.embed_dim / depths / num_heads
+MODEL.SWIN.WINDOW_SIZE / PATCH_SIZE            SwinConfig.window_size / patch_size
+MODEL.SWIN.MLP_RATIO                           SwinConfig.mlp_ratio
+MODEL.SEM_SEG_HEAD.CONVS_DIM                   ModelConfig.conv_dim
+MODEL.SEM_SEG_HEAD.MASK_DIM                    ModelConfig.mask_dim
+MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS      ModelConfig.encoder_layers
+MODEL.SEM_SEG_HEAD.NUM_CLASSES                 ModelConfig.num_classes
+MODEL.MASK_FORMER.HIDDEN_DIM                   ModelConfig.hidden_dim
+MODEL.MASK_FORMER.NHEADS                       ModelConfig.num_heads
+MODEL.MASK_FORMER.DIM_FEEDFORWARD              ModelConfig.dim_feedforward
+MODEL.MASK_FORMER.DEC_LAYERS                   ModelConfig.decoder_layers + 1
+MODEL.MASK_FORMER.NUM_OBJECT_QUERIES           ModelConfig.num_queries
+MODEL.MASK_FORMER.REID_HIDDEN_DIM              ModelConfig.reid_hidden_dim
+MODEL.MASK_FORMER.NUM_REID_HEAD_LAYERS         ModelConfig.reid_head_layers
+INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST            PreprocessConfig.min_size / max_size
+MODEL.MASK_FORMER.SIZE_DIVISIBILITY            PreprocessConfig.size_divisibility
+MODEL.PIXEL_MEAN / PIXEL_STD                   PreprocessConfig.pixel_mean / pixel_std
+TEST.NUM_CLIP_FRAMES                           PreprocessConfig.clip_frames
+MODEL.TRACKER.MATCH_METRIC                     TrackerConfig.match_metric
+MODEL.TRACKER.MATCH_TYPE                       TrackerConfig.match_type
+MODEL.TRACKER.FRAME_WEIGHT                     TrackerConfig.frame_weight
+MODEL.TRACKER.TEMPORAL_SCORE_TYPE              TrackerConfig.temporal_score_type
+MODEL.TRACKER.INFERENCE_SELECT_THR             TrackerConfig.select_threshold
+MODEL.TRACKER.INIT_SCORE_THR                   TrackerConfig.init_score_threshold
+MODEL.TRACKER.MASK_NMS_THR                     TrackerConfig.mask_nms_threshold
+MODEL.TRACKER.MATCH_SCORE_THR                  TrackerConfig.match_threshold
+MODEL.TRACKER.MEMORY_BANK.NUM_DEAD_FRAMES      TrackerConfig.num_dead_frames
+MODEL.TRACKER.MEMORY_BANK.EMBED_TYPE           TrackerConfig.embed_type
+MODEL.TRACKER.MEMORY_BANK.maximum_cache        TrackerConfig.cache_size
+MODEL.TRACKER.NOISE_FRAME_NUM                  TrackerConfig.noise_frame_num
+MODEL.TRACKER.SUPPRESS_FRAME_NUM               TrackerConfig.suppress_frame_num
+MODEL.TRACKER.NONE_FRAME_NUM                   TrackerConfig.none_frame_num
+=============================================  =========================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+BackboneKind = Literal["resnet", "swin"]
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """detectron2 ResNet (FrozenBN, stride in the 3x3 conv)."""
+
+    depth: int = 50
+    stem_out_channels: int = 64
+    res2_out_channels: int = 256
+    width_per_group: int = 64
+    num_groups: int = 1
+
+
+@dataclass(frozen=True)
+class SwinConfig:
+    """Swin Transformer backbone as vendored by Mask2Former (D2SwinTransformer)."""
+
+    embed_dim: int = 192
+    depths: tuple[int, ...] = (2, 2, 18, 2)
+    num_heads: tuple[int, ...] = (6, 12, 24, 48)
+    window_size: int = 12
+    patch_size: int = 4
+    mlp_ratio: float = 4.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the CTVIS segmenter (backbone, pixel decoder, decoder, heads).
+
+    ``decoder_layers`` counts transformer decoder layers, i.e. the reference
+    ``DEC_LAYERS - 1``. The embedding width equals ``hidden_dim`` (the re-id MLP maps
+    hidden -> reid_hidden -> ... -> hidden).
+    """
+
+    backbone: BackboneKind = "resnet"
+    resnet: ResNetConfig = field(default_factory=ResNetConfig)
+    swin: SwinConfig = field(default_factory=SwinConfig)
+    conv_dim: int = 256
+    mask_dim: int = 256
+    encoder_layers: int = 6
+    encoder_ffn_dim: int = 1024
+    encoder_points: int = 4
+    hidden_dim: int = 256
+    num_heads: int = 8
+    dim_feedforward: int = 2048
+    decoder_layers: int = 9
+    num_queries: int = 100
+    num_classes: int = 40
+    reid_hidden_dim: int = 256
+    reid_head_layers: int = 3
+    class_names: tuple[str, ...] = ()
+    category_ids: tuple[int, ...] = ()
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the instance embeddings the re-id head produces."""
+        return self.hidden_dim
+
+    def category_id(self, label: int) -> int:
+        """Dataset category id of contiguous label ``label`` (default ``label + 1``)."""
+        if self.category_ids:
+            return self.category_ids[label]
+        return label + 1
+
+    def class_name(self, label: int) -> str:
+        """Human-readable class name of contiguous label ``label``."""
+        if self.class_names:
+            return self.class_names[label]
+        return f"class_{label}"
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Test-time preprocessing (official ``ResizeShortestEdge`` + normalisation + padding)."""
+
+    min_size: int = 480
+    max_size: int = 1333
+    size_divisibility: int = 32
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    clip_frames: int = 5
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Online tracker settings; defaults are the official CTVIS YTVIS/OVIS values."""
+
+    match_metric: Literal["bisoftmax", "cosine"] = "bisoftmax"
+    match_type: Literal["greedy", "hungarian"] = "greedy"
+    frame_weight: bool = True
+    temporal_score_type: Literal["mean", "max"] = "mean"
+    select_threshold: float = 0.01
+    init_score_threshold: float = 0.01
+    mask_nms_threshold: float = 0.6
+    match_threshold: float = 0.3
+    num_dead_frames: int = 20
+    embed_type: Literal["similarity_guided", "momentum", "last", "temporally_weighted"] = (
+        "similarity_guided"
+    )
+    cache_size: int = 10
+    momentum: float = 0.75
+    noise_frame_num: int = 8
+    suppress_frame_num: int = 3
+    none_frame_num: int = 2
+    max_tracks: int = 256
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Serialise a (nested) config dataclass to plain JSON-compatible values."""
+    out = dataclasses.asdict(cfg)
+    return _tuples_to_lists(out)
+
+
+def _tuples_to_lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _tuples_to_lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_tuples_to_lists(v) for v in value]
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild config dataclass ``cls`` from ``to_dict`` output; unknown keys are an error."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        default = getattr(cls(), key)
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = from_dict(type(default), value)
+        elif isinstance(default, tuple):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)

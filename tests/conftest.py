@@ -1,0 +1,37 @@
+"""Shared pytest fixtures: where the read-only reference data lives.
+
+The fixtures and the real sample are read from ``../shared`` beside the checkout (CI lays it
+there), or from ``$CTVIS_SHARED``. They are never copied into the repository.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("CTVIS_SHARED", REPO_ROOT.parent / "shared")).resolve()
+FIXTURES_DIR = SHARED_DIR / "fixtures" / "official_ctvis"
+REAL_SAMPLE_DIR = SHARED_DIR / "data" / "real-sample"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"reference data not found at {path}; set CTVIS_SHARED to the shared/ folder"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """``shared/fixtures/official_ctvis``: numbers from the official implementation."""
+    return _require(FIXTURES_DIR)
+
+
+@pytest.fixture(scope="session")
+def real_sample_dir() -> Path:
+    """``shared/data/real-sample``: a small real YouTube-VIS style dataset."""
+    return _require(REAL_SAMPLE_DIR)
