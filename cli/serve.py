@@ -1,0 +1,53 @@
+"""``ctvis serve``: run the API with an in-process worker (embedded defaults)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags override the ``CTVIS_*`` environment variables of ``service.settings``."""
+    parser.add_argument("--host", help="bind address (env CTVIS_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (env CTVIS_PORT, default 8000)")
+    parser.add_argument("--checkpoint", help="checkpoint directory (env CTVIS_CHECKPOINT)")
+    parser.add_argument("--redis-url", help="Redis URL (env CTVIS_REDIS_URL); unset: in-process")
+    parser.add_argument("--device", help="torch device (env CTVIS_DEVICE, default cpu)")
+    parser.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="log level"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start uvicorn with ``service.main.create_app``; returns when the server stops."""
+    import logging
+
+    import uvicorn
+
+    from service.main import create_app
+    from service.settings import Settings
+
+    overrides = {
+        key: value
+        for key, value in {
+            "host": args.host,
+            "port": args.port,
+            "checkpoint": args.checkpoint,
+            "redis_url": args.redis_url,
+            "device": args.device,
+            "log_level": args.log_level,
+        }.items()
+        if value is not None
+    }
+    settings = Settings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    store = settings.redis_url or "in-process store"
+    model = settings.checkpoint or "bundled tiny preset (random weights)"
+    url = f"http://{settings.host}:{settings.port}"
+    print(f"ctvis serve: {url}  (model: {model}; sessions: {store})")
+    print(f"ctvis serve: API docs at {url}/docs", flush=True)
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
+    )
+    return 0

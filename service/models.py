@@ -1,0 +1,89 @@
+"""Loading the served model: a checkpoint directory, or the bundled tiny preset."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from model.config import ModelConfig, PreprocessConfig, TrackerConfig
+
+log = logging.getLogger("ctvis.service")
+
+RANDOM_WEIGHTS_WARNING = (
+    "NO CHECKPOINT CONFIGURED: serving the bundled 'tiny' preset with RANDOM WEIGHTS. "
+    "Its outputs are meaningless. Set CTVIS_CHECKPOINT (or --checkpoint) to a checkpoint "
+    "directory made by `ctvis convert` or by training."
+)
+
+
+@dataclass
+class ServedModel:
+    """A loaded segmenter with the configs that travel with it."""
+
+    name: str
+    segmenter: torch.nn.Module
+    model_cfg: ModelConfig
+    preprocess_cfg: PreprocessConfig
+    tracker_cfg: TrackerConfig
+    device: str
+    warnings: list[str] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON description for ``GET /v1/models``."""
+        cfg = self.model_cfg
+        return {
+            "name": self.name,
+            "backbone": cfg.backbone,
+            "num_queries": cfg.num_queries,
+            "num_classes": cfg.num_classes,
+            "embed_dim": cfg.embed_dim,
+            "classes": [
+                {"category_id": cfg.category_id(i), "name": cfg.class_name(i)}
+                for i in range(cfg.num_classes)
+            ],
+            "device": self.device,
+            "random_weights": bool(self.warnings),
+            "warnings": list(self.warnings),
+            "provenance": self.provenance,
+        }
+
+
+def load_served_model(checkpoint: str | None, device: str = "cpu") -> ServedModel:
+    """Load ``checkpoint`` (a directory in our format) or, when None, the tiny preset.
+
+    The tiny preset has random weights; a loud warning goes to the log and into the
+    model description so that nobody mistakes its output for a real model's.
+    """
+    if checkpoint:
+        from model.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(checkpoint, device=device)
+        loaded.segmenter.eval()
+        return ServedModel(
+            name=str(checkpoint).rstrip("/").rsplit("/", 1)[-1],
+            segmenter=loaded.segmenter,
+            model_cfg=loaded.model_cfg,
+            preprocess_cfg=loaded.pre_cfg,
+            tracker_cfg=loaded.trk_cfg,
+            device=device,
+            provenance=dict(getattr(loaded, "meta", {}) or {}),
+        )
+    from model.build import PRESETS, build_segmenter
+
+    model_cfg, pre_cfg, trk_cfg = PRESETS["tiny"]
+    torch.manual_seed(0)
+    segmenter = build_segmenter(model_cfg).to(device).eval()
+    log.warning(RANDOM_WEIGHTS_WARNING)
+    return ServedModel(
+        name="tiny-random",
+        segmenter=segmenter,
+        model_cfg=model_cfg,
+        preprocess_cfg=pre_cfg,
+        tracker_cfg=trk_cfg,
+        device=device,
+        warnings=[RANDOM_WEIGHTS_WARNING],
+    )

@@ -1,0 +1,61 @@
+"""Service settings, read from the environment (prefix ``CTVIS_``) or passed in tests."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Deployment knobs of ``ctvis serve`` / ``ctvis worker``.
+
+    Every field can be set as an environment variable ``CTVIS_<FIELD>`` (case-insensitive),
+    e.g. ``CTVIS_REDIS_URL=redis://redis:6379/0``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CTVIS_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Interface the HTTP server binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port of the HTTP server.")
+    checkpoint: str | None = Field(
+        None,
+        description="Checkpoint directory (ours, from `ctvis convert` or training). "
+        "Unset: the bundled tiny preset with random weights (outputs are meaningless).",
+    )
+    redis_url: str | None = Field(
+        None, description="Redis URL for session state. Unset: in-process store (one replica)."
+    )
+    device: str = Field("cpu", description="Torch device for inference, e.g. `cpu`, `cuda:0`.")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="Inference precision (half types use autocast on CUDA)."
+    )
+    max_batch_size: int = Field(8, ge=1, description="Frames from different sessions per batch.")
+    max_wait_ms: float = Field(5.0, ge=0, description="Longest wait to fill a batch.")
+    session_ttl_s: int = Field(600, ge=1, description="Idle seconds before a session expires.")
+    max_sessions: int = Field(256, ge=1, description="Live sessions allowed at once.")
+    max_frame_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest accepted encoded frame."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the service."
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if (
+            value is not None
+            and value
+            and not value.startswith(("redis://", "rediss://", "unix://"))
+        ):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        return value or None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests pass their own ``Settings`` instead)."""
+    return Settings()
