@@ -68,3 +68,46 @@ class Detections:
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+
+@dataclass(frozen=True)
+class TrackAssignment:
+    """What ``track_step`` decided for the N candidates of one frame (row order = Detections).
+
+    Attributes:
+        track_ids: N int64 public track id per candidate, -1 when the candidate was discarded.
+        slots: N int64 row of the track in the *new* ``TrackState``, -1 when discarded.
+        is_new: N bool, True where the candidate started a new track.
+        frame_index: index of the frame this assignment belongs to.
+    """
+
+    track_ids: torch.Tensor
+    slots: torch.Tensor
+    is_new: torch.Tensor
+    frame_index: int
+
+    @property
+    def kept(self) -> torch.Tensor:
+        """N bool, True for candidates that received a track id."""
+        return self.track_ids >= 0
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One tracked instance in one frame, at the original frame resolution.
+
+    Attributes:
+        track_id: public track id (stable across frames of a session).
+        label: contiguous class id in 0..K-1 (argmax of the track's temporal class logits).
+        score: probability of ``label`` under the track's temporal class logits.
+        bbox: (x, y, w, h) of the binary mask in original-frame pixels; zeros when empty.
+        rle: COCO RLE ``{"size": [H, W], "counts": str}`` of the binary mask.
+        area: number of foreground pixels.
+    """
+
+    track_id: int
+    label: int
+    score: float
+    bbox: tuple[float, float, float, float]
+    rle: dict[str, object]
+    area: int

@@ -1,0 +1,400 @@
+"""Swin Transformer trunk with Mask2Former's ``D2SwinTransformer`` semantics and key names.
+
+Parameter and buffer names match the official checkpoints under the ``backbone.`` prefix
+(``patch_embed.*``, ``layers.{i}.blocks.{j}.*``, ``layers.{i}.downsample.*``, ``norm{0..3}.*``);
+see ``shared/spec/model.md`` section 2.2. Shapes are taken from the input tensor on every call
+and no Python branch looks at tensor values, so the module traces to ONNX with dynamic H/W: the
+padding amounts and the shifted-window region mask are computed with tensor arithmetic on the
+(possibly traced) sizes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import SwinConfig
+
+# The reference builds every norm as nn.LayerNorm with its default eps.
+LAYER_NORM_EPS = 1e-5
+# Logit added between tokens of different regions inside a shifted window (Swin's choice).
+REGION_MASK_VALUE = -100.0
+
+
+def _pad_amount(size: int, multiple: int) -> int:
+    """Zero-padding that brings ``size`` up to a multiple of ``multiple`` (0 if divisible)."""
+    return (multiple - size % multiple) % multiple
+
+
+def window_partition(x: Tensor, window_size: int) -> Tensor:
+    """Split a padded feature map into non-overlapping windows.
+
+    Args:
+        x: BxHpxWpxC, Hp and Wp multiples of ``window_size``.
+        window_size: side of a square window (ws).
+
+    Returns:
+        (B*nW)x(ws*ws)xC tokens, windows in row-major order per image.
+    """
+    b, hp, wp, c = x.shape
+    x = x.view(b, hp // window_size, window_size, wp // window_size, window_size, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size * window_size, c)
+
+
+def window_reverse(windows: Tensor, window_size: int, batch: int, hp: int, wp: int) -> Tensor:
+    """Inverse of :func:`window_partition`.
+
+    Args:
+        windows: (B*nW)x(ws*ws)xC tokens.
+        window_size: side of a square window (ws).
+        batch: B.
+        hp: padded height Hp.
+        wp: padded width Wp.
+
+    Returns:
+        BxHpxWpxC feature map.
+    """
+    c = windows.shape[-1]
+    x = windows.view(batch, hp // window_size, wp // window_size, window_size, window_size, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(batch, hp, wp, c)
+
+
+def shifted_window_mask(
+    hp: int, wp: int, window_size: int, shift: int, device: torch.device
+) -> Tensor:
+    """Additive attention mask that keeps shifted windows from mixing wrapped-around regions.
+
+    The padded map is cut into 3 row bands and 3 column bands (``[0, Hp-ws)``,
+    ``[Hp-ws, Hp-shift)``, ``[Hp-shift, Hp)``); tokens of different bands in the same window
+    get ``-100``. Computed with comparisons on ``arange`` so it follows traced sizes.
+
+    Args:
+        hp: padded height Hp (multiple of ws).
+        wp: padded width Wp (multiple of ws).
+        window_size: ws.
+        shift: cyclic shift of the block (ws // 2).
+        device: device of the result.
+
+    Returns:
+        nWx(ws*ws)x(ws*ws) float32 mask with values 0 or -100.
+    """
+    rows = torch.arange(hp, device=device)
+    cols = torch.arange(wp, device=device)
+    row_band = (rows >= hp - window_size).long() + (rows >= hp - shift).long()
+    col_band = (cols >= wp - window_size).long() + (cols >= wp - shift).long()
+    region = (row_band[:, None] * 3 + col_band[None, :])[None, :, :, None]
+    region_windows = window_partition(region, window_size).squeeze(-1)  # nW x N
+    different = region_windows[:, None, :] != region_windows[:, :, None]
+    zeros = torch.zeros(different.shape, dtype=torch.float32, device=device)
+    return zeros.masked_fill(different, REGION_MASK_VALUE)
+
+
+def relative_position_index(window_size: int) -> Tensor:
+    """Index into the (2ws-1)^2 bias table for every (query, key) pair of a window.
+
+    Returns:
+        (ws*ws)x(ws*ws) int64.
+    """
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij")
+    ).flatten(1)  # 2 x N
+    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window_size - 1)
+    return relative[:, :, 0] * (2 * window_size - 1) + relative[:, :, 1]
+
+
+def drop_path(x: Tensor, drop_prob: float, training: bool) -> Tensor:
+    """Stochastic depth: zero a residual branch per sample and rescale the survivors.
+
+    Args:
+        x: BxNxC residual branch output.
+        drop_prob: probability of dropping the branch of one sample.
+        training: identity unless True.
+
+    Returns:
+        BxNxC tensor.
+    """
+    if not training or drop_prob == 0.0:
+        return x
+    keep_prob = 1.0 - drop_prob
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep_prob)
+    return x * keep / keep_prob
+
+
+class Mlp(nn.Module):
+    """Token MLP: ``fc1`` -> exact GELU -> ``fc2``."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map BxNxC to BxNxC."""
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside a window, with a learned relative position bias."""
+
+    def __init__(self, dim: int, window_size: int, num_heads: int) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window_size - 1) ** 2, num_heads)
+        )
+        # Persistent on purpose: official checkpoints carry it (int64).
+        self.register_buffer("relative_position_index", relative_position_index(window_size))
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def relative_position_bias(self) -> Tensor:
+        """Bias added to the attention logits: heads x N x N with N = ws*ws."""
+        n = self.window_size * self.window_size
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(n, n, -1).permute(2, 0, 1)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Attend within each window.
+
+        Args:
+            x: (B*nW)xNxC window tokens, N = ws*ws.
+            mask: nWxNxN additive mask (0 / -100) for shifted windows, or None.
+
+        Returns:
+            (B*nW)xNxC.
+        """
+        bw, n, c = x.shape
+        qkv = self.qkv(x).view(bw, n, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*nW) x heads x N x hd
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        attn = attn + self.relative_position_bias().unsqueeze(0)
+        if mask is not None:
+            num_windows = mask.shape[0]
+            attn = attn.view(-1, num_windows, self.num_heads, n, n) + mask[None, :, None]
+            attn = attn.view(-1, self.num_heads, n, n)
+        attn = attn.softmax(dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(bw, n, c)
+        return self.proj(out)
+
+
+class SwinBlock(nn.Module):
+    """(Shifted-)window attention block: norm1 -> pad -> shift -> W-MSA -> residual -> MLP."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        shift: int,
+        mlp_ratio: float,
+        drop_path_prob: float,
+    ) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.shift = shift
+        self.drop_path_prob = drop_path_prob
+        self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.attn = WindowAttention(dim, window_size, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor, height: int, width: int, mask: Tensor | None) -> Tensor:
+        """Apply the block.
+
+        Args:
+            x: Bx(H*W)xC tokens.
+            height: H.
+            width: W.
+            mask: nWxNxN region mask of the padded map, used only if the block is shifted.
+
+        Returns:
+            Bx(H*W)xC tokens.
+        """
+        b, _, c = x.shape
+        ws = self.window_size
+        shortcut = x
+        x = self.norm1(x).view(b, height, width, c)
+        # Pad after norm1, as the reference does: padded tokens are zeros, not masked out.
+        x = F.pad(x, (0, 0, 0, _pad_amount(width, ws), 0, _pad_amount(height, ws)))
+        hp, wp = x.shape[1], x.shape[2]
+        if self.shift > 0:
+            x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        windows = self.attn(window_partition(x, ws), mask if self.shift > 0 else None)
+        x = window_reverse(windows, ws, b, hp, wp)
+        if self.shift > 0:
+            x = torch.roll(x, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = x[:, :height, :width, :].reshape(b, -1, c)
+        x = shortcut + drop_path(x, self.drop_path_prob, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_prob, self.training)
+
+
+class PatchMerging(nn.Module):
+    """2x2 token merge: pad to even, concat phases, LayerNorm(4C), Linear(4C -> 2C, no bias)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim, eps=LAYER_NORM_EPS)
+
+    def forward(self, x: Tensor, height: int, width: int) -> Tensor:
+        """Map Bx(H*W)xC to Bx(ceil(H/2)*ceil(W/2))x2C."""
+        b, _, c = x.shape
+        x = x.view(b, height, width, c)
+        x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        # Phase order of the reference: (even, even), (odd, even), (even, odd), (odd, odd).
+        phases = [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]]
+        x = torch.cat(phases, dim=-1).view(b, -1, 4 * c)
+        return self.reduction(self.norm(x))
+
+
+class SwinStage(nn.Module):
+    """One resolution stage: ``blocks`` (even ones unshifted) and an optional downsample."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        drop_path_probs: list[float],
+        downsample: bool,
+    ) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.shift = window_size // 2
+        self.blocks = nn.ModuleList(
+            SwinBlock(
+                dim,
+                num_heads,
+                window_size,
+                shift=0 if j % 2 == 0 else self.shift,
+                mlp_ratio=mlp_ratio,
+                drop_path_prob=drop_path_probs[j],
+            )
+            for j in range(depth)
+        )
+        self.downsample = PatchMerging(dim) if downsample else None
+
+    def forward(self, x: Tensor, height: int, width: int) -> tuple[Tensor, Tensor | None]:
+        """Run the blocks, then merge patches.
+
+        Args:
+            x: Bx(H*W)xC tokens.
+            height: H.
+            width: W.
+
+        Returns:
+            The stage output Bx(H*W)xC (before downsampling) and the downsampled
+            Bx(ceil(H/2)*ceil(W/2))x2C tokens, or None for the last stage.
+        """
+        ws = self.window_size
+        hp = height + _pad_amount(height, ws)
+        wp = width + _pad_amount(width, ws)
+        mask = shifted_window_mask(hp, wp, ws, self.shift, x.device).to(x.dtype)
+        for block in self.blocks:
+            x = block(x, height, width, mask)
+        down = self.downsample(x, height, width) if self.downsample is not None else None
+        return x, down
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection (conv k=s=patch) followed by a LayerNorm."""
+
+    def __init__(self, patch_size: int, embed_dim: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map Bx3xHxW to BxCx(ceil(H/p))x(ceil(W/p)); input zero-padded right/bottom."""
+        p = self.patch_size
+        x = F.pad(x, (0, _pad_amount(x.shape[3], p), 0, _pad_amount(x.shape[2], p)))
+        x = self.proj(x)
+        b, c, h, w = x.shape
+        x = self.norm(x.flatten(2).transpose(1, 2))
+        return x.transpose(1, 2).reshape(b, c, h, w)
+
+
+class SwinBackbone(nn.Module):
+    """Swin trunk returning the four normalised stage outputs as ``res2..res5``.
+
+    Attributes:
+        out_channels: ``{"res2": C, "res3": 2C, "res4": 4C, "res5": 8C}``.
+        strides: ``{"res2": 4, "res3": 8, "res4": 16, "res5": 32}`` (for patch size 4).
+    """
+
+    def __init__(self, cfg: SwinConfig, drop_path_rate: float = 0.3) -> None:
+        """Build the trunk.
+
+        Args:
+            cfg: sizes (embed dim, depths, heads, window, patch, MLP ratio).
+            drop_path_rate: stochastic-depth rate of the last block; it grows linearly from 0
+                over all blocks and is applied in train mode only (reference: 0.3).
+        """
+        super().__init__()
+        self.cfg = cfg
+        num_stages = len(cfg.depths)
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim)
+        probs = torch.linspace(0, drop_path_rate, sum(cfg.depths), device="cpu").tolist()
+        self.layers = nn.ModuleList()
+        for i, depth in enumerate(cfg.depths):
+            start = sum(cfg.depths[:i])
+            self.layers.append(
+                SwinStage(
+                    dim=cfg.embed_dim * 2**i,
+                    depth=depth,
+                    num_heads=cfg.num_heads[i],
+                    window_size=cfg.window_size,
+                    mlp_ratio=cfg.mlp_ratio,
+                    drop_path_probs=probs[start : start + depth],
+                    downsample=i < num_stages - 1,
+                )
+            )
+        self.names = [f"res{i + 2}" for i in range(num_stages)]
+        self.out_channels = {n: cfg.embed_dim * 2**i for i, n in enumerate(self.names)}
+        self.strides = {n: cfg.patch_size * 2**i for i, n in enumerate(self.names)}
+        for i, name in enumerate(self.names):
+            self.add_module(f"norm{i}", nn.LayerNorm(self.out_channels[name], eps=LAYER_NORM_EPS))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Reference init: Linear weights trunc-normal(0.02), biases 0, LayerNorm (1, 0)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, WindowAttention):
+                nn.init.trunc_normal_(module.relative_position_bias_table, std=0.02)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """Extract multi-scale features.
+
+        Args:
+            x: Bx3xHxW normalised pixels (any H, W; padded internally as needed).
+
+        Returns:
+            ``res2..res5``: Bx(C*2^i)x(H/s)x(W/s) float feature maps, s = 4, 8, 16, 32
+            (ceil-rounded at every stage).
+        """
+        x = self.patch_embed(x)
+        b, _, height, width = x.shape
+        tokens = x.flatten(2).transpose(1, 2)
+        outputs: dict[str, Tensor] = {}
+        for i, (name, stage) in enumerate(zip(self.names, self.layers, strict=True)):
+            out, down = stage(tokens, height, width)
+            out = getattr(self, f"norm{i}")(out)
+            outputs[name] = out.view(b, height, width, -1).permute(0, 3, 1, 2).contiguous()
+            if down is not None:
+                tokens = down
+                height, width = (height + 1) // 2, (width + 1) // 2
+        return outputs

@@ -1,0 +1,190 @@
+"""Swin backbone: official key table, output shapes, and window attention against references."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.backbone.swin import (
+    SwinBackbone,
+    SwinBlock,
+    WindowAttention,
+    shifted_window_mask,
+    window_partition,
+)
+from model.config import SwinConfig
+
+TINY = SwinConfig(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def test_state_dict_matches_official_swin_l(fixtures_dir: Path) -> None:
+    table = json.loads((fixtures_dir / "state_dict_keys_SwinL.json").read_text())
+    expected = [
+        (e["key"].removeprefix("backbone."), tuple(e["shape"]), e["dtype"], e["kind"])
+        for e in table["state_dict"]
+        if e["key"].startswith("backbone.")
+    ]
+    with torch.device("meta"):
+        backbone = SwinBackbone(SwinConfig())
+    params = dict(backbone.named_parameters())
+    ours = [
+        (k, tuple(v.shape), _dtype_name(v.dtype), "parameter" if k in params else "buffer")
+        for k, v in backbone.state_dict().items()
+    ]
+    assert ours == expected
+    assert backbone.out_channels == {"res2": 192, "res3": 384, "res4": 768, "res5": 1536}
+
+
+@pytest.mark.parametrize("size", [(70, 90), (64, 64), (33, 129)])
+def test_forward_shapes_on_odd_sizes(size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    backbone = SwinBackbone(TINY).eval()
+    h, w = size
+    with torch.no_grad():
+        out = backbone(torch.randn(2, 3, h, w))
+    for i, name in enumerate(["res2", "res3", "res4", "res5"]):
+        stride = 4 * 2**i
+        expected = (2, 16 * 2**i, -(-h // stride), -(-w // stride))
+        assert tuple(out[name].shape) == expected
+        assert backbone.out_channels[name] == expected[1]
+        assert torch.isfinite(out[name]).all()
+
+
+def test_drop_path_only_in_train_mode() -> None:
+    torch.manual_seed(0)
+    backbone = SwinBackbone(TINY, drop_path_rate=0.5)
+    x = torch.randn(4, 3, 32, 32)
+    backbone.eval()
+    with torch.no_grad():
+        a, b = backbone(x)["res5"], backbone(x)["res5"]
+    assert torch.equal(a, b)
+    backbone.train()
+    torch.manual_seed(1)
+    c = backbone(x)["res5"]
+    c.sum().backward()
+    assert not torch.allclose(a, c)
+    assert backbone.layers[0].blocks[0].drop_path_prob == 0.0
+    assert backbone.layers[-1].blocks[-1].drop_path_prob == pytest.approx(0.5)
+
+
+def _plain_attention_with_bias(attn: WindowAttention, x: torch.Tensor) -> torch.Tensor:
+    """Textbook multi-head attention over one window, bias looked up by coordinates."""
+    ws, heads = attn.window_size, attn.num_heads
+    n, c = x.shape
+    hd = c // heads
+    q, k, v = attn.qkv(x).split(c, dim=-1)
+    coords = [(i // ws, i % ws) for i in range(n)]
+    bias = torch.empty(heads, n, n)
+    for a, (ya, xa) in enumerate(coords):
+        for b, (yb, xb) in enumerate(coords):
+            row = (ya - yb + ws - 1) * (2 * ws - 1) + (xa - xb + ws - 1)
+            bias[:, a, b] = attn.relative_position_bias_table[row]
+    outs = []
+    for h in range(heads):
+        qh, kh, vh = (t[:, h * hd : (h + 1) * hd] for t in (q, k, v))
+        logits = qh @ kh.T / hd**0.5 + bias[h]
+        outs.append(logits.softmax(-1) @ vh)
+    return attn.proj(torch.cat(outs, dim=-1))
+
+
+def test_unshifted_single_window_equals_plain_attention() -> None:
+    torch.manual_seed(0)
+    attn = WindowAttention(dim=12, window_size=4, num_heads=3)
+    torch.nn.init.normal_(attn.relative_position_bias_table, std=1.0)
+    x = torch.randn(16, 12)
+    with torch.no_grad():
+        ours = attn(x[None])[0]
+        ref = _plain_attention_with_bias(attn, x)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def _slice_region_mask(hp: int, wp: int, ws: int, shift: int) -> torch.Tensor:
+    """The region mask built the way the Swin paper code does it: label slices, then compare."""
+    img = torch.zeros(1, hp, wp, 1)
+    bands = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
+    label = 0
+    for hs in bands:
+        for wsl in bands:
+            img[:, hs, wsl, :] = label
+            label += 1
+    windows = window_partition(img, ws).squeeze(-1)
+    diff = windows[:, None, :] - windows[:, :, None]
+    return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+
+
+@pytest.mark.parametrize(("hp", "wp"), [(8, 12), (4, 4), (12, 8)])
+def test_region_mask_matches_slice_construction(hp: int, wp: int) -> None:
+    ours = shifted_window_mask(hp, wp, 4, 2, torch.device("cpu"))
+    torch.testing.assert_close(ours, _slice_region_mask(hp, wp, 4, 2))
+
+
+def test_shifted_block_attention_matches_token_loop() -> None:
+    """Shifted block on a map needing padding == per-token attention over its region."""
+    torch.manual_seed(0)
+    ws, shift, dim, heads = 4, 2, 8, 2
+    h, w = 6, 7
+    block = SwinBlock(dim, heads, ws, shift=shift, mlp_ratio=2.0, drop_path_prob=0.0).eval()
+    torch.nn.init.normal_(block.attn.relative_position_bias_table, std=1.0)
+    x = torch.randn(1, h * w, dim)
+    hp, wp = 8, 8
+    mask = shifted_window_mask(hp, wp, ws, shift, torch.device("cpu"))
+    with torch.no_grad():
+        ours = block(x, h, w, mask)
+        # Reference: pad after norm1, roll, then loop over tokens of the rolled map.
+        grid = F.pad(block.norm1(x).view(1, h, w, dim), (0, 0, 0, wp - w, 0, hp - h))
+        rolled = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2))[0]
+
+        def band(i: int, size: int) -> int:
+            return int(i >= size - ws) + int(i >= size - shift)
+
+        attended = torch.zeros(hp, wp, dim)
+        for i in range(hp):
+            for j in range(wp):
+                wy, wx = i // ws, j // ws
+                rows, cols = slice(wy * ws, wy * ws + ws), slice(wx * ws, wx * ws + ws)
+                window = rolled[rows, cols].reshape(-1, dim)
+                bias = torch.zeros(ws * ws)
+                for t in range(ws * ws):
+                    ki, kj = wy * ws + t // ws, wx * ws + t % ws
+                    same = band(i, hp) == band(ki, hp) and band(j, wp) == band(kj, wp)
+                    bias[t] = 0.0 if same else -100.0
+                attended[i, j] = _attend_one(block.attn, rolled[i, j], window, i % ws, j % ws, bias)
+        back = torch.roll(attended, shifts=(shift, shift), dims=(0, 1))[:h, :w].reshape(1, -1, dim)
+        mid = x + back
+        ref = mid + block.mlp(block.norm2(mid))
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def _attend_one(
+    attn: WindowAttention,
+    token: torch.Tensor,
+    window: torch.Tensor,
+    qy: int,
+    qx: int,
+    mask_row: torch.Tensor,
+) -> torch.Tensor:
+    """Attention output of one query token over the ws*ws tokens of its window."""
+    ws, heads = attn.window_size, attn.num_heads
+    dim = token.shape[0]
+    hd = dim // heads
+    q = attn.qkv(token)[:dim]
+    kv = attn.qkv(window)
+    k, v = kv[:, dim : 2 * dim], kv[:, 2 * dim :]
+    outs = []
+    for h in range(heads):
+        sl = slice(h * hd, (h + 1) * hd)
+        logits = k[:, sl] @ q[sl] * hd**-0.5 + mask_row
+        for t in range(ws * ws):
+            ky, kx = t // ws, t % ws
+            row = (qy - ky + ws - 1) * (2 * ws - 1) + (qx - kx + ws - 1)
+            logits[t] = logits[t] + attn.relative_position_bias_table[row, h]
+        outs.append(logits.softmax(0) @ v[:, sl])
+    return attn.proj(torch.cat(outs))
