@@ -1,0 +1,65 @@
+"""Frame decoding limits and formats."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.errors import ApiError
+from service.frames import decode_image, decode_raw_rgb
+
+
+def _encode(arr: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_lossless_roundtrip(fmt: str) -> None:
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, size=(20, 30, 3), dtype=np.uint8)
+    data = _encode(arr, fmt) if fmt == "PNG" else _webp_lossless(arr)
+    out = decode_image(data, max_bytes=1 << 20)
+    assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, arr)
+
+
+def _webp_lossless(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="WEBP", lossless=True)
+    return buf.getvalue()
+
+
+def test_jpeg_grey_becomes_rgb() -> None:
+    grey = np.full((8, 8), 128, np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, format="JPEG")
+    assert decode_image(buf.getvalue(), 1 << 20).shape == (8, 8, 3)
+
+
+def test_too_large_and_garbage() -> None:
+    with pytest.raises(ApiError) as exc:
+        decode_image(b"x" * 2000, max_bytes=1000)
+    assert exc.value.code == "frame_too_large"
+    with pytest.raises(ApiError) as exc:
+        decode_image(b"not an image at all", max_bytes=1000)
+    assert exc.value.code == "unsupported_frame"
+
+
+def test_gif_rejected() -> None:
+    data = _encode(np.zeros((4, 4, 3), np.uint8), "GIF")
+    with pytest.raises(ApiError) as exc:
+        decode_image(data, 1 << 20)
+    assert exc.value.code == "unsupported_frame"
+
+
+def test_raw_rgb() -> None:
+    arr = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    np.testing.assert_array_equal(decode_raw_rgb(arr.tobytes(), 2, 3, 1 << 20), arr)
+    with pytest.raises(ApiError) as exc:
+        decode_raw_rgb(arr.tobytes(), 3, 3, 1 << 20)
+    assert exc.value.code == "bad_shape"
