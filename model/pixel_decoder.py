@@ -105,9 +105,6 @@ class DeformableEncoder(nn.Module):
             n_points=n_points,
         )
         nn.init.normal_(self.level_embed)
-        for module in self.modules():
-            if isinstance(module, nn.Linear) and not isinstance(module, MSDeformAttn):
-                pass
         for layer in self.encoder.layers:
             for linear in (layer.linear1, layer.linear2):
                 nn.init.xavier_uniform_(linear.weight)

@@ -1,30 +1,57 @@
-"""Session-state stores: in-process (embedded default) and Redis.
+"""Session stores: in-process (embedded default) and Redis (any replica continues any session).
 
-Both hold opaque bytes (``model.tracker.codec`` output) per key with a TTL. Key names live in
-one block here so that every replica agrees on them.
+A session is one record: JSON metadata, the tracker state bytes (``model.tracker.codec``), and
+the index of the next frame it expects. Saving a new state is a compare-and-set on that frame
+index (Redis ``WATCH``/``MULTI``), so two replicas racing on one session get a conflict instead
+of silently forking its track history. Key names live in this one block.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-SESSION_KEY = "ctvis:session:{session_id}"
-SESSION_STATE_KEY = "ctvis:session:{session_id}:state"
+KEY_PREFIX = "ctvis:"
+SESSION_KEY = KEY_PREFIX + "session:{session_id}"  # hash: meta, state, frame_index
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """What the store keeps for one session."""
+
+    session_id: str
+    meta: dict[str, Any]
+    state: bytes
+    frame_index: int
+
+
+class StateConflict(RuntimeError):
+    """The session moved on (another writer saved first); reload and retry."""
+
+
+class SessionNotFound(KeyError):
+    """No such session, or it expired."""
 
 
 class SessionStore(Protocol):
-    """Minimal async key/value interface the service needs."""
+    """Async session persistence used by the service."""
 
     kind: str
 
     async def ping(self) -> bool: ...
 
-    async def get(self, key: str) -> bytes | None: ...
+    async def create(self, record: SessionRecord, ttl_s: int) -> None: ...
 
-    async def set(self, key: str, value: bytes, ttl_s: int) -> None: ...
+    async def load(self, session_id: str) -> SessionRecord | None: ...
 
-    async def delete(self, key: str) -> None: ...
+    async def save_state(
+        self, session_id: str, expected_frame_index: int, state: bytes, ttl_s: int
+    ) -> int: ...
+
+    async def delete(self, session_id: str) -> bool: ...
 
     async def close(self) -> None: ...
 
@@ -35,39 +62,61 @@ class MemoryStore:
     kind = "memory"
 
     def __init__(self) -> None:
-        self._data: dict[str, tuple[bytes, float]] = {}
+        self._data: dict[str, tuple[SessionRecord, float]] = {}
+        self._lock = asyncio.Lock()
 
     async def ping(self) -> bool:
         return True
 
-    async def get(self, key: str) -> bytes | None:
-        item = self._data.get(key)
+    def _get(self, session_id: str) -> SessionRecord | None:
+        item = self._data.get(session_id)
         if item is None:
             return None
-        value, expires = item
-        if expires < time.monotonic():
-            del self._data[key]
+        if item[1] < time.monotonic():
+            del self._data[session_id]
             return None
-        return value
+        return item[0]
 
-    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
-        self._data[key] = (value, time.monotonic() + ttl_s)
+    async def create(self, record: SessionRecord, ttl_s: int) -> None:
+        async with self._lock:
+            self._data[record.session_id] = (record, time.monotonic() + ttl_s)
 
-    async def delete(self, key: str) -> None:
-        self._data.pop(key, None)
+    async def load(self, session_id: str) -> SessionRecord | None:
+        return self._get(session_id)
+
+    async def save_state(
+        self, session_id: str, expected_frame_index: int, state: bytes, ttl_s: int
+    ) -> int:
+        async with self._lock:
+            current = self._get(session_id)
+            if current is None:
+                raise SessionNotFound(session_id)
+            if current.frame_index != expected_frame_index:
+                raise StateConflict(
+                    f"session {session_id} is at frame {current.frame_index}, "
+                    f"not {expected_frame_index}"
+                )
+            new = SessionRecord(session_id, current.meta, state, expected_frame_index + 1)
+            self._data[session_id] = (new, time.monotonic() + ttl_s)
+            return new.frame_index
+
+    async def delete(self, session_id: str) -> bool:
+        async with self._lock:
+            return self._data.pop(session_id, None) is not None
 
     async def close(self) -> None:
         self._data.clear()
 
 
 class RedisStore:
-    """Store backed by ``redis.asyncio`` so that any replica can continue any session."""
+    """Store backed by ``redis.asyncio``; state saves are WATCH/MULTI compare-and-set."""
 
     kind = "redis"
 
     def __init__(self, url: str) -> None:
         import redis.asyncio as redis
 
+        self._redis_module = redis
         self._client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
 
     async def ping(self) -> bool:
@@ -76,15 +125,56 @@ class RedisStore:
         except Exception:  # noqa: BLE001 - any connection failure means "not reachable"
             return False
 
-    async def get(self, key: str) -> bytes | None:
-        value = await self._client.get(key)
-        return bytes(value) if value is not None else None
+    async def create(self, record: SessionRecord, ttl_s: int) -> None:
+        key = SESSION_KEY.format(session_id=record.session_id)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    "meta": json.dumps(record.meta),
+                    "state": record.state,
+                    "frame_index": record.frame_index,
+                },
+            )
+            pipe.expire(key, ttl_s)
+            await pipe.execute()
 
-    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
-        await self._client.set(key, value, ex=ttl_s)
+    async def load(self, session_id: str) -> SessionRecord | None:
+        raw = await self._client.hgetall(SESSION_KEY.format(session_id=session_id))
+        if not raw:
+            return None
+        return SessionRecord(
+            session_id=session_id,
+            meta=json.loads(raw[b"meta"]),
+            state=bytes(raw[b"state"]),
+            frame_index=int(raw[b"frame_index"]),
+        )
 
-    async def delete(self, key: str) -> None:
-        await self._client.delete(key)
+    async def save_state(
+        self, session_id: str, expected_frame_index: int, state: bytes, ttl_s: int
+    ) -> int:
+        key = SESSION_KEY.format(session_id=session_id)
+        async with self._client.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(key)
+                current = await pipe.hget(key, "frame_index")
+                if current is None:
+                    raise SessionNotFound(session_id)
+                if int(current) != expected_frame_index:
+                    raise StateConflict(
+                        f"session {session_id} is at frame {int(current)}, "
+                        f"not {expected_frame_index}"
+                    )
+                pipe.multi()
+                pipe.hset(key, mapping={"state": state, "frame_index": expected_frame_index + 1})
+                pipe.expire(key, ttl_s)
+                await pipe.execute()
+            except self._redis_module.WatchError as exc:
+                raise StateConflict(f"session {session_id} changed while saving") from exc
+        return expected_frame_index + 1
+
+    async def delete(self, session_id: str) -> bool:
+        return bool(await self._client.delete(SESSION_KEY.format(session_id=session_id)))
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -1,0 +1,230 @@
+"""The one memory-bank implementation: pure, differentiable functions over ``TrackState``.
+
+Used by ``model.tracker.step.track_step`` at inference and by training. Every function
+returns a new state built with out-of-place ops (``index_put``, ``torch.where``, ``cat``), so
+gradients flow through fused embeddings and a caller's state is never modified.
+
+Reference: CTVIS ``Tracklet.update`` / ``MemoryBank`` (spec ``inference.md`` 4.1, 4.2, 4.5, 5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from model.config import TrackerConfig
+from model.tracker.state import TrackState
+
+EmbedType = Literal["similarity_guided", "momentum", "last", "temporally_weighted"]
+
+
+def _valid_cache(cache_len: torch.Tensor, cache_size: int) -> torch.Tensor:
+    """Tx K bool: which cache columns hold data (valid entries are the last ``cache_len``)."""
+    cols = torch.arange(cache_size, device=cache_len.device)
+    return cols[None, :] >= (cache_size - cache_len)[:, None]
+
+
+def read_embeddings(state: TrackState, embed_type: EmbedType) -> torch.Tensor:
+    """Embeddings used to match detections against the live tracks (slot order).
+
+    Args:
+        state: current memory bank.
+        embed_type: ``similarity_guided`` (official), ``momentum``, ``last`` (newest raw
+            embedding) or ``temporally_weighted`` (our definition, no reference config uses
+            it: mean of the cached raw embeddings weighted by score x recency rank).
+
+    Returns:
+        TxD embeddings.
+    """
+    if embed_type == "similarity_guided":
+        return state.sg_embed
+    if embed_type == "momentum":
+        return state.momentum_embed
+    if embed_type == "last":
+        return state.embed_cache[:, -1]
+    if embed_type == "temporally_weighted":
+        k = state.cache_size
+        rank = torch.arange(1, k + 1, device=state.score_cache.device, dtype=state.sg_embed.dtype)
+        valid = _valid_cache(state.cache_len, k)
+        weight = torch.where(valid, state.score_cache * rank, torch.zeros_like(state.score_cache))
+        weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-12)
+        return torch.einsum("tk,tkd->td", weight, state.embed_cache)
+    raise ValueError(f"unknown embed_type {embed_type!r}")
+
+
+def spawn(state: TrackState, count: int) -> tuple[TrackState, torch.Tensor]:
+    """Append ``count`` empty tracklets with fresh ids at the end of the slot order.
+
+    The new rows have ``exist_frames == 0``; ``write`` must fill them in the same step.
+
+    Returns:
+        (new state, int64 [count] slots of the new rows).
+    """
+    t = state.num_tracks
+    slots = torch.arange(t, t + count, device=state.track_ids.device)
+    if count == 0:
+        return state, slots
+    fresh: dict[str, torch.Tensor] = {}
+    for name, value in state.tensors().items():
+        fill = torch.zeros((count, *value.shape[1:]), dtype=value.dtype, device=value.device)
+        if name == "track_ids":
+            fill = slots - t + state.next_track_id
+        elif name == "logit_max":
+            fill = torch.full_like(fill, float("-inf"))
+        fresh[name] = torch.cat([value, fill])
+    new = dataclasses.replace(state, next_track_id=state.next_track_id + count, **fresh)
+    return new, slots
+
+
+def write(
+    state: TrackState,
+    slots: torch.Tensor,
+    embeds: torch.Tensor,
+    scores: torch.Tensor,
+    frame_index: int,
+    momentum: float = 0.75,
+) -> TrackState:
+    """Update tracklets ``slots`` with one new detection each (reference ``Tracklet.update``).
+
+    Similarity-guided fusion: ``beta = max(0, mean_k cos(e_k, e))`` over the <= K cached raw
+    embeddings of *previous* updates, ``sg = (1 - beta) sg + beta e``; the first update sets
+    ``sg = momentum_embed = e``. Then ``e`` is pushed into the cache (oldest dropped when full).
+
+    Args:
+        state: memory bank; ``slots`` must be distinct rows of it.
+        slots: N int64 rows to update.
+        embeds: NxD raw embeddings (unnormalised); gradients flow into the new state.
+        scores: N detection scores.
+        frame_index: frame of these detections (becomes ``last_seen``).
+        momentum: weight of the new embedding in the momentum variant.
+
+    Returns:
+        The new state (``frame_index`` / ``next_track_id`` unchanged).
+    """
+    if slots.numel() == 0:
+        return state
+    k = state.cache_size
+    first = (state.exist_frames[slots] == 0)[:, None]
+    cache = state.embed_cache[slots]
+    valid = _valid_cache(state.cache_len[slots], k)
+    cos = F.cosine_similarity(cache, embeds[:, None, :], dim=-1)
+    cos = torch.where(valid, cos, torch.zeros_like(cos))
+    mean_cos = cos.sum(1) / state.cache_len[slots].clamp_min(1).to(cos.dtype)
+    beta = mean_cos.clamp_min(0.0)[:, None]
+    sg_old = state.sg_embed[slots]
+    mom_old = state.momentum_embed[slots]
+    sg_new = torch.where(first, embeds, (1 - beta) * sg_old + beta * embeds)
+    mom_new = torch.where(first, embeds, (1 - momentum) * mom_old + momentum * embeds)
+    cache_new = torch.cat([cache[:, 1:], embeds[:, None, :]], dim=1)
+    scores = scores.to(state.score_cache.dtype)
+    score_new = torch.cat([state.score_cache[slots][:, 1:], scores[:, None]], dim=1)
+    idx = (slots,)
+    return dataclasses.replace(
+        state,
+        sg_embed=state.sg_embed.index_put(idx, sg_new),
+        momentum_embed=state.momentum_embed.index_put(idx, mom_new),
+        embed_cache=state.embed_cache.index_put(idx, cache_new),
+        score_cache=state.score_cache.index_put(idx, score_new),
+        cache_len=state.cache_len.index_put(idx, (state.cache_len[slots] + 1).clamp_max(k)),
+        exist_frames=state.exist_frames.index_put(idx, state.exist_frames[slots] + 1),
+        last_seen=state.last_seen.index_put(idx, torch.full_like(slots, frame_index)),
+    )
+
+
+def prune(
+    state: TrackState, frame_index: int, num_dead_frames: int
+) -> tuple[TrackState, torch.Tensor]:
+    """Drop tracklets not updated for more than ``num_dead_frames`` frames.
+
+    Returns:
+        (new state, T bool mask of the rows kept); slot order is preserved.
+    """
+    keep = (frame_index - state.last_seen) <= num_dead_frames
+    if bool(keep.all()):
+        return state, keep
+    return state.select(keep), keep
+
+
+def noise_removed(
+    hits: torch.Tensor, tail: torch.Tensor, frame_index: int, cfg: TrackerConfig
+) -> torch.Tensor:
+    """Official noise-track filter over output entries (spec 5), after frame ``frame_index``.
+
+    Args:
+        hits: E int64 matched frames of each entry (0 = no entry).
+        tail: E int64 trailing unmatched frames of each entry.
+        frame_index: the frame just processed; the rule applies only when > noise_frame_num.
+        cfg: tracker settings.
+
+    Returns:
+        E bool, True for entries the official ``video_dict`` deletes now.
+    """
+    if frame_index <= cfg.noise_frame_num:
+        return torch.zeros_like(hits, dtype=torch.bool)
+    return (hits > 0) & (tail >= cfg.none_frame_num) & (hits < cfg.suppress_frame_num)
+
+
+def record_entries(
+    state: TrackState,
+    slots: torch.Tensor,
+    logits: torch.Tensor,
+    frame_index: int,
+    cfg: TrackerConfig,
+) -> TrackState:
+    """Streaming mirror of the official ``video_dict`` for live tracks.
+
+    Matched slots add their logits to the current output entry (creating a fresh one when
+    none exists); all other slots get one more trailing miss; then the noise filter deletes
+    short entries (their logit history is dropped, as the official code does).
+
+    Args:
+        state: memory bank after ``write``.
+        slots: N int64 rows matched in this frame.
+        logits: Nx(C+1) raw class logits of those detections.
+        frame_index: the frame just processed.
+        cfg: tracker settings (noise filter numbers).
+
+    Returns:
+        The new state.
+    """
+    matched = torch.zeros_like(state.entry_hits, dtype=torch.bool)
+    matched = matched.index_put((slots,), torch.ones_like(slots, dtype=torch.bool))
+    fresh = (state.entry_hits[slots] == 0)[:, None]
+    old_sum = state.logit_sum[slots]
+    old_max = state.logit_max[slots]
+    logits = logits.to(state.logit_sum.dtype)
+    hits = state.entry_hits.index_put((slots,), state.entry_hits[slots] + 1)
+    tail = torch.where(matched, torch.zeros_like(state.entry_tail), state.entry_tail + 1)
+    logit_sum = state.logit_sum.index_put(
+        (slots,), torch.where(fresh, logits, old_sum + logits)
+    )
+    logit_max = state.logit_max.index_put(
+        (slots,), torch.where(fresh, logits, torch.maximum(old_max, logits))
+    )
+    drop = noise_removed(hits, tail, frame_index, cfg)
+    if bool(drop.any()):
+        hits = torch.where(drop, torch.zeros_like(hits), hits)
+        logit_sum = torch.where(drop[:, None], torch.zeros_like(logit_sum), logit_sum)
+        logit_max = torch.where(
+            drop[:, None], torch.full_like(logit_max, float("-inf")), logit_max
+        )
+    return dataclasses.replace(
+        state, entry_hits=hits, entry_tail=tail, logit_sum=logit_sum, logit_max=logit_max
+    )
+
+
+def entry_logits(state: TrackState, temporal_score_type: str) -> torch.Tensor:
+    """Tx(C+1) temporal class logits of each live track's current output entry.
+
+    ``mean`` = logit_sum / hits, ``max`` = element-wise max; rows without an entry are NaN.
+    """
+    if temporal_score_type == "max":
+        out = state.logit_max
+    elif temporal_score_type == "mean":
+        out = state.logit_sum / state.entry_hits[:, None].to(state.logit_sum.dtype)
+    else:
+        raise ValueError(f"unknown temporal_score_type {temporal_score_type!r}")
+    return torch.where(state.entry_hits[:, None] > 0, out, torch.full_like(out, float("nan")))
