@@ -1,0 +1,130 @@
+"""Detection-to-track similarity and assignment (spec ``inference.md`` 4.3, 4.4).
+
+Assignment is discrete, so it runs on a detached float32 NumPy copy: the greedy loop is
+inherently sequential and NumPy's per-op overhead is ~10x lower than torch's on tiny arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+
+from model.config import TrackerConfig
+
+
+def similarity(
+    det_embeds: torch.Tensor,
+    track_embeds: torch.Tensor,
+    metric: Literal["bisoftmax", "cosine"] = "bisoftmax",
+) -> torch.Tensor:
+    """Match scores between the N candidates of a frame and M live tracks.
+
+    Args:
+        det_embeds: NxD candidate embeddings (all candidates of the frame, unnormalised).
+        track_embeds: MxD track embeddings from ``memory.read_embeddings``.
+        metric: ``bisoftmax`` = mean of the row softmax (over tracks) and the column softmax
+            (over all N candidates) of raw dot products; ``cosine`` = normalised dot products.
+
+    Returns:
+        NxM match scores.
+    """
+    if metric == "bisoftmax":
+        sims = det_embeds @ track_embeds.t()
+        return (sims.softmax(dim=1) + sims.softmax(dim=0)) / 2
+    if metric == "cosine":
+        return F.normalize(det_embeds, dim=1) @ F.normalize(track_embeds, dim=1).t()
+    raise ValueError(f"unknown match metric {metric!r}")
+
+
+def assign_greedy(
+    match: np.ndarray,
+    exist_frames: np.ndarray,
+    threshold: float,
+    frame_weight: bool = True,
+) -> np.ndarray:
+    """Official greedy assignment in candidate (descending score) order.
+
+    For row i: if ``frame_weight`` and more than one entry exceeds ``threshold``, entries above
+    it are multiplied by their track's ``exist_frames`` and all others by the mean
+    ``exist_frames`` of the above-threshold tracks; the argmax (first on ties) and its weighted
+    value decide. Otherwise the raw argmax. A match above the threshold claims the track and
+    zeroes its column for every other row, which also changes later rows' weighting check.
+
+    Args:
+        match: NxM float32 match scores (not modified).
+        exist_frames: M number of updates of each track.
+        threshold: ``match_threshold``.
+        frame_weight: reference ``FRAME_WEIGHT``.
+
+    Returns:
+        N int64 column (track slot) per row, -1 when unmatched.
+    """
+    n, m = match.shape
+    out = np.full(n, -1, dtype=np.int64)
+    if n == 0 or m == 0:
+        return out
+    scores = np.array(match, dtype=np.float32, copy=True)
+    weights = exist_frames.astype(np.float32)
+    # Zeroing columns only lowers values, so a row whose initial max is not above the
+    # threshold can never match; skip it.
+    for i in np.flatnonzero(scores.max(axis=1) > threshold):
+        row = scores[i]
+        above = row > threshold
+        if frame_weight and np.count_nonzero(above) > 1:
+            w_above = weights[above]
+            weighted = row * np.float32(w_above.mean(dtype=np.float32))
+            weighted[above] = row[above] * w_above
+            j = int(weighted.argmax())
+            conf = weighted[j]
+        else:
+            j = int(row.argmax())
+            conf = row[j]
+        if conf > threshold:
+            out[i] = j
+            scores[:, j] = 0.0
+    return out
+
+
+def assign_hungarian(match: np.ndarray, threshold: float) -> np.ndarray:
+    """Maximum-total-score one-to-one assignment; pairs not above ``threshold`` are dropped.
+
+    Args:
+        match: NxM match scores.
+        threshold: ``match_threshold``.
+
+    Returns:
+        N int64 column per row, -1 when unmatched.
+    """
+    out = np.full(match.shape[0], -1, dtype=np.int64)
+    if match.size == 0:
+        return out
+    rows, cols = linear_sum_assignment(match, maximize=True)
+    good = match[rows, cols] > threshold
+    out[rows[good]] = cols[good]
+    return out
+
+
+def assign(match: torch.Tensor, exist_frames: torch.Tensor, cfg: TrackerConfig) -> torch.Tensor:
+    """Assign candidates to tracks with ``cfg.match_type``.
+
+    Args:
+        match: NxM match scores from ``similarity``.
+        exist_frames: M int64 number of updates of each track.
+        cfg: tracker settings (``match_type``, ``match_threshold``, ``frame_weight``).
+
+    Returns:
+        N int64 column per candidate (on ``match``'s device), -1 when unmatched.
+    """
+    scores = match.detach().to("cpu", torch.float32).numpy()
+    if cfg.match_type == "greedy":
+        frames = exist_frames.detach().cpu().numpy()
+        cols = assign_greedy(scores, frames, cfg.match_threshold, cfg.frame_weight)
+    elif cfg.match_type == "hungarian":
+        cols = assign_hungarian(scores, cfg.match_threshold)
+    else:
+        raise ValueError(f"unknown match_type {cfg.match_type!r}")
+    return torch.from_numpy(cols).to(match.device)

@@ -1,0 +1,84 @@
+"""Per-frame candidate selection before tracking (spec ``inference.md`` 3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from model.config import TrackerConfig
+from model.structures import Detections
+
+
+def mask_iou_matrix(masks: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU of binary masks as the reference computes it.
+
+    ``IoU = (|i and j| + 1e-6) / (|i or j| + 1e-6)``, so two empty masks have IoU 1.
+
+    Args:
+        masks: Nxhxw bool.
+
+    Returns:
+        NxN float32 IoU.
+    """
+    flat = masks.reshape(masks.shape[0], -1).to(torch.float32)
+    inter = flat @ flat.t()
+    area = flat.sum(1)
+    union = area[:, None] + area[None, :] - inter
+    return (inter + 1e-6) / (union + 1e-6)
+
+
+def mask_nms(mask_logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Class-agnostic greedy mask NMS over candidates already sorted by score.
+
+    Args:
+        mask_logits: Nxhxw mask logits; binarised as ``sigmoid > 0.5``.
+        threshold: suppress a later mask whose IoU with a kept one is above this.
+
+    Returns:
+        N bool, True for survivors.
+    """
+    n = mask_logits.shape[0]
+    if n <= 1:
+        return torch.ones(n, dtype=torch.bool, device=mask_logits.device)
+    iou = mask_iou_matrix(mask_logits.detach().sigmoid() > 0.5).cpu().numpy()
+    over = np.triu(iou > threshold, k=1)
+    keep = np.ones(n, dtype=bool)
+    for i in range(n - 1):
+        if keep[i]:
+            keep &= ~over[i]
+    return torch.from_numpy(keep).to(mask_logits.device)
+
+
+def select_candidates(
+    logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    embeds: torch.Tensor,
+    cfg: TrackerConfig,
+) -> Detections:
+    """Score, sort, threshold and NMS the Q queries of one frame.
+
+    Args:
+        logits: Qx(K+1) class logits, last column "no object".
+        mask_logits: Qxhxw mask logits at 1/4 of the padded input.
+        embeds: QxD instance embeddings.
+        cfg: ``select_threshold`` (keep only the top-1 if nothing passes) and
+            ``mask_nms_threshold``.
+
+    Returns:
+        ``Detections`` sorted by descending score (max foreground probability).
+    """
+    scores = logits.softmax(dim=-1)[:, :-1].max(dim=1).values
+    sorted_scores, order = torch.sort(scores, dim=0, descending=True)
+    valid = sorted_scores > cfg.select_threshold
+    if not bool(valid.any()):
+        valid[0] = True
+    order = order[valid]
+    keep = mask_nms(mask_logits[order], cfg.mask_nms_threshold)
+    order = order[keep]
+    return Detections(
+        query_indices=order,
+        scores=scores[order],
+        logits=logits[order],
+        mask_logits=mask_logits[order],
+        embeds=embeds[order],
+    )

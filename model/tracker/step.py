@@ -1,0 +1,70 @@
+"""One online tracker step: read -> match -> spawn -> write -> record -> prune."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from model.config import TrackerConfig
+from model.structures import Detections, TrackAssignment
+from model.tracker import memory
+from model.tracker.match import assign, similarity
+from model.tracker.state import TrackState
+
+
+def track_step(
+    state: TrackState, detections: Detections, cfg: TrackerConfig
+) -> tuple[TrackState, TrackAssignment]:
+    """Assign ids to one frame's candidates and update the memory bank (official SimpleTracker).
+
+    While no track was ever created (``next_track_id == 0``) or no track is alive (the
+    reference crashes there; spec 4.5), every candidate scoring above
+    ``init_score_threshold`` starts a new track. Otherwise candidates are matched to live
+    tracks (``cfg.match_metric`` / ``cfg.match_type``) and unmatched ones above the init
+    threshold start new tracks in row order. Tracks unseen for more than
+    ``num_dead_frames`` frames are then dropped. Gradient mode is the caller's choice.
+
+    Args:
+        state: memory bank before frame ``state.frame_index``.
+        detections: the frame's N candidates from ``select_candidates`` (descending score).
+        cfg: tracker settings.
+
+    Returns:
+        (state for the next frame, the assignment of the N candidates).
+    """
+    frame = state.frame_index
+    n = len(detections)
+    device = state.track_ids.device
+    cols = torch.full((n,), -1, dtype=torch.int64, device=device)
+    if state.next_track_id > 0 and state.num_tracks > 0 and n > 0:
+        track_embeds = memory.read_embeddings(state, cfg.embed_type)
+        match = similarity(detections.embeds, track_embeds, cfg.match_metric)
+        cols = assign(match, state.exist_frames, cfg)
+    is_new = (cols < 0) & (detections.scores > cfg.init_score_threshold)
+    state, new_slots = memory.spawn(state, int(is_new.sum()))
+    slots = cols.masked_scatter(is_new, new_slots)
+    kept = slots >= 0
+    kept_slots = slots[kept]
+    state = memory.write(
+        state,
+        kept_slots,
+        detections.embeds[kept],
+        detections.scores[kept],
+        frame,
+        cfg.momentum,
+    )
+    state = memory.record_entries(state, kept_slots, detections.logits[kept], frame, cfg)
+    track_ids = torch.full_like(slots, -1)
+    track_ids[kept] = state.track_ids[kept_slots]
+    state, alive = memory.prune(state, frame, cfg.num_dead_frames)
+    if not bool(alive.all()):
+        # Matched tracks are alive (last_seen == frame); remap them to compacted rows.
+        new_row = torch.cumsum(alive.to(torch.int64), 0) - 1
+        slots = torch.full_like(slots, -1)
+        slots[kept] = new_row[kept_slots]
+    state = dataclasses.replace(state, frame_index=frame + 1)
+    assignment = TrackAssignment(
+        track_ids=track_ids, slots=slots, is_new=is_new, frame_index=frame
+    )
+    return state, assignment

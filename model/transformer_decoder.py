@@ -1,0 +1,234 @@
+"""Mask2Former masked-attention transformer decoder with the CTVIS re-id head.
+
+Parameter names match ``sem_seg_head.predictor.*`` of the official
+``CLMultiScaleMaskedTransformerDecoder``. Tensors inside the decoder are sequence-first
+(LxBxC), as in the reference, so ``nn.MultiheadAttention`` sees exactly the same inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.heads import MLP, build_reid_head
+from model.pixel_decoder import sine_position_encoding
+
+__all__ = ["MaskedTransformerDecoder", "Prediction"]
+
+# one prediction: pred_logits BxQx(K+1), pred_masks BxQxhxw, pred_embeds BxQxD, pred_queries BxQxC
+Prediction = dict[str, torch.Tensor]
+
+
+def _xavier_init(module: nn.Module) -> None:
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+
+
+class SelfAttentionLayer(nn.Module):
+    """Post-norm self-attention over the queries (``transformer_self_attention_layers.i``)."""
+
+    def __init__(self, d_model: int, nhead: int):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=0.0)
+        self.norm = nn.LayerNorm(d_model)
+        _xavier_init(self)
+
+    def forward(self, tgt: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
+        """Args: tgt, query_pos QxBxC. Returns: QxBxC."""
+        q = k = tgt + query_pos
+        tgt2 = self.self_attn(q, k, value=tgt, need_weights=False)[0]
+        return self.norm(tgt + tgt2)
+
+
+class CrossAttentionLayer(nn.Module):
+    """Post-norm masked cross-attention to one feature level (``..._cross_attention_layers.i``)."""
+
+    def __init__(self, d_model: int, nhead: int):
+        super().__init__()
+        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=0.0)
+        self.norm = nn.LayerNorm(d_model)
+        _xavier_init(self)
+
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        attn_mask: torch.Tensor,
+        pos: torch.Tensor,
+        query_pos: torch.Tensor,
+    ) -> torch.Tensor:
+        """Attend from the queries to the memory where ``attn_mask`` is False.
+
+        Args:
+            tgt: QxBxC queries. memory, pos: HWxBxC. query_pos: QxBxC.
+            attn_mask: (B*heads)xQxHW bool, True = blocked.
+
+        Returns:
+            QxBxC.
+        """
+        tgt2 = self.multihead_attn(
+            query=tgt + query_pos,
+            key=memory + pos,
+            value=memory,
+            attn_mask=attn_mask,
+            need_weights=False,
+        )[0]
+        return self.norm(tgt + tgt2)
+
+
+class FFNLayer(nn.Module):
+    """Post-norm feed-forward block (``transformer_ffn_layers.i``)."""
+
+    def __init__(self, d_model: int, dim_feedforward: int):
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        _xavier_init(self)
+
+    def forward(self, tgt: torch.Tensor) -> torch.Tensor:
+        """Args: tgt QxBxC. Returns: QxBxC."""
+        return self.norm(tgt + self.linear2(F.relu(self.linear1(tgt))))
+
+
+class MaskedTransformerDecoder(nn.Module):
+    """Learnable queries refined by masked cross-attention over three feature levels.
+
+    Args:
+        in_channels: channels of the pixel decoder's multi-scale features.
+        mask_dim: channels of the mask features.
+        num_classes: K (the class head outputs K+1 logits, last = no object).
+        hidden_dim: query width C.
+        num_queries: Q.
+        nheads: attention heads.
+        dim_feedforward: FFN width.
+        dec_layers: transformer layers (reference ``DEC_LAYERS - 1``).
+        reid_hidden_dim: hidden width of the re-id MLP.
+        reid_layers: Linear layers of the re-id MLP.
+    """
+
+    num_feature_levels = 3
+
+    def __init__(
+        self,
+        in_channels: int,
+        mask_dim: int,
+        num_classes: int,
+        hidden_dim: int = 256,
+        num_queries: int = 100,
+        nheads: int = 8,
+        dim_feedforward: int = 2048,
+        dec_layers: int = 9,
+        reid_hidden_dim: int = 256,
+        reid_layers: int = 3,
+    ):
+        super().__init__()
+        self.num_heads = nheads
+        self.hidden_dim = hidden_dim
+        self.num_layers = dec_layers
+        self.transformer_self_attention_layers = nn.ModuleList(
+            SelfAttentionLayer(hidden_dim, nheads) for _ in range(dec_layers)
+        )
+        self.transformer_cross_attention_layers = nn.ModuleList(
+            CrossAttentionLayer(hidden_dim, nheads) for _ in range(dec_layers)
+        )
+        self.transformer_ffn_layers = nn.ModuleList(
+            FFNLayer(hidden_dim, dim_feedforward) for _ in range(dec_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+        self.query_feat = nn.Embedding(num_queries, hidden_dim)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.level_embed = nn.Embedding(self.num_feature_levels, hidden_dim)
+        self.input_proj = nn.ModuleList()
+        for _ in range(self.num_feature_levels):
+            if in_channels != hidden_dim:
+                conv = nn.Conv2d(in_channels, hidden_dim, kernel_size=1)
+                nn.init.kaiming_uniform_(conv.weight, a=1)
+                nn.init.constant_(conv.bias, 0)
+                self.input_proj.append(conv)
+            else:
+                self.input_proj.append(nn.Sequential())
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        self.reid_embed = build_reid_head(hidden_dim, reid_hidden_dim, reid_layers)
+
+    def prediction_heads(
+        self, output: torch.Tensor, mask_features: torch.Tensor
+    ) -> Prediction:
+        """Class, mask and embedding predictions from the current queries.
+
+        Args:
+            output: QxBxC query features.
+            mask_features: BxMxhxw per-pixel embeddings.
+
+        Returns:
+            dict with pred_logits BxQx(K+1), pred_masks BxQxhxw, pred_embeds BxQxD,
+            pred_queries BxQxC (the ``decoder_norm`` output).
+        """
+        decoder_output = self.decoder_norm(output).transpose(0, 1)
+        mask_embed = self.mask_embed(decoder_output)
+        return {
+            "pred_logits": self.class_embed(decoder_output),
+            "pred_masks": torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features),
+            "pred_embeds": self.reid_embed(decoder_output),
+            "pred_queries": decoder_output,
+        }
+
+    def attention_mask(self, pred_masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Block the pixels a query predicts as background (sigmoid < 0.5) at ``size``.
+
+        Rows that would block every pixel are unblocked ("if a query masks everything, unmask
+        it").
+
+        Args:
+            pred_masks: BxQxhxw mask logits.
+            size: (H_l, W_l) of the next level.
+
+        Returns:
+            (B*heads)xQx(H_l*W_l) bool, True = blocked.
+        """
+        resized = F.interpolate(pred_masks, size=size, mode="bilinear", align_corners=False)
+        blocked = resized.sigmoid().flatten(2) < 0.5
+        blocked = blocked & ~blocked.all(-1, keepdim=True)
+        blocked = blocked.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1)
+        return blocked.detach()
+
+    def forward(
+        self, features: list[torch.Tensor], mask_features: torch.Tensor
+    ) -> list[Prediction]:
+        """Run the decoder.
+
+        Args:
+            features: three BxCxH_lxW_l maps ordered /32, /16, /8.
+            mask_features: BxMx(H/4)x(W/4).
+
+        Returns:
+            ``dec_layers + 1`` predictions (see ``prediction_heads``); the first comes from the
+            learnable queries alone, the last is the final output.
+        """
+        srcs, poses, sizes = [], [], []
+        for level, x in enumerate(features):
+            sizes.append((int(x.shape[-2]), int(x.shape[-1])))
+            pos = sine_position_encoding(x, self.hidden_dim // 2)
+            poses.append(pos.flatten(2).permute(2, 0, 1))
+            src = self.input_proj[level](x).flatten(2) + self.level_embed.weight[level][None, :, None]
+            srcs.append(src.permute(2, 0, 1))
+        batch = srcs[0].shape[1]
+        query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, batch, 1)
+        output = self.query_feat.weight.unsqueeze(1).repeat(1, batch, 1)
+        predictions = [self.prediction_heads(output, mask_features)]
+        attn_mask = self.attention_mask(predictions[0]["pred_masks"], sizes[0])
+        for i in range(self.num_layers):
+            level = i % self.num_feature_levels
+            output = self.transformer_cross_attention_layers[i](
+                output, srcs[level], attn_mask, poses[level], query_pos
+            )
+            output = self.transformer_self_attention_layers[i](output, query_pos)
+            output = self.transformer_ffn_layers[i](output)
+            predictions.append(self.prediction_heads(output, mask_features))
+            if i + 1 < self.num_layers:
+                next_size = sizes[(i + 1) % self.num_feature_levels]
+                attn_mask = self.attention_mask(predictions[-1]["pred_masks"], next_size)
+        return predictions
