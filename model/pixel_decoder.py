@@ -120,9 +120,11 @@ class DeformableEncoder(nn.Module):
         """
         points = []
         for h, w in spatial_shapes:
+            # arange + 0.5 equals linspace(0.5, h - 0.5, h) exactly and, unlike linspace,
+            # follows traced sizes in the ONNX export (dynamic H/W).
             ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
-                torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
+                torch.arange(h, dtype=torch.float32, device=device) + 0.5,
+                torch.arange(w, dtype=torch.float32, device=device) + 0.5,
                 indexing="ij",
             )
             points.append(torch.stack((ref_x.reshape(-1) / w, ref_y.reshape(-1) / h), -1))
@@ -139,7 +141,8 @@ class DeformableEncoder(nn.Module):
         Returns:
             BxSxC encoded tokens, level-major, row-major (S = sum H_l*W_l).
         """
-        spatial_shapes = [(int(s.shape[2]), int(s.shape[3])) for s in srcs]
+        # no int(): the ONNX tracer must see these as sizes of the input, not constants
+        spatial_shapes = [(s.shape[2], s.shape[3]) for s in srcs]
         src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
         pos_flat = torch.cat(
             [
@@ -226,9 +229,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
             pos.append(sine_position_encoding(x, self.conv_dim // 2))
         memory = self.transformer(srcs, pos)
         batch = memory.shape[0]
-        sizes = [int(s.shape[2]) * int(s.shape[3]) for s in srcs]
+        sizes = [s.shape[2] * s.shape[3] for s in srcs]
         outs = [
-            z.transpose(1, 2).reshape(batch, -1, int(s.shape[2]), int(s.shape[3]))
+            z.transpose(1, 2).reshape(batch, -1, s.shape[2], s.shape[3])
             for z, s in zip(memory.split(sizes, dim=1), srcs, strict=True)
         ]
         lateral = self.adapter_1(features["res2"].float())

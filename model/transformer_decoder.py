@@ -210,7 +210,7 @@ class MaskedTransformerDecoder(nn.Module):
         """
         srcs, poses, sizes = [], [], []
         for level, x in enumerate(features):
-            sizes.append((int(x.shape[-2]), int(x.shape[-1])))
+            sizes.append((x.shape[-2], x.shape[-1]))  # no int(): keeps ONNX H/W dynamic
             pos = sine_position_encoding(x, self.hidden_dim // 2)
             poses.append(pos.flatten(2).permute(2, 0, 1))
             src = self.input_proj[level](x).flatten(2) + self.level_embed.weight[level][None, :, None]

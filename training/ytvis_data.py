@@ -237,10 +237,18 @@ def parse_results(data: Any, gt: GroundTruth) -> tuple[Track, ...]:
 
 
 def load_ground_truth(path: str | Path) -> GroundTruth:
-    """Read and parse a YouTube-VIS annotation file."""
-    return parse_ground_truth(read_json(path))
+    """Read and parse a YouTube-VIS annotation file (errors name the file)."""
+    data = read_json(path)
+    try:
+        return parse_ground_truth(data)
+    except YtvisFormatError as exc:
+        raise YtvisFormatError(f"{path}: {exc}") from exc
 
 
 def load_results(path: str | Path, gt: GroundTruth) -> tuple[Track, ...]:
-    """Read and parse a YouTube-VIS results file against ``gt``."""
-    return parse_results(read_json(path), gt)
+    """Read and parse a YouTube-VIS results file against ``gt`` (errors name the file)."""
+    data = read_json(path)
+    try:
+        return parse_results(data, gt)
+    except YtvisFormatError as exc:
+        raise YtvisFormatError(f"{path}: {exc}") from exc

@@ -132,9 +132,11 @@ class MSDeformAttn(nn.Module):
             n, num_queries, self.n_heads, self.n_levels, self.n_points
         )
         # offsets are in pixels of each level: normalise by (W_l, H_l)
-        normalizer = torch.tensor(
-            [[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device
-        )
+        # torch.as_tensor keeps traced sizes symbolic in the ONNX export (torch.tensor would
+        # bake them in as constants)
+        normalizer = torch.stack(
+            [torch.stack([torch.as_tensor(w), torch.as_tensor(h)]) for h, w in spatial_shapes]
+        ).to(device=query.device, dtype=query.dtype)
         locations = (
             reference_points[:, :, None, :, None, :]
             + offsets / normalizer[None, None, None, :, None, :]
