@@ -53,9 +53,7 @@ DATASET_CLASSES: dict[str, tuple[str, ...]] = {
     "ovis": OVIS_CLASSES,
 }
 
-SWIN_L = SwinConfig(
-    embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12
-)
+SWIN_L = SwinConfig(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12)
 
 
 def build_backbone(cfg: ModelConfig) -> nn.Module:

@@ -31,9 +31,7 @@ class MLP(nn.Module):
         super().__init__()
         dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
         dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(
-            nn.Linear(n, k) for n, k in zip(dims_in, dims_out, strict=True)
-        )
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip(dims_in, dims_out, strict=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x ...xinput_dim. Returns: ...xoutput_dim."""

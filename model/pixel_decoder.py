@@ -210,9 +210,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.adapter_1 = ConvGroupNorm(in_channels["res2"], conv_dim, 1)
         self.layer_1 = ConvGroupNorm(conv_dim, conv_dim, 3, padding=1)
 
-    def forward(
-        self, features: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Encode the backbone features.
 
         Args:

@@ -86,9 +86,7 @@ def normalize_and_pad(images: Sequence[torch.Tensor], cfg: PreprocessConfig) -> 
     return batch
 
 
-def prepare_frames(
-    frames: Sequence[np.ndarray] | np.ndarray, cfg: PreprocessConfig
-) -> FrameBatch:
+def prepare_frames(frames: Sequence[np.ndarray] | np.ndarray, cfg: PreprocessConfig) -> FrameBatch:
     """Turn decoded frames into the network input.
 
     Args:

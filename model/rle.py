@@ -49,30 +49,59 @@ def encode_many(masks: MaskLike) -> list[Rle]:
     return [_str_counts(r) for r in mask_utils.encode(stack)]
 
 
-def _to_coco(rle: Rle) -> dict[str, Any]:
+def _counts_from_string(text: str | bytes) -> np.ndarray:
+    """Inverse of pycocotools ``rleToString``: 6-bit chunks, deltas from two runs back."""
+    data = text.encode("ascii") if isinstance(text, str) else text
+    counts: list[int] = []
+    p = 0
+    while p < len(data):
+        value, shift, more = 0, 0, True
+        while more:
+            c = data[p] - 48
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            p += 1
+            shift += 5
+            if not more and c & 0x10:
+                value |= -1 << shift
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return np.asarray(counts, dtype=np.int64)
+
+
+def counts_of(rle: Rle) -> np.ndarray:
+    """Run lengths (column-major, starting with a background run) of an RLE."""
     counts = rle["counts"]
-    if isinstance(counts, str):
-        counts = counts.encode("utf-8")
-    elif isinstance(counts, list):  # uncompressed RLE
-        h, w = rle["size"]
-        return mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
-    return {"size": list(rle["size"]), "counts": counts}
+    if isinstance(counts, list):
+        return np.asarray(counts, dtype=np.int64)
+    return _counts_from_string(counts)
 
 
 def decode(rle: Rle) -> np.ndarray:
     """RLE (compressed str/bytes or uncompressed list counts) -> HxW bool mask."""
-    return mask_utils.decode(_to_coco(rle)).astype(bool)
+    h, w = (int(v) for v in rle["size"])
+    counts = counts_of(rle)
+    if counts.sum() != h * w:
+        raise ValueError(f"RLE counts sum to {counts.sum()}, expected {h * w}")
+    values = (np.arange(len(counts)) % 2).astype(bool)
+    return np.repeat(values, counts).reshape(w, h).T
 
 
 def area(rle: Rle) -> int:
     """Number of foreground pixels."""
-    return int(mask_utils.area(_to_coco(rle)))
+    return int(counts_of(rle)[1::2].sum())
 
 
 def bbox(rle: Rle) -> tuple[float, float, float, float]:
     """Tight box (x, y, w, h) in pixels of the foreground; zeros when empty."""
-    x, y, w, h = mask_utils.toBbox(_to_coco(rle)).tolist()
-    return float(x), float(y), float(w), float(h)
+    mask = decode(rle)
+    rows = np.flatnonzero(mask.any(1))
+    cols = np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return 0.0, 0.0, 0.0, 0.0
+    x0, y0 = float(cols[0]), float(rows[0])
+    return x0, y0, float(cols[-1] + 1) - x0, float(rows[-1] + 1) - y0
 
 
 def empty(height: int, width: int) -> Rle:

@@ -22,7 +22,9 @@ __all__ = ["SemSegHead", "Segmenter"]
 class SemSegHead(nn.Module):
     """Container matching the reference ``sem_seg_head`` (pixel decoder + predictor)."""
 
-    def __init__(self, pixel_decoder: MSDeformAttnPixelDecoder, predictor: MaskedTransformerDecoder):
+    def __init__(
+        self, pixel_decoder: MSDeformAttnPixelDecoder, predictor: MaskedTransformerDecoder
+    ):
         super().__init__()
         self.pixel_decoder = pixel_decoder
         self.predictor = predictor

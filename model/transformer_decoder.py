@@ -154,9 +154,7 @@ class MaskedTransformerDecoder(nn.Module):
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
         self.reid_embed = build_reid_head(hidden_dim, reid_hidden_dim, reid_layers)
 
-    def prediction_heads(
-        self, output: torch.Tensor, mask_features: torch.Tensor
-    ) -> Prediction:
+    def prediction_heads(self, output: torch.Tensor, mask_features: torch.Tensor) -> Prediction:
         """Class, mask and embedding predictions from the current queries.
 
         Args:
@@ -213,7 +211,8 @@ class MaskedTransformerDecoder(nn.Module):
             sizes.append((x.shape[-2], x.shape[-1]))  # no int(): keeps ONNX H/W dynamic
             pos = sine_position_encoding(x, self.hidden_dim // 2)
             poses.append(pos.flatten(2).permute(2, 0, 1))
-            src = self.input_proj[level](x).flatten(2) + self.level_embed.weight[level][None, :, None]
+            embed = self.level_embed.weight[level][None, :, None]
+            src = self.input_proj[level](x).flatten(2) + embed
             srcs.append(src.permute(2, 0, 1))
         batch = srcs[0].shape[1]
         query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, batch, 1)

@@ -34,42 +34,61 @@ class VideoReadError(RuntimeError):
 
 
 class FrameSource:
-    """Frames of a video file or frame folder, decoded lazily on iteration.
+    """Frames of a video file, a frame folder or a list of image files, decoded lazily.
+
+    Iterating twice decodes the input twice (the overlay writer relies on this to avoid
+    holding a whole video in memory).
 
     Args:
-        path: A video file or a directory of image files.
+        path: A video file, a directory of image files (sorted by name), or a sequence of
+            image files taken in the given order (a dataset's ``file_names``).
         frame_stride: Keep every ``frame_stride``-th frame, starting with the first (>= 1).
         max_frames: Stop after this many kept frames (None: no limit).
 
     Attributes:
         num_frames: Number of frames iteration will yield, or None when the container does
             not say how many frames it holds.
-        fps: Frame rate of the kept frames (source rate / stride), or None for folders and
+        fps: Frame rate of the kept frames (source rate / stride), or None for images and
             containers without a rate.
 
     Raises:
-        VideoReadError: If the path does not exist, is an empty folder, or is not decodable.
+        VideoReadError: If the input does not exist, is an empty folder, or is not decodable.
     """
 
-    def __init__(self, path: str | Path, frame_stride: int = 1, max_frames: int | None = None):
+    def __init__(
+        self,
+        path: str | Path | Sequence[str | Path],
+        frame_stride: int = 1,
+        max_frames: int | None = None,
+    ):
         if frame_stride < 1:
             raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
         if max_frames is not None and max_frames < 0:
             raise ValueError(f"max_frames must be >= 0, got {max_frames}")
-        self.path = Path(path)
         self.frame_stride = frame_stride
         self.max_frames = max_frames
-        if not self.path.exists():
-            raise VideoReadError(f"{self.path}: no such file or directory")
         self._files: list[Path] | None = None
-        total: int | None
-        if self.path.is_dir():
-            self._files = sorted(
-                p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not self._files:
-                raise VideoReadError(f"{self.path}: no {'/'.join(IMAGE_SUFFIXES)} frames found")
-            total, source_fps = len(self._files), None
+        source_fps: float | None = None
+        if isinstance(path, str | Path):
+            self.path = Path(path)
+            if not self.path.exists():
+                raise VideoReadError(f"{self.path}: no such file or directory")
+            if self.path.is_dir():
+                self._files = sorted(
+                    p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                )
+                if not self._files:
+                    kinds = "/".join(IMAGE_SUFFIXES)
+                    raise VideoReadError(f"{self.path}: no {kinds} frames found")
+        else:
+            self._files = [Path(p) for p in path]
+            self.path = self._files[0].parent if self._files else Path()
+            missing = [str(p) for p in self._files if not p.is_file()]
+            if missing:
+                more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                raise VideoReadError(f"missing frame file {missing[0]}{more}")
+        if self._files is not None:
+            total: int | None = len(self._files)
         else:
             total, source_fps = self._probe_video()
         self.num_frames = None if total is None else self._kept(total)
@@ -147,7 +166,7 @@ class FrameSource:
 
 
 def read_frames(
-    path: str | Path, frame_stride: int = 1, max_frames: int | None = None
+    path: str | Path | Sequence[str | Path], frame_stride: int = 1, max_frames: int | None = None
 ) -> Iterator[np.ndarray]:
     """Iterate uint8 HxWx3 RGB frames of a video file or frame folder (see FrameSource)."""
     return iter(FrameSource(path, frame_stride=frame_stride, max_frames=max_frames))
@@ -216,9 +235,7 @@ def draw_overlay(frame: np.ndarray, items: Sequence[OverlayItem]) -> np.ndarray:
         x, y, w, h = bbox
         draw.rectangle([x, y, x + w - 1, y + h - 1], outline=color, width=2)
         text = " ".join(
-            part
-            for part in (f"#{item.track_id}", item.label, _fmt_score(item.score))
-            if part
+            part for part in (f"#{item.track_id}", item.label, _fmt_score(item.score)) if part
         )
         left, top, right, bottom = draw.textbbox((x, y), text, font=font)
         top_y = max(0.0, y - (bottom - top) - 4)

@@ -1,35 +1,64 @@
-"""The FastAPI application factory and its lifespan (model, store)."""
+"""The FastAPI application factory and its lifespan (model, store, batch worker)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 
+from service.api import sessions as session_routes
+from service.api import ws as ws_routes
+from service.auth import parse_api_keys
+from service.batching import BatchQueue
+from service.deps import require_api_key
+from service.engine import Engine, FrameItem, FrameOutcome
 from service.errors import ApiError, install_error_handlers
+from service.metrics import Metrics
 from service.models import ServedModel, load_served_model
+from service.sessions import SessionService
 from service.settings import Settings, get_settings
 from service.store import SessionStore, make_store
 
 log = logging.getLogger("ctvis.service")
 
 
+def _make_queue(engine: Engine, settings: Settings, metrics: Metrics) -> BatchQueue:
+    async def run(items: list[FrameItem]) -> list[FrameOutcome]:
+        # The model runs in a worker thread so it never blocks the event loop.
+        return await asyncio.to_thread(engine.run_batch, items)
+
+    def observe(size: int, seconds: float) -> None:
+        metrics.batch_size.observe(size)
+        metrics.model_seconds.observe(seconds)
+
+    return BatchQueue(run, settings.max_batch_size, settings.max_wait_ms / 1000, observe)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. The model loads and the store connects in the lifespan, not here."""
     settings = settings or get_settings()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.model = load_served_model(settings.checkpoint, settings.device)
+        app.state.metrics = metrics
+        app.state.api_key_digests = parse_api_keys(settings.api_keys)
+        served = await asyncio.to_thread(load_served_model, settings.checkpoint, settings.device)
+        app.state.model = served
         app.state.store = make_store(settings.redis_url)
+        queue = _make_queue(Engine(served), settings, metrics)
+        queue.start()
+        app.state.sessions = SessionService(settings, served, app.state.store, queue, metrics)
         try:
             yield
         finally:
+            await queue.close()
             await app.state.store.close()
 
     app = FastAPI(
@@ -39,6 +68,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.state.api_key_digests = parse_api_keys(settings.api_keys)
+    secured = [Depends(require_api_key)]
+    app.include_router(session_routes.router, dependencies=secured)
+    app.include_router(ws_routes.router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -60,7 +93,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body["status"] = "ready" if ready else "not_ready"
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/v1/models", tags=["models"])
+    @app.get("/metrics", tags=["ops"])
+    async def prometheus() -> Response:
+        """Prometheus metrics of this process."""
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models", tags=["models"], dependencies=secured)
     async def list_models(request: Request) -> dict[str, Any]:
         """The served model, its classes, and any warning about its weights."""
         model: ServedModel | None = getattr(request.app.state, "model", None)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from model.config import ModelConfig, PreprocessConfig, TrackerConfig
+from model.config import ModelConfig, PreprocessConfig, TrackerConfig, to_dict
 
 log = logging.getLogger("ctvis.service")
 
@@ -32,11 +34,22 @@ class ServedModel:
     warnings: list[str] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def model_id(self) -> str:
+        """Identifies the weights + config; a session's state is only valid for this id."""
+        blob = json.dumps(
+            {"name": self.name, "config": to_dict(self.model_cfg), "src": self.provenance},
+            sort_keys=True,
+            default=str,
+        )
+        return f"{self.name}:{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
     def describe(self) -> dict[str, Any]:
         """JSON description for ``GET /v1/models``."""
         cfg = self.model_cfg
         return {
             "name": self.name,
+            "model_id": self.model_id,
             "backbone": cfg.backbone,
             "num_queries": cfg.num_queries,
             "num_classes": cfg.num_classes,

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest accepted encoded frame."
     )
+    api_keys: str | None = Field(
+        None,
+        description="Comma-separated API keys (or `sha256:<hex>` digests) required as "
+        "`Authorization: Bearer <key>` on /v1 routes. Unset: no API key needed.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the service."
     )

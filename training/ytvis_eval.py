@@ -234,9 +234,7 @@ def _summarise(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
     return {key: out[key] for key in METRIC_KEYS}
 
 
-def count_id_switches(
-    inter: np.ndarray, dts: Sequence[Track], gts: Sequence[Track]
-) -> np.ndarray:
+def count_id_switches(inter: np.ndarray, dts: Sequence[Track], gts: Sequence[Track]) -> np.ndarray:
     """Identity switches per ground-truth track of one video (definition: module docstring).
 
     Args:

@@ -129,6 +129,4 @@ def loads(
         elif value.dtype != torch.int64:
             raise ValueError(f"track state tensor {name} has dtype {value.dtype}")
         out[name] = value.to(device) if device is not None else value
-    return TrackState(
-        frame_index=ints["frame_index"], next_track_id=ints["next_track_id"], **out
-    )
+    return TrackState(frame_index=ints["frame_index"], next_track_id=ints["next_track_id"], **out)

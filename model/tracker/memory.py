@@ -47,9 +47,10 @@ def read_embeddings(state: TrackState, embed_type: EmbedType) -> torch.Tensor:
         return state.embed_cache[:, -1]
     if embed_type == "temporally_weighted":
         k = state.cache_size
-        rank = torch.arange(1, k + 1, device=state.score_cache.device, dtype=state.sg_embed.dtype)
-        valid = _valid_cache(state.cache_len, k)
-        weight = torch.where(valid, state.score_cache * rank, torch.zeros_like(state.score_cache))
+        # rank 1 = oldest valid entry, cache_len = newest; invalid entries get weight 0
+        pos = torch.arange(1, k + 1, device=state.cache_len.device)
+        rank = (pos[None, :] - (k - state.cache_len)[:, None]).clamp_min(0)
+        weight = state.score_cache * rank.to(state.score_cache.dtype)
         weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-12)
         return torch.einsum("tk,tkd->td", weight, state.embed_cache)
     raise ValueError(f"unknown embed_type {embed_type!r}")
@@ -198,9 +199,7 @@ def record_entries(
     logits = logits.to(state.logit_sum.dtype)
     hits = state.entry_hits.index_put((slots,), state.entry_hits[slots] + 1)
     tail = torch.where(matched, torch.zeros_like(state.entry_tail), state.entry_tail + 1)
-    logit_sum = state.logit_sum.index_put(
-        (slots,), torch.where(fresh, logits, old_sum + logits)
-    )
+    logit_sum = state.logit_sum.index_put((slots,), torch.where(fresh, logits, old_sum + logits))
     logit_max = state.logit_max.index_put(
         (slots,), torch.where(fresh, logits, torch.maximum(old_max, logits))
     )
@@ -208,9 +207,7 @@ def record_entries(
     if bool(drop.any()):
         hits = torch.where(drop, torch.zeros_like(hits), hits)
         logit_sum = torch.where(drop[:, None], torch.zeros_like(logit_sum), logit_sum)
-        logit_max = torch.where(
-            drop[:, None], torch.full_like(logit_max, float("-inf")), logit_max
-        )
+        logit_max = torch.where(drop[:, None], torch.full_like(logit_max, float("-inf")), logit_max)
     return dataclasses.replace(
         state, entry_hits=hits, entry_tail=tail, logit_sum=logit_sum, logit_max=logit_max
     )

@@ -160,9 +160,7 @@ def expected_shapes(
 
 def check_state(state: TrackState) -> None:
     """Raise ``ValueError`` if the state's tensors disagree in shape or break invariants."""
-    shapes = expected_shapes(
-        state.num_tracks, state.embed_dim, state.cache_size, state.num_logits
-    )
+    shapes = expected_shapes(state.num_tracks, state.embed_dim, state.cache_size, state.num_logits)
     for name, shape in shapes.items():
         got = tuple(getattr(state, name).shape)
         if got != shape:

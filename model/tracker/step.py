@@ -64,7 +64,5 @@ def track_step(
         slots = torch.full_like(slots, -1)
         slots[kept] = new_row[kept_slots]
     state = dataclasses.replace(state, frame_index=frame + 1)
-    assignment = TrackAssignment(
-        track_ids=track_ids, slots=slots, is_new=is_new, frame_index=frame
-    )
+    assignment = TrackAssignment(track_ids=track_ids, slots=slots, is_new=is_new, frame_index=frame)
     return state, assignment

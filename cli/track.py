@@ -1,0 +1,300 @@
+"""``ctvis track``: offline online-tracking of a video, a frame folder or a whole dataset.
+
+Single input::
+
+    ctvis track INPUT --checkpoint DIR --out results.json [--overlay out.mp4]
+        [--frame-stride N] [--max-frames N] [--video-id N] [--backend torch|onnx] [--device D]
+
+Dataset (YouTube-VIS json; frames under ``--frames-root``, usually its ``JPEGImages/``)::
+
+    ctvis track --dataset GT.json --frames-root DIR --checkpoint DIR --out results.json
+
+Frames stream through the network in clips of ``PreprocessConfig.clip_frames`` and through the
+tracker one at a time, so memory holds RLE masks, not decoded frames. The results file is a
+YouTube-VIS results list (``spec/inference.md`` section 7). ``--overlay`` decodes the input a
+second time and draws every output track whose score reaches ``--overlay-score``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from model.checkpoint import LoadedCheckpoint
+    from model.pipeline import VideoResult
+    from model.structures import FrameOutputs
+    from model.video_io import FrameSource
+
+DEFAULT_OVERLAY_FPS = 10.0
+
+
+class TrackError(RuntimeError):
+    """A user-facing problem (bad arguments, unreadable input); printed, exit code 1."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``track`` options."""
+    parser.add_argument("input", nargs="?", help="video file or folder of frames (sorted by name)")
+    parser.add_argument("--dataset", help="YouTube-VIS json: track every video it lists")
+    parser.add_argument("--frames-root", help="with --dataset: folder holding its file_names")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    parser.add_argument("--out", required=True, help="results JSON to write")
+    parser.add_argument("--overlay", help="also write an MP4 with masks, boxes and track ids")
+    parser.add_argument(
+        "--overlay-score", type=float, default=0.3, help="lowest track score drawn (0.3)"
+    )
+    parser.add_argument(
+        "--fps",
+        type=float,
+        help=f"overlay frame rate when the input has none ({DEFAULT_OVERLAY_FPS:g})",
+    )
+    parser.add_argument("--frame-stride", type=int, default=1, help="keep every N-th frame")
+    parser.add_argument("--max-frames", type=int, help="stop after N kept frames")
+    parser.add_argument("--video-id", type=int, default=1, help="video_id in the results (1)")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    parser.add_argument("--onnx-model", help="ONNX file (default: CHECKPOINT/model.onnx)")
+    parser.add_argument(
+        "--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if found)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--evaluate", action="store_true", help="with --dataset: print AP/AR of the results"
+    )
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.dataset is None and args.input is None:
+        raise TrackError("give a video file / frame folder, or --dataset with --frames-root")
+    if args.dataset is not None:
+        if args.input is not None:
+            raise TrackError("give either INPUT or --dataset, not both")
+        if args.frames_root is None:
+            raise TrackError("--dataset needs --frames-root (the folder its file_names are in)")
+        if args.overlay or args.frame_stride != 1 or args.max_frames is not None:
+            raise TrackError("--overlay, --frame-stride and --max-frames need a single INPUT")
+    elif args.evaluate:
+        raise TrackError("--evaluate needs --dataset (ground truth)")
+    if args.frame_stride < 1:
+        raise TrackError("--frame-stride must be >= 1")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise TrackError("--max-frames must be >= 1")
+
+
+def _load(args: argparse.Namespace) -> tuple[LoadedCheckpoint, Callable[[Any], FrameOutputs]]:
+    """Load the checkpoint and build the forward function of the chosen backend."""
+    import torch
+
+    from model.backend import OnnxBackend, TorchBackend
+    from model.checkpoint import CheckpointError, load_checkpoint
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        ckpt = load_checkpoint(args.checkpoint, device=device if args.backend == "torch" else "cpu")
+    except CheckpointError as exc:
+        raise TrackError(str(exc)) from exc
+    if args.backend == "torch":
+        return ckpt, TorchBackend(ckpt.segmenter, device=device)
+    onnx_path = Path(args.onnx_model or Path(args.checkpoint) / "model.onnx")
+    if not onnx_path.is_file():
+        raise TrackError(f"{onnx_path}: no ONNX model (run `ctvis export-onnx` or --onnx-model)")
+    try:
+        providers = ["CPUExecutionProvider"] if device == "cpu" else None
+        return ckpt, OnnxBackend(onnx_path, providers=providers)
+    except ImportError as exc:
+        raise TrackError("the onnx backend needs onnxruntime (pip install '.[onnx]')") from exc
+
+
+def _clips(frames: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+    while clip := list(itertools.islice(frames, size)):
+        yield clip
+
+
+def track_source(
+    source: FrameSource,
+    ckpt: LoadedCheckpoint,
+    forward_fn: Callable[[Any], FrameOutputs],
+    video_id: int,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> VideoResult:
+    """Run network, tracker and post-processing over the frames of ``source``.
+
+    Raises:
+        TrackError: If the source yields no frames.
+        model.video_io.VideoReadError: If decoding fails part-way.
+    """
+    import torch
+
+    from model.pipeline import track_video
+    from model.postprocess import MaskSizes
+    from model.preprocess import prepare_frames
+
+    clips = _clips(iter(source), max(1, ckpt.pre_cfg.clip_frames))
+    first = next(clips, None)
+    if first is None:
+        raise TrackError(f"{source.path}: no frames to track")
+    first_batch = prepare_frames(first, ckpt.pre_cfg)
+    sizes = MaskSizes(
+        image_size=first_batch.image_sizes[0],
+        padded_size=first_batch.padded_size,
+        original_size=first_batch.original_sizes[0],
+    )
+
+    def outputs() -> Iterable[FrameOutputs]:
+        yield forward_fn(first_batch.pixels)
+        for clip in clips:
+            batch = prepare_frames(clip, ckpt.pre_cfg)
+            if batch.padded_size != sizes.padded_size:
+                raise TrackError(f"{source.path}: frame size changes within the video")
+            yield forward_fn(batch.pixels)
+
+    with torch.inference_mode():
+        return track_video(
+            outputs(),
+            sizes,
+            ckpt.model_cfg,
+            ckpt.trk_cfg,
+            video_id=video_id,
+            num_frames=source.num_frames,
+            progress=progress,
+        )
+
+
+def overlay_items(result: VideoResult, ckpt: LoadedCheckpoint, min_score: float) -> list[Any]:
+    """Per output track: (track id, class name, score, per-frame RLEs) for tracks to draw.
+
+    The score is the one the results file gives the track's best class: temporal class
+    probability times the mask-quality factor (``spec/inference.md`` section 6).
+    """
+    num_classes = ckpt.model_cfg.num_classes
+    tracks = []
+    for entry in result.entries:
+        probs = entry.logits.float().softmax(-1)[:num_classes]
+        label = int(probs.argmax())
+        score = float(probs[label]) * entry.sigmoid_sum / (entry.mask_sum + 1e-6)
+        if score >= min_score:
+            name = ckpt.model_cfg.class_name(label)
+            tracks.append((entry.track_id, name, score, entry.rles))
+    return tracks
+
+
+def write_overlay(path: str, source: FrameSource, tracks: list[Any], fps: float | None) -> int:
+    """Decode ``source`` again and write the drawn frames; returns the frame count."""
+    from model import rle
+    from model.video_io import OverlayItem, OverlayWriter
+
+    writer: OverlayWriter | None = None
+    try:
+        for t, frame in enumerate(source):
+            if writer is None:
+                size = (frame.shape[1], frame.shape[0])
+                writer = OverlayWriter(path, source.fps or fps or DEFAULT_OVERLAY_FPS, size)
+            items: list[OverlayItem] = [
+                OverlayItem(track_id, rle.decode(rles[t]), name, score)
+                for track_id, name, score, rles in tracks
+                if t < len(rles) and rles[t] is not None
+            ]
+            writer.write(frame, items)
+        return 0 if writer is None else writer.frames_written
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _progress_bar(total: int | None, desc: str, disable: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", disable=disable, file=sys.stderr)
+
+
+def _track_one(
+    source: FrameSource,
+    ckpt: LoadedCheckpoint,
+    forward_fn: Callable[[Any], FrameOutputs],
+    video_id: int,
+    desc: str,
+    quiet: bool,
+) -> VideoResult:
+    with _progress_bar(source.num_frames, desc, quiet) as bar:
+
+        def progress(done: int, _total: int | None) -> None:
+            bar.update(done - bar.n)
+
+        return track_source(source, ckpt, forward_fn, video_id, progress)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as JSON atomically (temp file + rename), creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _run_dataset(args: argparse.Namespace, ckpt: LoadedCheckpoint, forward_fn: Any) -> list[Any]:
+    from model.video_io import FrameSource
+    from training.ytvis_data import YtvisFormatError, read_json
+
+    try:
+        data = read_json(args.dataset)
+        videos = data["videos"]
+        jobs = [(int(v["id"]), list(v["file_names"])) for v in videos]
+    except (YtvisFormatError, KeyError, TypeError) as exc:
+        raise TrackError(f"{args.dataset}: not a YouTube-VIS dataset json ({exc})") from exc
+    root = Path(args.frames_root)
+    results: list[Any] = []
+    for index, (video_id, names) in enumerate(jobs, start=1):
+        source = FrameSource([root / name for name in names])
+        desc = f"video {video_id} ({index}/{len(jobs)})"
+        results += _track_one(source, ckpt, forward_fn, video_id, desc, args.no_progress).results
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    """Track, write the results (and overlay); exit 1 with a message on bad input."""
+    from model.video_io import FrameSource, VideoReadError
+
+    try:
+        _check_args(args)
+        ckpt, forward_fn = _load(args)
+        if args.dataset is not None:
+            results = _run_dataset(args, ckpt, forward_fn)
+        else:
+            source = FrameSource(args.input, args.frame_stride, args.max_frames)
+            result = _track_one(
+                source, ckpt, forward_fn, args.video_id, Path(args.input).name, args.no_progress
+            )
+            results = result.results
+            if args.overlay:
+                tracks = overlay_items(result, ckpt, args.overlay_score)
+                count = write_overlay(args.overlay, source, tracks, args.fps)
+                print(
+                    f"wrote {args.overlay} ({count} frames, {len(tracks)} tracks)", file=sys.stderr
+                )
+        write_json(args.out, results)
+    except (TrackError, VideoReadError) as exc:
+        print(f"ctvis track: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out} ({len(results)} results)", file=sys.stderr)
+    if args.evaluate:
+        from cli.evaluate import format_table
+        from training.ytvis_eval import evaluate_files
+
+        evaluation = evaluate_files(args.dataset, args.out)
+        print(format_table(evaluation.to_dict(), evaluation.per_category_ap))
+    return 0

@@ -1,0 +1,431 @@
+"""Our checkpoint format, and conversion from official CTVIS / Mask2Former checkpoints.
+
+A checkpoint is a directory holding ``model.safetensors`` (the segmenter's state dict, keys as in
+the official models minus ``criterion.*``) and ``config.json`` (model, preprocessing and tracker
+configs, class names, provenance, format version), so it rebuilds its model on its own.
+
+Loading never executes code from a file: safetensors and JSON for our format,
+``torch.load(weights_only=True)`` for official ``.pth`` files, a restricted unpickler that admits
+only numpy arrays and plain containers for Mask2Former ``.pkl`` files, and ``yaml.safe_load`` for
+configs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.build import PRESETS, build_segmenter
+from model.config import (
+    ModelConfig,
+    PreprocessConfig,
+    TrackerConfig,
+    from_dict,
+    to_dict,
+)
+from model.official_config import ConfigError, official_dataset_preset, read_official_config
+from model.segmenter import Segmenter
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "LoadedCheckpoint",
+    "convert_official",
+    "load_checkpoint",
+    "official_key_to_ours",
+    "read_official_weights",
+    "save_checkpoint",
+]
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+_MAX_LISTED = 8  # keys listed per problem in error messages
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or config cannot be read, is unsafe, or does not match the model."""
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A segmenter rebuilt from a checkpoint, in eval mode, with the configs it was saved with."""
+
+    segmenter: Segmenter
+    model_cfg: ModelConfig
+    pre_cfg: PreprocessConfig
+    trk_cfg: TrackerConfig
+    meta: dict[str, Any]
+
+
+def official_key_to_ours(key: str) -> str | None:
+    """Name in our state dict of an official checkpoint key, or None if the key is dropped.
+
+    Dropped: ``criterion.*`` (loss buffers) and ``pixel_mean``/``pixel_std`` (preprocessing).
+    Mask2Former's legacy ``static_query`` is renamed ``query_feat``.
+    """
+    if key.startswith("criterion.") or key in ("pixel_mean", "pixel_std"):
+        return None
+    return key.replace("static_query", "query_feat")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _listed(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED])
+    more = len(keys) - _MAX_LISTED
+    return shown + (f", ... ({more} more)" if more > 0 else "")
+
+
+# --- reading official weights -------------------------------------------------------------
+
+
+def _numpy_global(name: str) -> Any:
+    # numpy >= 2 keeps the implementation in numpy._core; the numpy.core shim warns on access
+    try:
+        import numpy._core.multiarray as multiarray
+    except ImportError:  # numpy < 2
+        import numpy.core.multiarray as multiarray
+    return getattr(multiarray, name)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that admits numpy arrays, dtypes and plain containers, and nothing else."""
+
+    _MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in self._MULTIARRAY and name in ("_reconstruct", "scalar"):
+            return _numpy_global(name)
+        if module == "numpy" and name in ("ndarray", "dtype"):
+            return getattr(np, name)
+        if module == "collections" and name == "OrderedDict":
+            from collections import OrderedDict
+
+            return OrderedDict
+        raise CheckpointError(
+            f"unsafe pickle: it references {module}.{name}; only numpy arrays and plain "
+            "containers are allowed in a .pkl checkpoint"
+        )
+
+
+def _load_pickle(path: Path) -> Any:
+    try:
+        with path.open("rb") as f:
+            return _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    except CheckpointError:
+        raise
+    except Exception as exc:  # any parse failure of untrusted bytes
+        raise CheckpointError(f"cannot read pickle checkpoint {path}: {exc}") from exc
+
+
+def _load_torch(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refusal, corrupt file, wrong format
+        raise CheckpointError(
+            f"cannot read {path} with torch.load(weights_only=True): {exc}. Official CTVIS .pth "
+            "checkpoints hold only tensors; Mask2Former .pkl files must end in .pkl"
+        ) from exc
+
+
+def read_official_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Read an official checkpoint into a flat state dict.
+
+    Args:
+        path: CTVIS ``.pth`` (a detectron2 dict with ``"model"``, or a bare state dict) or a
+            Mask2Former ``.pkl`` (pickled dict of numpy arrays, maybe under ``"model"``).
+
+    Returns:
+        (state dict with official key names and CPU tensors, kind ``"pth"`` or ``"pkl"``).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, unsafe or not a state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    kind = "pkl" if path.suffix == ".pkl" else "pth"
+    raw = _load_pickle(path) if kind == "pkl" else _load_torch(path)
+    if isinstance(raw, Mapping) and isinstance(raw.get("model"), Mapping):
+        raw = raw["model"]
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"{path} does not hold a state dict (got {type(raw).__name__})")
+    state: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{path}: state dict key {key!r} is not a string")
+        if isinstance(value, np.ndarray):
+            if value.dtype == object:
+                raise CheckpointError(f"{path}: entry {key} is an object array, not numbers")
+            value = torch.from_numpy(np.ascontiguousarray(value))
+        if isinstance(value, torch.Tensor):
+            state[key] = value
+        elif not key.startswith("__"):  # e.g. "__author__" metadata strings are fine
+            raise CheckpointError(
+                f"{path}: entry {key} is a {type(value).__name__}, not a tensor or array"
+            )
+    if not state:
+        raise CheckpointError(f"{path} holds no tensors")
+    return state, kind
+
+
+# --- matching weights to the model --------------------------------------------------------
+
+
+def _match_weights(
+    model: torch.nn.Module, weights: dict[str, torch.Tensor], kind: str, source: str
+) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """Map official weights onto ``model``'s keys and check them.
+
+    For ``.pkl`` (COCO Mask2Former) files a shape-mismatched ``class_embed``/query embedding and
+    a missing ``reid_embed`` are skipped (left at init); everything else must match exactly.
+
+    Returns:
+        (state dict to load, keys left at init, source keys skipped).
+    """
+    expected = model.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    for key, value in weights.items():
+        ours = official_key_to_ours(key)
+        if ours is not None:
+            mapped[ours] = value
+    num_classes = expected["sem_seg_head.predictor.class_embed.weight"].shape[0] - 1
+    got = mapped.get("sem_seg_head.predictor.class_embed.weight")
+    if kind == "pth" and got is not None and got.shape[0] != num_classes + 1:
+        raise CheckpointError(
+            f"class-count mismatch: the config says NUM_CLASSES={num_classes} but the weights "
+            f"in {source} have {got.shape[0] - 1} classes (class_embed {tuple(got.shape)})"
+        )
+    lenient = kind == "pkl"
+    skippable = ("class_embed.", "predictor.query_feat.", "predictor.query_embed.")
+    missing = [k for k in expected if k not in mapped]
+    left_at_init = [k for k in missing if lenient and ".reid_embed." in k]
+    missing = [k for k in missing if k not in left_at_init]
+    unexpected = [k for k in mapped if k not in expected]
+    mismatched, skipped = [], []
+    for key in [k for k in mapped if k in expected]:
+        if tuple(mapped[key].shape) != tuple(expected[key].shape):
+            if lenient and any(s in key for s in skippable):
+                skipped.append(key)
+            else:
+                shapes = f"{tuple(mapped[key].shape)} vs model {tuple(expected[key].shape)}"
+                mismatched.append(f"{key} {shapes}")
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_listed(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {_listed(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches: {_listed(mismatched)}")
+    if problems:
+        raise CheckpointError(
+            f"weights in {source} do not match the model built from the config "
+            "(wrong config for these weights?): " + "; ".join(problems)
+        )
+    state = {k: v for k, v in mapped.items() if k not in skipped}
+    return state, left_at_init + skipped, skipped
+
+
+def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        own = model.state_dict()
+        for key, value in state.items():
+            own[key].copy_(value.to(own[key].dtype))
+
+
+# --- our format ---------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: torch.nn.Module,
+    model_cfg: ModelConfig,
+    pre_cfg: PreprocessConfig,
+    trk_cfg: TrackerConfig,
+    provenance: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` and its configs as a checkpoint directory.
+
+    Args:
+        directory: output directory (created if needed; existing files are replaced).
+        model: the segmenter (its ``state_dict`` is saved as float tensors on CPU).
+        model_cfg: architecture that rebuilds ``model``.
+        pre_cfg: preprocessing settings.
+        trk_cfg: tracker settings.
+        provenance: JSON-serialisable notes (source file, sha256, converter ...).
+
+    Returns:
+        The checkpoint directory.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format_version": "1"})
+    config = {
+        "format_version": FORMAT_VERSION,
+        "model": to_dict(model_cfg),
+        "preprocess": to_dict(pre_cfg),
+        "tracker": to_dict(trk_cfg),
+        "class_names": list(model_cfg.class_names),
+        "category_ids": list(model_cfg.category_ids),
+        "provenance": provenance or {},
+    }
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return directory
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a checkpoint: {CONFIG_FILE} is missing")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot parse {path}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: unsupported checkpoint format_version {version!r} "
+            f"(this code reads version {FORMAT_VERSION})"
+        )
+    return config
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Rebuild the segmenter saved by ``save_checkpoint`` and load its weights strictly.
+
+    Args:
+        directory: checkpoint directory (``model.safetensors`` + ``config.json``).
+        device: where to put the model.
+
+    Returns:
+        LoadedCheckpoint with the segmenter in eval mode.
+
+    Raises:
+        CheckpointError: missing/unreadable files, unknown version, or weights that do not
+            match the stored config.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config = _read_config(directory)
+    try:
+        model_cfg = from_dict(ModelConfig, config["model"])
+        pre_cfg = from_dict(PreprocessConfig, config["preprocess"])
+        trk_cfg = from_dict(TrackerConfig, config["tracker"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: invalid config: {exc}") from exc
+    weights_path = directory / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
+    try:
+        weights = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"cannot read {weights_path}: {exc}") from exc
+    segmenter = build_segmenter(model_cfg)
+    state, left_at_init, _ = _match_weights(segmenter, weights, "pth", str(weights_path))
+    if left_at_init:  # pragma: no cover - strict mode never leaves keys at init
+        raise CheckpointError(f"{weights_path}: missing {_listed(left_at_init)}")
+    _load_into(segmenter, state)
+    meta = {k: config[k] for k in ("format_version", "class_names", "category_ids", "provenance")}
+    return LoadedCheckpoint(segmenter.to(device).eval(), model_cfg, pre_cfg, trk_cfg, meta)
+
+
+# --- conversion ---------------------------------------------------------------------------
+
+
+def _with_class_names(cfg: ModelConfig, preset: str | None, dataset: str | None) -> ModelConfig:
+    import dataclasses
+
+    name = preset
+    if name is None and dataset is not None:
+        name = official_dataset_preset(dataset, cfg.backbone)
+    if name is None:
+        return cfg
+    if name not in PRESETS:
+        raise CheckpointError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    names = PRESETS[name][0].class_names
+    if len(names) != cfg.num_classes:
+        if preset is None:  # inferred from the dataset name only: keep generic names
+            return cfg
+        raise CheckpointError(
+            f"preset {name!r} has {len(names)} classes but the config has {cfg.num_classes}"
+        )
+    ids = PRESETS[name][0].category_ids or tuple(range(1, len(names) + 1))
+    return dataclasses.replace(cfg, class_names=names, category_ids=ids)
+
+
+def convert_official(
+    ckpt_path: str | Path,
+    config_path: str | Path,
+    out_dir: str | Path,
+    preset: str | None = None,
+) -> LoadedCheckpoint:
+    """Convert an official checkpoint + its detectron2 config into our checkpoint directory.
+
+    Args:
+        ckpt_path: CTVIS ``.pth`` (strict) or Mask2Former COCO ``.pkl`` (class head, query
+            embeddings of another count and the re-id head are left at init).
+        config_path: dumped detectron2 config or official repo yaml (``_BASE_`` chains).
+        out_dir: where to write ``model.safetensors`` + ``config.json``.
+        preset: take class names/category ids from this preset (default: inferred from
+            ``DATASETS.TEST`` when the class count agrees).
+
+    Returns:
+        The converted model (eval mode) with its configs and metadata.
+
+    Raises:
+        CheckpointError: unreadable/unsafe files, unsupported config, or weights that do not
+            match the config.
+    """
+    ckpt_path, config_path = Path(ckpt_path), Path(config_path)
+    try:
+        model_cfg, pre_cfg, trk_cfg, dataset = read_official_config(config_path)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from exc
+    model_cfg = _with_class_names(model_cfg, preset, dataset)
+    weights, kind = read_official_weights(ckpt_path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # deterministic init of anything a .pkl leaves at init
+        segmenter = build_segmenter(model_cfg)
+    state, left_at_init, skipped = _match_weights(segmenter, weights, kind, str(ckpt_path))
+    _load_into(segmenter, state)
+    provenance = {
+        "converter": "model.checkpoint.convert_official",
+        "source_kind": "ctvis_pth" if kind == "pth" else "mask2former_pkl",
+        "source_checkpoint": ckpt_path.name,
+        "source_sha256": _sha256(ckpt_path),
+        "source_config": config_path.name,
+        "source_config_sha256": _sha256(config_path),
+        "dropped_keys": sorted(k for k in weights if official_key_to_ours(k) is None),
+        "skipped_keys": skipped,
+        "left_at_init": left_at_init,
+    }
+    save_checkpoint(out_dir, segmenter, model_cfg, pre_cfg, trk_cfg, provenance)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "class_names": list(model_cfg.class_names),
+        "category_ids": list(model_cfg.category_ids),
+        "provenance": provenance,
+    }
+    return LoadedCheckpoint(segmenter.eval(), model_cfg, pre_cfg, trk_cfg, meta)

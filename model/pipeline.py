@@ -1,0 +1,185 @@
+"""Offline video inference: frames -> network -> select -> track_step -> video results.
+
+Used by evaluation, the CLI and parity tests (the service composes the pieces itself so
+that it can batch across sessions). Frames stream through the tracker one at a time, so
+only RLE masks and small per-track sums are held for the whole video.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.config import ModelConfig, PreprocessConfig, TrackerConfig
+from model.postprocess import MaskSizes, TrackEntry, VideoAccumulator, video_results
+from model.structures import FrameBatch, FrameOutputs
+from model.tracker.select import select_candidates
+from model.tracker.state import TrackState, init_state
+from model.tracker.step import track_step
+
+ProgressFn = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class FrameTrace:
+    """What the tracker saw and decided in one frame (mirrors the reference trace).
+
+    Attributes:
+        frame_index: frame number.
+        candidate_query_indices: N int64 queries passed to the tracker (descending score).
+        candidate_scores: N float32 their scores.
+        assigned_ids: M int64 ids handed out, in candidate order.
+        assigned_query_indices: M int64 query each assigned id came from.
+    """
+
+    frame_index: int
+    candidate_query_indices: torch.Tensor
+    candidate_scores: torch.Tensor
+    assigned_ids: torch.Tensor
+    assigned_query_indices: torch.Tensor
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """Everything ``track_video`` produced for one video.
+
+    Attributes:
+        results: YouTube-VIS results entries (see ``postprocess.video_results``).
+        entries: the output tracks in official ``video_dict`` order.
+        trace: per-frame tracker trace.
+        state: final tracker state.
+    """
+
+    results: list[dict[str, Any]]
+    entries: list[TrackEntry]
+    trace: list[FrameTrace]
+    state: TrackState
+
+
+def _frames_of(outputs: FrameOutputs) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    for b in range(outputs.pred_logits.shape[0]):
+        yield outputs.pred_logits[b], outputs.pred_masks[b], outputs.pred_embeds[b]
+
+
+def track_video(
+    outputs: Iterable[FrameOutputs],
+    sizes: MaskSizes,
+    model_cfg: ModelConfig,
+    tracker_cfg: TrackerConfig,
+    video_id: Any = 0,
+    num_frames: int | None = None,
+    progress: ProgressFn | None = None,
+    keep_mask_logits: bool = False,
+) -> VideoResult:
+    """Run the tracker and post-processing over already computed network outputs.
+
+    Args:
+        outputs: FrameOutputs chunks in frame order (each BxQx..., B >= 1).
+        sizes: resized / padded / original sizes shared by all frames of the video.
+        model_cfg: ``num_classes`` and the category id map.
+        tracker_cfg: tracker settings.
+        video_id: id written into the results entries.
+        num_frames: total frame count, only for ``progress``.
+        progress: called as ``progress(frames_done, num_frames)`` after every frame.
+        keep_mask_logits: keep low-res mask logits per output track (parity tests).
+
+    Returns:
+        The ``VideoResult``.
+    """
+    accumulator = VideoAccumulator(tracker_cfg, sizes, keep_mask_logits=keep_mask_logits)
+    state: TrackState | None = None
+    trace: list[FrameTrace] = []
+    for chunk in outputs:
+        for logits, masks, embeds in _frames_of(chunk):
+            if state is None:
+                state = init_state(
+                    embed_dim=embeds.shape[-1],
+                    num_classes=logits.shape[-1] - 1,
+                    cache_size=tracker_cfg.cache_size,
+                    device=embeds.device,
+                    dtype=embeds.dtype,
+                )
+            detections = select_candidates(logits, masks, embeds, tracker_cfg)
+            state, assignment = track_step(state, detections, tracker_cfg)
+            accumulator.add_frame(detections, assignment)
+            kept = assignment.kept
+            trace.append(
+                FrameTrace(
+                    frame_index=assignment.frame_index,
+                    candidate_query_indices=detections.query_indices,
+                    candidate_scores=detections.scores,
+                    assigned_ids=assignment.track_ids[kept],
+                    assigned_query_indices=detections.query_indices[kept],
+                )
+            )
+            if progress is not None:
+                progress(accumulator.num_frames, num_frames)
+    if state is None:
+        raise ValueError("track_video got no frames")
+    entries = accumulator.finalize()
+    results = video_results(
+        entries, accumulator.num_frames, sizes.original_size, model_cfg, video_id
+    )
+    return VideoResult(results=results, entries=entries, trace=trace, state=state)
+
+
+def _default_prepare(frames: Sequence[np.ndarray], cfg: PreprocessConfig) -> FrameBatch:
+    from model.preprocess import prepare_frames  # written concurrently; imported lazily
+
+    return prepare_frames(frames, cfg)
+
+
+def segment_video(
+    forward_fn: Callable[[torch.Tensor], FrameOutputs],
+    frames: Sequence[np.ndarray] | np.ndarray,
+    model_cfg: ModelConfig,
+    preprocess_cfg: PreprocessConfig,
+    tracker_cfg: TrackerConfig,
+    video_id: Any = 0,
+    progress: ProgressFn | None = None,
+    prepare_fn: Callable[[Sequence[np.ndarray], PreprocessConfig], FrameBatch] | None = None,
+) -> VideoResult:
+    """Segment and track a whole video offline.
+
+    Frames go through ``forward_fn`` in clips of ``preprocess_cfg.clip_frames`` (frames never
+    interact, so the clip size changes nothing but memory) under ``torch.inference_mode``.
+
+    Args:
+        forward_fn: maps pixels Bx3xHpxWp (normalised, zero-padded) to ``FrameOutputs``.
+        frames: T frames, HxWx3 uint8 RGB, all the same size.
+        model_cfg: classes and category ids.
+        preprocess_cfg: resize / normalisation / clip length.
+        tracker_cfg: tracker settings.
+        video_id: id written into the results entries.
+        progress: called as ``progress(frames_done, T)`` after every frame.
+        prepare_fn: override of ``model.preprocess.prepare_frames``.
+
+    Returns:
+        The ``VideoResult`` (results entries in the official order).
+    """
+    prepare = prepare_fn or _default_prepare
+    total = len(frames)
+    if total == 0:
+        raise ValueError("segment_video got no frames")
+    clip = max(1, preprocess_cfg.clip_frames)
+    first = prepare(frames[:1], preprocess_cfg)
+    sizes = MaskSizes(
+        image_size=first.image_sizes[0],
+        padded_size=first.padded_size,
+        original_size=first.original_sizes[0],
+    )
+
+    def chunks() -> Iterable[FrameOutputs]:
+        for start in range(0, total, clip):
+            batch = prepare(frames[start : start + clip], preprocess_cfg)
+            with torch.inference_mode():
+                yield forward_fn(batch.pixels)
+
+    with torch.inference_mode():
+        return track_video(
+            chunks(), sizes, model_cfg, tracker_cfg, video_id, total, progress=progress
+        )

@@ -1,0 +1,239 @@
+"""Live sessions: create, process one frame (REST and WebSocket share this), delete.
+
+Every frame: load the record, check the token, decode the state, run the frame through the
+batch queue, then save the new state with a compare-and-set on the frame index. One process
+serialises a session's frames with a per-session lock; across replicas the compare-and-set
+turns a race into a 409 ``state_conflict`` instead of a forked track history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+
+from model.config import TrackerConfig, to_dict
+from model.tracker import codec, init_state
+from service.auth import hash_secret, new_id, new_token, token_matches
+from service.batching import BatchQueue
+from service.engine import FrameItem, FrameOutcome
+from service.errors import ApiError
+from service.metrics import Metrics
+from service.models import ServedModel
+from service.schemas import RLE, FrameResult, InstanceOut, SessionCreate, SessionInfo, Timings
+from service.settings import Settings
+from service.store import SessionNotFound, SessionRecord, SessionStore, StateConflict
+
+
+def tracker_with_overrides(base: TrackerConfig, overrides: dict[str, Any]) -> TrackerConfig:
+    """``base`` with validated field overrides (unknown names or wrong types: 422)."""
+    fields = {f.name: f for f in dataclasses.fields(TrackerConfig)}
+    clean: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise ApiError(422, "invalid_tracker_option", f"unknown tracker option {key!r}")
+        current = getattr(base, key)
+        if isinstance(current, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(current, (int, float)):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = type(current)(value) if ok else value
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise ApiError(422, "invalid_tracker_option", f"tracker option {key!r} has bad type")
+        clean[key] = value
+    cfg = dataclasses.replace(base, **clean)
+    _check_ranges(cfg)
+    return cfg
+
+
+def _check_ranges(cfg: TrackerConfig) -> None:
+    for name in ("select_threshold", "init_score_threshold", "mask_nms_threshold"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ApiError(422, "invalid_tracker_option", f"{name} must be within [0, 1]")
+    if cfg.match_metric not in ("bisoftmax", "cosine"):
+        raise ApiError(422, "invalid_tracker_option", "match_metric: bisoftmax or cosine")
+    if cfg.match_type not in ("greedy", "hungarian"):
+        raise ApiError(422, "invalid_tracker_option", "match_type: greedy or hungarian")
+    if cfg.num_dead_frames < 0 or cfg.cache_size < 1:
+        raise ApiError(422, "invalid_tracker_option", "num_dead_frames >= 0, cache_size >= 1")
+
+
+class SessionService:
+    """The one place REST and WebSocket frame handling go through."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        served: ServedModel,
+        store: SessionStore,
+        queue: BatchQueue[FrameItem, FrameOutcome],
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.served = served
+        self.store = store
+        self.queue = queue
+        self.metrics = metrics
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def model_id(self) -> str:
+        return self.served.model_id
+
+    async def _store_call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except (SessionNotFound, StateConflict, ApiError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - connection errors of any client library
+            raise ApiError(
+                503, "state_store_unavailable", f"session store unavailable: {exc}"
+            ) from exc
+
+    async def create(self, options: SessionCreate) -> tuple[str, str, float]:
+        """Create a session; returns (session_id, token, expires_at)."""
+        if options.model not in (None, self.served.name):
+            raise ApiError(404, "model_not_found", f"model {options.model!r} is not served here")
+        if len(self._locks) >= self.settings.max_sessions:
+            raise ApiError(429, "too_many_sessions", "live session limit reached")
+        cfg = tracker_with_overrides(self.served.tracker_cfg, options.tracker)
+        state = init_state(
+            self.served.model_cfg.embed_dim, self.served.model_cfg.num_classes, cfg.cache_size
+        )
+        session_id, token = new_id(), new_token()
+        meta = {
+            "token_sha256": hash_secret(token),
+            "model": self.served.name,
+            "model_id": self.model_id,
+            "tracker": to_dict(cfg),
+            "backpressure": options.backpressure,
+            "queue_size": options.queue_size,
+            "created_at": time.time(),
+        }
+        record = SessionRecord(session_id, meta, codec.dumps(state, self.model_id), 0)
+        await self._store_call(self.store.create(record, self.settings.session_ttl_s))
+        self._locks[session_id] = asyncio.Lock()
+        self.metrics.live_sessions.set(len(self._locks))
+        return session_id, token, time.time() + self.settings.session_ttl_s
+
+    async def authorize(self, session_id: str, token: str | None) -> SessionRecord:
+        """Load a session and check its token (404 unknown/expired, 401 bad token)."""
+        record = await self._store_call(self.store.load(session_id))
+        if record is None:
+            self._locks.pop(session_id, None)
+            raise ApiError(404, "session_not_found", f"session {session_id} not found or expired")
+        if not token_matches(token, record.meta["token_sha256"]):
+            raise ApiError(401, "invalid_token", "missing or wrong session token")
+        if record.meta.get("model_id") != self.model_id:
+            raise ApiError(
+                409, "model_mismatch", "session was started with a model not served here"
+            )
+        return record
+
+    async def info(self, session_id: str, token: str | None) -> SessionInfo:
+        record = await self.authorize(session_id, token)
+        meta = codec.read_metadata(record.state)
+        return SessionInfo(
+            session_id=session_id,
+            model=record.meta["model"],
+            frame_index=record.frame_index,
+            live_tracks=int(meta["num_tracks"]),
+            backpressure=record.meta["backpressure"],
+            expires_at=time.time() + self.settings.session_ttl_s,
+            tracker=record.meta["tracker"],
+        )
+
+    async def delete(self, session_id: str, token: str | None) -> None:
+        await self.authorize(session_id, token)
+        await self._store_call(self.store.delete(session_id))
+        self._locks.pop(session_id, None)
+        self.metrics.live_sessions.set(len(self._locks))
+
+    async def process_frame(
+        self,
+        session_id: str,
+        token: str | None,
+        frame: np.ndarray,
+        received_at: float,
+        path: str,
+        lag: int = 0,
+        dropped: int = 0,
+    ) -> FrameResult:
+        """Run one frame of a session and persist the new state (strictly in order)."""
+        lock = self._locks.setdefault(session_id, asyncio.Lock())
+        async with lock:
+            record = await self.authorize(session_id, token)
+            cfg = TrackerConfig(**_tracker_kwargs(record.meta["tracker"]))
+            state = codec.loads(record.state, expected_model_id=self.model_id)
+            queued_at = time.perf_counter()
+            outcome = await self.queue.submit(FrameItem(frame, state, cfg))
+            queue_ms = (time.perf_counter() - queued_at) * 1000 - outcome.model_ms
+            if outcome.error is not None or outcome.state is None:
+                self.metrics.errors.labels("frame_failed").inc()
+                raise ApiError(
+                    422, "frame_failed", f"the model failed on this frame: {outcome.error}"
+                )
+            payload = codec.dumps(outcome.state, self.model_id)
+            try:
+                await self._store_call(
+                    self.store.save_state(
+                        session_id, record.frame_index, payload, self.settings.session_ttl_s
+                    )
+                )
+            except StateConflict as exc:
+                self.metrics.errors.labels("state_conflict").inc()
+                raise ApiError(409, "state_conflict", str(exc)) from exc
+            except SessionNotFound as exc:
+                raise ApiError(404, "session_not_found", "session expired while running") from exc
+        total_ms = (time.perf_counter() - received_at) * 1000
+        self.metrics.frames.labels(path).inc()
+        self.metrics.frame_seconds.observe(total_ms / 1000)
+        return self._result(
+            session_id, record.frame_index, frame, outcome, queue_ms, total_ms, lag, dropped
+        )
+
+    def _result(
+        self,
+        session_id: str,
+        frame_index: int,
+        frame: np.ndarray,
+        outcome: FrameOutcome,
+        queue_ms: float,
+        total_ms: float,
+        lag: int,
+        dropped: int,
+    ) -> FrameResult:
+        cfg = self.served.model_cfg
+        instances = [
+            InstanceOut(
+                track_id=inst.track_id,
+                category_id=cfg.category_id(inst.label),
+                category_name=cfg.class_name(inst.label),
+                score=inst.score,
+                bbox=inst.bbox,
+                segmentation=RLE(size=tuple(inst.rle["size"]), counts=str(inst.rle["counts"])),
+            )
+            for inst in outcome.instances
+        ]
+        return FrameResult(
+            session_id=session_id,
+            frame_index=frame_index,
+            height=int(frame.shape[0]),
+            width=int(frame.shape[1]),
+            instances=instances,
+            timings=Timings(
+                queue_ms=max(queue_ms, 0.0), model_ms=outcome.model_ms, total_ms=total_ms
+            ),
+            lag=lag,
+            dropped_frames=dropped,
+        )
+
+
+def _tracker_kwargs(data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(TrackerConfig)}
+    return {k: v for k, v in data.items() if k in names}

@@ -1,0 +1,68 @@
+"""Similarity and assignment rules (spec ``inference.md`` 4.3-4.4)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from model.config import TrackerConfig
+from model.tracker.match import assign, assign_greedy, assign_hungarian, similarity
+
+
+def test_bisoftmax_is_mean_of_row_and_column_softmax() -> None:
+    torch.manual_seed(0)
+    d, t = torch.randn(5, 8), torch.randn(3, 8)
+    s = d @ t.t()
+    expected = 0.5 * (s.softmax(1) + s.softmax(0))
+    torch.testing.assert_close(similarity(d, t, "bisoftmax"), expected)
+    cos = similarity(d, t, "cosine")
+    torch.testing.assert_close(cos[1, 2], torch.cosine_similarity(d[1], t[2], dim=0))
+
+
+def test_frame_weight_prefers_older_track() -> None:
+    match = np.array([[0.38, 0.62]], dtype=np.float32)
+    exist = np.array([5, 1])
+    assert assign_greedy(match, exist, 0.3, frame_weight=True).tolist() == [0]
+    assert assign_greedy(match, exist, 0.3, frame_weight=False).tolist() == [1]
+
+
+def test_single_above_threshold_uses_raw_value() -> None:
+    # Only one entry above thr: no weighting, so the 0.29 * 100 entry cannot win.
+    match = np.array([[0.29, 0.31]], dtype=np.float32)
+    assert assign_greedy(match, np.array([100, 1]), 0.3).tolist() == [1]
+
+
+def test_weighting_below_threshold_entries_use_mean() -> None:
+    # Above: cols 1, 2 (weights 1, 3 -> mean 2); col 0 (0.29) is weighted by 2 -> 0.58,
+    # above col 1's 0.35 but below col 2's 0.36 * 3.
+    match = np.array([[0.29, 0.35, 0.36]], dtype=np.float32)
+    assert assign_greedy(match, np.array([50, 1, 3]), 0.3).tolist() == [2]
+
+
+def test_column_zeroing_changes_later_rows_weighting() -> None:
+    # Row 0 takes track 0. Row 1 then has only one entry above thr (track 1), so it is not
+    # weighted and its raw max (track 1) is used even though track 2 is much older.
+    match = np.array([[0.9, 0.1, 0.0], [0.5, 0.4, 0.1]], dtype=np.float32)
+    exist = np.array([1, 1, 100])
+    assert assign_greedy(match, exist, 0.3).tolist() == [0, 1]
+    original = match.copy()
+    assign_greedy(match, exist, 0.3)
+    np.testing.assert_array_equal(match, original)  # input not modified
+
+
+def test_unmatched_when_not_above_threshold() -> None:
+    match = np.array([[0.3, 0.2], [0.9, 0.1], [0.8, 0.05]], dtype=np.float32)
+    assert assign_greedy(match, np.array([1, 1]), 0.3).tolist() == [-1, 0, -1]
+
+
+def test_hungarian_maximises_total() -> None:
+    match = np.array([[0.9, 0.8], [0.85, 0.1]], dtype=np.float32)
+    assert assign_hungarian(match, 0.3).tolist() == [1, 0]
+    assert assign_greedy(match, np.array([1, 1]), 0.3, frame_weight=False).tolist() == [0, -1]
+    cfg = dataclasses.replace(TrackerConfig(), match_type="hungarian", match_threshold=0.85)
+    assert assign(torch.from_numpy(match), torch.ones(2, dtype=torch.int64), cfg).tolist() == [
+        -1,
+        -1,
+    ]

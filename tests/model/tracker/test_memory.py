@@ -1,0 +1,131 @@
+"""Memory-bank rules of ``model.tracker.memory`` against a plain list-based oracle."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from model.config import TrackerConfig
+from model.tracker import memory
+from model.tracker.state import check_state, init_state
+
+
+class OracleTracklet:
+    """Spec 4.1 written the obvious way: unbounded lists trimmed to the last 10."""
+
+    def __init__(self) -> None:
+        self.embeds: list[torch.Tensor] = []
+        self.sg = torch.zeros(0)
+        self.last = torch.zeros(0)
+        self.exist_frames = 0
+
+    def update(self, e: torch.Tensor) -> None:
+        self.embeds.append(e)
+        if self.exist_frames == 0:
+            self.sg, self.last = e, e
+        else:
+            self.last = 0.25 * self.last + 0.75 * e
+            prev = self.embeds[:-1]
+            sims = [torch.cosine_similarity(p, e, dim=0) for p in prev]
+            beta = max(0.0, float(sum(sims) / len(prev)))
+            self.sg = (1 - beta) * self.sg + beta * e
+        self.exist_frames += 1
+        if len(self.embeds) > 10:
+            self.embeds.pop(0)
+
+
+def test_write_matches_oracle_beyond_cache_window() -> None:
+    torch.manual_seed(0)
+    base = torch.randn(2, 16)
+    state = init_state(16, 3)
+    state, slots = memory.spawn(state, 2)
+    oracles = [OracleTracklet(), OracleTracklet()]
+    for f in range(25):
+        e = base + 0.8 * torch.randn(2, 16)
+        state = memory.write(state, slots, e, torch.rand(2), f)
+        for o, row in zip(oracles, e, strict=True):
+            o.update(row)
+        state = dataclasses.replace(state, frame_index=f + 1)
+        check_state(state)
+    for i, o in enumerate(oracles):
+        torch.testing.assert_close(state.sg_embed[i], o.sg, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(state.momentum_embed[i], o.last, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(state.embed_cache[i], torch.stack(o.embeds))
+        assert int(state.exist_frames[i]) == o.exist_frames == 25
+    assert state.cache_len.tolist() == [10, 10]
+
+
+def test_negative_similarity_keeps_embedding() -> None:
+    state, slots = memory.spawn(init_state(4, 2), 1)
+    e = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    state = memory.write(state, slots, e, torch.ones(1), 0)
+    state = memory.write(state, slots, -e, torch.ones(1), 1)
+    torch.testing.assert_close(state.sg_embed, e)  # beta = max(0, -1) = 0
+    torch.testing.assert_close(state.embed_cache[0, -1], -e[0])
+
+
+def test_read_embeddings_variants() -> None:
+    state, slots = memory.spawn(init_state(4, 2), 1)
+    for f, v in enumerate([1.0, 3.0]):
+        state = memory.write(state, slots, torch.full((1, 4), v), torch.ones(1), f)
+    torch.testing.assert_close(memory.read_embeddings(state, "last"), torch.full((1, 4), 3.0))
+    torch.testing.assert_close(memory.read_embeddings(state, "momentum"), torch.full((1, 4), 2.5))
+    # cos = 1 -> beta = 1 -> sg = newest
+    torch.testing.assert_close(
+        memory.read_embeddings(state, "similarity_guided"), torch.full((1, 4), 3.0)
+    )
+    weighted = memory.read_embeddings(state, "temporally_weighted")
+    torch.testing.assert_close(weighted, torch.full((1, 4), (1 + 2 * 3) / 3))
+
+
+def test_write_is_pure_and_differentiable() -> None:
+    torch.manual_seed(1)
+    state, slots = memory.spawn(init_state(8, 2), 3)
+    before = {k: v.clone() for k, v in state.tensors().items()}
+    e0 = torch.randn(3, 8, requires_grad=True)
+    e1 = torch.randn(3, 8, requires_grad=True)
+    s1 = memory.write(state, slots, e0, torch.ones(3), 0)
+    s2 = memory.write(s1, slots[[2, 0]], e1[[2, 0]], torch.ones(2), 1)
+    for k, v in state.tensors().items():
+        assert torch.equal(v, before[k]), k
+    loss = memory.read_embeddings(s2, "similarity_guided").square().sum()
+    loss.backward()
+    assert e0.grad is not None and e1.grad is not None
+    assert e0.grad.abs().sum() > 0
+    assert e1.grad[1].abs().sum() == 0  # row 1 of e1 was never written
+    assert e1.grad[0].abs().sum() > 0
+
+
+def test_spawn_prune_keep_slot_order() -> None:
+    state = init_state(4, 2)
+    state, slots = memory.spawn(state, 3)
+    assert slots.tolist() == [0, 1, 2] and state.track_ids.tolist() == [0, 1, 2]
+    state = memory.write(state, slots, torch.randn(3, 4), torch.ones(3), 0)
+    state = memory.write(state, slots[[0, 2]], torch.randn(2, 4), torch.ones(2), 5)
+    state, new = memory.spawn(state, 1)
+    assert new.tolist() == [3] and state.next_track_id == 4
+    state = memory.write(state, new, torch.randn(1, 4), torch.ones(1), 6)
+    pruned, keep = memory.prune(state, 21, num_dead_frames=20)
+    assert keep.tolist() == [True, False, True, True]
+    assert pruned.track_ids.tolist() == [0, 2, 3]
+    assert pruned.last_seen.tolist() == [5, 5, 6]
+
+
+def test_record_entries_noise_filter() -> None:
+    cfg = TrackerConfig()
+    state, slots = memory.spawn(init_state(4, 2), 2)
+    logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    for f in range(11):
+        hit = slots if f < 2 else slots[:1]  # track 1 seen in frames 0-1 only
+        state = memory.record_entries(state, hit, logits[hit], f, cfg)
+        if f == 8:
+            assert state.entry_hits.tolist() == [9, 2]
+    # removed after frame 9 (f > noise_frame_num, tail >= 2, hits < 3)
+    assert state.entry_hits.tolist() == [11, 0]
+    out = memory.entry_logits(state, "mean")
+    torch.testing.assert_close(out[0], logits[0])
+    assert torch.isnan(out[1]).all()
+    state = memory.record_entries(state, slots[1:], torch.ones(1, 3), 11, cfg)
+    assert state.entry_hits.tolist() == [11, 1]  # fresh entry, old history dropped
+    torch.testing.assert_close(memory.entry_logits(state, "max")[1], torch.ones(3))

@@ -1,0 +1,53 @@
+"""Per-frame candidate selection (spec ``inference.md`` 3)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from model.config import TrackerConfig
+from model.tracker.select import mask_iou_matrix, mask_nms, select_candidates
+
+
+def _logits(probs: list[float]) -> torch.Tensor:
+    """Qx3 logits (2 classes + no-object) whose max foreground probability is ``probs``."""
+    return torch.tensor([[math.log(p), math.log(1e-4), math.log(1 - p - 1e-4)] for p in probs])
+
+
+def _square(y: int, x: int, size: int = 4, hw: int = 12) -> torch.Tensor:
+    m = torch.full((hw, hw), -5.0)
+    m[y : y + size, x : x + size] = 5.0
+    return m
+
+
+def test_sorted_thresholded_and_nms() -> None:
+    logits = _logits([0.2, 0.9, 0.005, 0.5, 0.6])
+    masks = torch.stack([_square(0, 0), _square(6, 6), _square(0, 6), _square(0, 1), _square(6, 6)])
+    det = select_candidates(logits, masks, torch.eye(5), TrackerConfig())
+    # q2 below 0.01 dropped; q4 duplicates q1 (IoU 1); q3 (IoU 12/20 = 0.6, not > 0.6) kept.
+    assert det.query_indices.tolist() == [1, 3, 0]
+    torch.testing.assert_close(det.scores, torch.tensor([0.9, 0.5, 0.2]))
+    torch.testing.assert_close(det.embeds, torch.eye(5)[[1, 3, 0]])
+    assert det.logits.shape == (3, 3) and det.mask_logits.shape == (3, 12, 12)
+
+
+def test_keep_top1_when_nothing_passes() -> None:
+    logits = _logits([0.004, 0.006, 0.002])
+    det = select_candidates(logits, torch.zeros(3, 4, 4), torch.zeros(3, 2), TrackerConfig())
+    assert det.query_indices.tolist() == [1]
+
+
+def test_empty_masks_suppress_each_other() -> None:
+    empty = torch.full((2, 6, 6), -1.0)
+    iou = mask_iou_matrix(empty.sigmoid() > 0.5)
+    torch.testing.assert_close(iou, torch.ones(2, 2))
+    assert mask_nms(empty, 0.6).tolist() == [True, False]
+    mixed = torch.stack([_square(0, 0, hw=6), torch.full((6, 6), -1.0), torch.full((6, 6), -1.0)])
+    assert mask_nms(mixed, 0.6).tolist() == [True, True, False]
+
+
+def test_nms_chain_only_kept_masks_suppress() -> None:
+    # a suppresses b; b would suppress c, but b is gone so c survives.
+    a, b, c = _square(0, 0, 6), _square(0, 2, 6), _square(0, 4, 6)
+    assert mask_nms(torch.stack([a, b, c]), 0.3).tolist() == [True, False, True]

@@ -1,0 +1,196 @@
+"""YouTube-VIS evaluator: official numbers on the real sample, hand-made edge cases, IDSW."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from training.ytvis_data import YtvisFormatError, parse_ground_truth, parse_results
+from training.ytvis_eval import METRIC_KEYS, EvalResult, evaluate, evaluate_files
+
+SIZE = (64, 64)
+
+
+@pytest.mark.parametrize("results_name", ["results_gt_as_pred.json", "results_perturbed.json"])
+def test_real_sample_matches_official(real_sample_dir: Path, results_name: str) -> None:
+    expected = json.loads((real_sample_dir / "expected_metrics.json").read_text())[results_name]
+    result = evaluate_files(real_sample_dir / "instances.json", real_sample_dir / results_name)
+    for key in METRIC_KEYS:
+        assert result.metrics[key] == pytest.approx(expected[key], abs=1e-6), key
+    assert result.id_switches == 0  # every frame's best match is P4 (exact ground truth)
+
+
+def test_real_sample_per_category(real_sample_dir: Path) -> None:
+    result = evaluate_files(
+        real_sample_dir / "instances.json", real_sample_dir / "results_perturbed.json"
+    )
+    present = {k: v for k, v in result.per_category_ap.items() if v >= 0}
+    assert set(present) == {"bird", "car", "dog", "person"}
+    # AP is the mean over categories with ground truth.
+    assert np.mean(list(present.values())) == pytest.approx(result.metrics["AP"], abs=1e-12)
+    assert len(result.per_category_ap) == 40
+
+
+def _rle(
+    box: tuple[int, int, int, int] | None, size: tuple[int, int] = SIZE
+) -> dict[str, Any] | None:
+    """Compressed RLE of a filled (x0, y0, x1, y1) box in an HxW frame, None for absent."""
+    if box is None:
+        return None
+    mask = np.zeros((*size, 1), dtype=np.uint8, order="F")
+    x0, y0, x1, y1 = box
+    mask[y0:y1, x0:x1] = 1
+    rle = mask_utils.encode(mask)[0]
+    return {"size": list(size), "counts": rle["counts"].decode("ascii")}
+
+
+def _gt(tracks: list[dict[str, Any]], length: int, size: tuple[int, int] = SIZE) -> dict[str, Any]:
+    names = [f"{i}.jpg" for i in range(length)]
+    return {
+        "videos": [{"id": 1, "height": size[0], "width": size[1], "file_names": names}],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+        "annotations": [
+            {
+                "id": i + 1,
+                "video_id": 1,
+                "category_id": t.get("category_id", 1),
+                "iscrowd": t.get("iscrowd", 0),
+                "segmentations": [_rle(b, size) for b in t["boxes"]],
+            }
+            for i, t in enumerate(tracks)
+        ],
+    }
+
+
+def _run(
+    gt_tracks: list[dict[str, Any]],
+    preds: list[dict[str, Any]],
+    length: int,
+    size: tuple[int, int] = SIZE,
+) -> EvalResult:
+    gt = parse_ground_truth(_gt(gt_tracks, length, size))
+    results = [
+        {
+            "video_id": 1,
+            "category_id": p.get("category_id", 1),
+            "score": p["score"],
+            "segmentations": [_rle(b, size) for b in p["boxes"]],
+        }
+        for p in preds
+    ]
+    return evaluate(gt, parse_results(results, gt))
+
+
+BOX_A = (0, 0, 10, 10)  # 100 px: "small"
+BOX_B = (30, 30, 40, 40)
+
+
+def test_false_positive_ranked_first_and_empty_buckets() -> None:
+    result = _run(
+        [{"boxes": [BOX_A, BOX_A]}],
+        [{"score": 0.95, "boxes": [BOX_B, BOX_B]}, {"score": 0.9, "boxes": [BOX_A, BOX_A]}],
+        length=2,
+    )
+    m = result.metrics
+    # Precision is 0.5 at every recall point once the top-ranked false positive is counted.
+    assert m["AP"] == pytest.approx(0.5) and m["APs"] == pytest.approx(0.5)
+    assert m["AR1"] == 0.0 and m["AR10"] == 1.0 and m["AR100"] == 1.0
+    for key in ("APm", "APl", "ARm", "ARl"):
+        assert m[key] == -1.0, key
+    assert result.per_category_ap == {"cat": pytest.approx(0.5), "dog": -1.0}
+
+
+def test_null_prediction_frame_counts_ground_truth_in_union() -> None:
+    # IoU = 100 / (100 + 100) = 0.5: a match at the 0.50 threshold only.
+    result = _run([{"boxes": [BOX_A, BOX_A]}], [{"score": 0.9, "boxes": [BOX_A, None]}], 2)
+    assert result.metrics["AP50"] == pytest.approx(1.0)
+    assert result.metrics["AP75"] == 0.0
+    assert result.metrics["AP"] == pytest.approx(0.1)
+
+
+def test_frames_absent_on_both_sides_add_nothing() -> None:
+    boxes = [BOX_A, None, BOX_A]
+    result = _run([{"boxes": boxes}], [{"score": 0.9, "boxes": boxes}], 3)
+    assert result.metrics["AP"] == pytest.approx(1.0)
+
+
+def test_crowd_absorbs_predictions_without_false_positives() -> None:
+    gt = [{"boxes": [BOX_A]}, {"boxes": [BOX_B], "iscrowd": 1}]
+    preds = [
+        {"score": 0.9, "boxes": [BOX_B]},
+        {"score": 0.85, "boxes": [BOX_B]},
+        {"score": 0.8, "boxes": [BOX_A]},
+    ]
+    assert _run(gt, preds, 1).metrics["AP"] == pytest.approx(1.0)
+    no_crowd = [{"boxes": [BOX_A]}, {"boxes": [BOX_B], "iscrowd": 0}]
+    assert _run(no_crowd, preds, 1).metrics["AP"] < 1.0
+
+
+def test_wrong_category_is_a_false_positive() -> None:
+    preds = [{"score": 0.9, "boxes": [BOX_A], "category_id": 2}]
+    result = _run([{"boxes": [BOX_A]}], preds, 1)
+    assert result.metrics["AP"] == 0.0 and result.metrics["AR100"] == 0.0
+
+
+def test_medium_and_large_buckets() -> None:
+    medium, large = (0, 0, 150, 150), (300, 0, 600, 300)  # 22500 px and 90000 px
+    gt = [{"boxes": [medium]}, {"boxes": [large]}]
+    m = _run(gt, [{"score": 0.9, "boxes": [medium]}], 1, size=(600, 600)).metrics
+    assert m["APs"] == -1.0 and m["APm"] == pytest.approx(1.0) and m["APl"] == 0.0
+    assert m["AR100"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("owners", "expected"),
+    [
+        (["x", "x", "x", "x"], 0),
+        (["x", "x", "y", "y"], 1),
+        (["x", "y", "x", "y"], 3),
+        (["x", None, "x", "x"], 0),  # lost for a frame, re-acquired by the same prediction
+        (["x", None, "y", "y"], 1),
+    ],
+)
+def test_identity_switches(owners: list[str | None], expected: int) -> None:
+    """One ground-truth track; prediction x or y covers it frame by frame (None: nobody)."""
+    n = len(owners)
+    pred_x = [BOX_A if o == "x" else None for o in owners]
+    pred_y = [BOX_A if o == "y" else None for o in owners]
+    # A distractor in the same frames that never reaches IoU 0.5 with the track.
+    pred_z = [(0, 0, 4, 4)] * n
+    gt = [{"boxes": [BOX_A] * n}, {"boxes": [BOX_B] * n}]
+    preds = [
+        {"score": 0.9, "boxes": pred_x},
+        {"score": 0.8, "boxes": pred_y},
+        {"score": 0.95, "boxes": pred_z},
+        {"score": 0.5, "boxes": [BOX_B] * n},  # second track: always the same prediction
+    ]
+    assert _run(gt, preds, n).id_switches == expected
+
+
+def test_identity_switch_ties_go_to_higher_score() -> None:
+    # Two identical predictions (as CTVIS emits one entry under several labels): no switch.
+    preds = [
+        {"score": 0.3, "boxes": [BOX_A] * 3},
+        {"score": 0.6, "boxes": [BOX_A] * 3, "category_id": 2},
+    ]
+    assert _run([{"boxes": [BOX_A] * 3}], preds, 3).id_switches == 0
+
+
+def test_bad_inputs_raise_format_error() -> None:
+    gt = parse_ground_truth(_gt([{"boxes": [BOX_A]}], 1))
+    with pytest.raises(YtvisFormatError, match="not in the ground truth"):
+        parse_results([{"video_id": 7, "category_id": 1, "score": 1, "segmentations": [None]}], gt)
+    with pytest.raises(YtvisFormatError, match="segmentations for 1 frames"):
+        parse_results([{"video_id": 1, "category_id": 1, "score": 1, "segmentations": []}], gt)
+    with pytest.raises(YtvisFormatError, match="missing or bad field"):
+        parse_results([{"video_id": 1, "segmentations": [None]}], gt)
+    with pytest.raises(YtvisFormatError, match="does not match video size"):
+        bad = {"size": [SIZE[0] + 1, SIZE[1]], "counts": "0"}
+        parse_results([{"video_id": 1, "category_id": 1, "score": 1, "segmentations": [bad]}], gt)
+    with pytest.raises(YtvisFormatError):
+        parse_ground_truth({"videos": []})
