@@ -6,8 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from service.auth import api_key_allowed
+from service.auth import api_key_allowed, hash_secret
 from service.errors import ApiError
+from service.jobs import JobManager
 from service.metrics import Metrics
 from service.sessions import SessionService
 from service.settings import Settings
@@ -36,6 +37,24 @@ def require_api_key(
         raise ApiError(401, "unauthorized", "missing or invalid API key (Authorization: Bearer)")
 
 
+def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> str | None:
+    """Who is calling: the digest of the API key in use, or None when keys are off."""
+    if not request.app.state.api_key_digests or not authorization:
+        return None
+    return hash_secret(authorization[7:].strip())
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 SessionsDep = Annotated[SessionService, Depends(_sessions)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
+CallerDep = Annotated[str | None, Depends(caller)]
+
+
+def _jobs(request: Request) -> JobManager:
+    jobs = getattr(request.app.state, "jobs", None)
+    if jobs is None:
+        raise ApiError(503, "not_ready", "the service is starting")
+    return jobs
+
+
+JobsDep = Annotated[JobManager, Depends(_jobs)]

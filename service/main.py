@@ -12,12 +12,14 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.api import sessions as session_routes
+from service.api import videos as video_routes
 from service.api import ws as ws_routes
 from service.auth import parse_api_keys
 from service.batching import BatchQueue
 from service.deps import require_api_key
 from service.engine import Engine, FrameItem, FrameOutcome
 from service.errors import ApiError, install_error_handlers
+from service.jobs import JobManager
 from service.metrics import Metrics
 from service.models import ServedModel, load_served_model
 from service.sessions import SessionService
@@ -55,9 +57,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         queue = _make_queue(Engine(served), settings, metrics)
         queue.start()
         app.state.sessions = SessionService(settings, served, app.state.store, queue, metrics)
+        app.state.jobs = JobManager(served, metrics, settings.max_video_frames)
         try:
             yield
         finally:
+            await app.state.jobs.close()
             await queue.close()
             await app.state.store.close()
 
@@ -71,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_key_digests = parse_api_keys(settings.api_keys)
     secured = [Depends(require_api_key)]
     app.include_router(session_routes.router, dependencies=secured)
+    app.include_router(video_routes.router, dependencies=secured)
     app.include_router(ws_routes.router)
 
     @app.get("/healthz", tags=["ops"])

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0, description="Longest wait to fill a batch.")
     session_ttl_s: int = Field(600, ge=1, description="Idle seconds before a session expires.")
     max_sessions: int = Field(256, ge=1, description="Live sessions allowed at once.")
+    max_upload_bytes: int = Field(
+        512 * 1024 * 1024, ge=1024, description="Largest accepted video upload."
+    )
+    max_video_frames: int = Field(
+        5000, ge=1, description="Most frames (after stride) one video job may process."
+    )
     max_frame_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest accepted encoded frame."
     )

@@ -295,7 +295,9 @@ class SwinStage(nn.Module):
         ws = self.window_size
         hp = height + _pad_amount(height, ws)
         wp = width + _pad_amount(width, ws)
-        mask = shifted_window_mask(hp, wp, ws, self.shift, x.device).to(x.dtype)
+        mask = None
+        if len(self.blocks) > 1:  # only odd blocks are shifted
+            mask = shifted_window_mask(hp, wp, ws, self.shift, x.device).to(x.dtype)
         for block in self.blocks:
             x = block(x, height, width, mask)
         down = self.downsample(x, height, width) if self.downsample is not None else None

@@ -1,0 +1,128 @@
+"""Video jobs: upload, progress, result identical to the offline runner, overlay, errors."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from model.runner import track_frames
+from model.video_io import FrameSource, OverlayWriter
+from service.main import create_app
+from service.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def mp4_file(tmp_path_factory: pytest.TempPathFactory, video_frames: list[np.ndarray]) -> Path:
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    h, w = video_frames[0].shape[:2]
+    with OverlayWriter(path, 10, (w, h)) as writer:
+        for f in video_frames:
+            writer.write(f)
+    return path
+
+
+@pytest.fixture()
+def client() -> TestClient:
+    with TestClient(create_app(Settings(max_video_frames=50))) as c:
+        yield c
+
+
+def _wait(client: TestClient, job_id: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get(f"/v1/videos/{job_id}").json()
+        if status["state"] in ("done", "failed", "cancelled"):
+            return status
+        time.sleep(0.05)
+    raise AssertionError("job did not finish")
+
+
+def test_job_result_equals_offline_runner(client: TestClient, mp4_file: Path) -> None:
+    resp = client.post("/v1/videos?overlay=true&video_id=7", content=mp4_file.read_bytes())
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["job_id"]
+    assert resp.headers["Location"] == f"/v1/videos/{job_id}"
+    status = _wait(client, job_id)
+    assert status["state"] == "done", status
+    source = FrameSource(mp4_file)
+    assert status["frames_done"] == status["frames_total"] == len(source)
+    result = client.get(f"/v1/videos/{job_id}/result").json()
+    served = client.app.state.model
+    expected = track_frames(
+        FrameSource(mp4_file), served.segmenter, served.model_cfg, served.preprocess_cfg,
+        served.tracker_cfg, video_id=7,
+    ).results  # fmt: skip
+    assert result == json.loads(json.dumps(expected))
+    overlay = client.get(f"/v1/videos/{job_id}/overlay")
+    assert overlay.status_code == 200 and overlay.headers["content-type"] == "video/mp4"
+    out = mp4_file.parent / "overlay.mp4"
+    out.write_bytes(overlay.content)
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == len(source)
+    events = client.get(f"/v1/videos/{job_id}/events").text
+    assert "event: done" in events
+
+
+def test_multipart_upload_with_stride(client: TestClient, mp4_file: Path) -> None:
+    files = {"file": ("clip.mp4", mp4_file.read_bytes(), "video/mp4")}
+    resp = client.post("/v1/videos?frame_stride=2&max_frames=3", files=files)
+    assert resp.status_code == 202, resp.text
+    status = _wait(client, resp.json()["job_id"])
+    assert status["state"] == "done" and status["frames_done"] == 3
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"this is a text file, not a video", None],
+    ids=["empty", "text", "truncated-mp4"],
+)
+def test_bad_uploads_are_4xx(client: TestClient, mp4_file: Path, payload: bytes | None) -> None:
+    data = mp4_file.read_bytes()[:200] if payload is None else payload
+    resp = client.post("/v1/videos", content=data)
+    assert resp.status_code == 415, resp.text
+    assert resp.json()["code"] == "unsupported_video"
+
+
+def test_limits_and_unknown_jobs(client: TestClient, mp4_file: Path) -> None:
+    resp = client.post("/v1/videos?max_frames=51", content=mp4_file.read_bytes())
+    assert resp.status_code == 422 and resp.json()["code"] == "too_many_frames"
+    assert client.post("/v1/videos?frame_stride=0", content=b"x").status_code == 422
+    assert client.get("/v1/videos/unknown").status_code == 404
+    assert client.get("/v1/videos/unknown/result").json()["code"] == "job_not_found"
+    with TestClient(create_app(Settings(max_upload_bytes=1024))) as small:
+        resp = small.post("/v1/videos", content=mp4_file.read_bytes())
+        assert resp.status_code == 413 and resp.json()["code"] == "upload_too_large"
+
+
+def test_cancel_then_delete(client: TestClient, mp4_file: Path) -> None:
+    job_id = client.post("/v1/videos", content=mp4_file.read_bytes()).json()["job_id"]
+    assert client.delete(f"/v1/videos/{job_id}").status_code == 204
+    status = _wait(client, job_id)
+    assert status["state"] in ("cancelled", "done")
+    if status["state"] == "cancelled":
+        assert client.get(f"/v1/videos/{job_id}/result").json()["code"] == "job_not_done"
+    assert client.delete(f"/v1/videos/{job_id}").status_code == 204
+    assert client.get(f"/v1/videos/{job_id}").status_code == 404
+
+
+def test_jobs_are_private_to_their_api_key(mp4_file: Path) -> None:
+    with TestClient(create_app(Settings(api_keys="alice,bob"))) as c:
+        alice, bob = {"Authorization": "Bearer alice"}, {"Authorization": "Bearer bob"}
+        job_id = c.post("/v1/videos", content=mp4_file.read_bytes(), headers=alice).json()["job_id"]
+        assert c.get(f"/v1/videos/{job_id}", headers=bob).status_code == 404
+        assert c.get(f"/v1/videos/{job_id}", headers=alice).status_code == 200
+        _wait_with(c, job_id, alice)
+
+
+def _wait_with(c: TestClient, job_id: str, headers: dict) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if c.get(f"/v1/videos/{job_id}", headers=headers).json()["state"] != "running":
+            return
+        time.sleep(0.05)
