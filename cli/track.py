@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 DEFAULT_OVERLAY_FPS = 10.0
 
+OverlayTrack = tuple[int, str, float, list[Any]]
+"""(track id, class name, score, per-frame RLE or None) of one track to draw."""
+
 
 class TrackError(RuntimeError):
     """A user-facing problem (bad arguments, unreadable input); printed, exit code 1."""
@@ -169,25 +172,29 @@ def track_source(
         )
 
 
-def overlay_items(result: VideoResult, ckpt: LoadedCheckpoint, min_score: float) -> list[Any]:
-    """Per output track: (track id, class name, score, per-frame RLEs) for tracks to draw.
+def overlay_tracks(
+    result: VideoResult, ckpt: LoadedCheckpoint, min_score: float
+) -> list[OverlayTrack]:
+    """Output tracks whose score reaches ``min_score``, in the form ``write_overlay`` draws.
 
     The score is the one the results file gives the track's best class: temporal class
     probability times the mask-quality factor (``spec/inference.md`` section 6).
     """
     num_classes = ckpt.model_cfg.num_classes
-    tracks = []
+    tracks: list[OverlayTrack] = []
     for entry in result.entries:
         probs = entry.logits.float().softmax(-1)[:num_classes]
         label = int(probs.argmax())
         score = float(probs[label]) * entry.sigmoid_sum / (entry.mask_sum + 1e-6)
         if score >= min_score:
             name = ckpt.model_cfg.class_name(label)
-            tracks.append((entry.track_id, name, score, entry.rles))
+            tracks.append((entry.track_id, name, score, list(entry.rles)))
     return tracks
 
 
-def write_overlay(path: str, source: FrameSource, tracks: list[Any], fps: float | None) -> int:
+def write_overlay(
+    path: str, source: FrameSource, tracks: list[OverlayTrack], fps: float | None
+) -> int:
     """Decode ``source`` again and write the drawn frames; returns the frame count."""
     from model import rle
     from model.video_io import OverlayItem, OverlayWriter
@@ -281,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
             )
             results = result.results
             if args.overlay:
-                tracks = overlay_items(result, ckpt, args.overlay_score)
+                tracks = overlay_tracks(result, ckpt, args.overlay_score)
                 count = write_overlay(args.overlay, source, tracks, args.fps)
                 print(
                     f"wrote {args.overlay} ({count} frames, {len(tracks)} tracks)", file=sys.stderr
@@ -293,8 +300,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} ({len(results)} results)", file=sys.stderr)
     if args.evaluate:
         from cli.evaluate import format_table
+        from training.ytvis_data import YtvisFormatError
         from training.ytvis_eval import evaluate_files
 
-        evaluation = evaluate_files(args.dataset, args.out)
+        try:
+            evaluation = evaluate_files(args.dataset, args.out)
+        except YtvisFormatError as exc:
+            print(f"ctvis track: results written, but cannot evaluate: {exc}", file=sys.stderr)
+            return 1
         print(format_table(evaluation.to_dict(), evaluation.per_category_ap))
     return 0

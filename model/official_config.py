@@ -8,6 +8,7 @@ whole chain take the detectron2 / Mask2Former / CTVIS defaults in ``DEFAULTS``. 
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,16 @@ def load_config_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
     return _merge(load_config_tree(base_path, (*_seen, path)), data)
 
 
+def _decode(value: Any) -> Any:
+    # detectron2 (fvcore) literal_evals string values, e.g. TEST: ("ytvis_2019_val",)
+    if isinstance(value, str) and value.strip()[:1] in ("(", "["):
+        try:
+            return ast.literal_eval(value)  # literals only: never runs code
+        except (ValueError, SyntaxError):
+            return value
+    return value
+
+
 def _get(tree: dict[str, Any], dotted: str) -> Any:
     node: Any = tree
     for part in dotted.split("."):
@@ -149,7 +160,7 @@ def _get(tree: dict[str, Any], dotted: str) -> Any:
                 raise ConfigError(f"config has no {dotted} and there is no default for it")
             return DEFAULTS[dotted]
         node = node[part]
-    return node
+    return _decode(node)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -247,6 +258,7 @@ def _tracker_config(tree: dict[str, Any]) -> TrackerConfig:
             value = value.get(part) if isinstance(value, dict) else None
         if value is None:
             continue
+        value = _decode(value)
         default = getattr(defaults, field_name)
         if isinstance(default, bool):
             value = bool(value)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
+from typing import cast
 
 import av
 import numpy as np
@@ -222,8 +223,8 @@ def draw_overlay(frame: np.ndarray, items: Sequence[OverlayItem]) -> np.ndarray:
         mask = np.asarray(item.mask, dtype=bool)
         if mask.shape != frame.shape[:2]:
             raise ValueError(f"mask shape {mask.shape} does not match frame {frame.shape[:2]}")
-        color = np.array(track_color(item.track_id), dtype=np.float32)
-        out[mask] = (1 - MASK_ALPHA) * out[mask] + MASK_ALPHA * color
+        tint = np.array(track_color(item.track_id), dtype=np.float32)
+        out[mask] = (1 - MASK_ALPHA) * out[mask] + MASK_ALPHA * tint
     image = Image.fromarray(out.round().astype(np.uint8))
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
@@ -285,7 +286,8 @@ class OverlayWriter:
         self._container: av.container.OutputContainer | None = av.open(str(self.path), mode="w")
         try:
             rate = Fraction(fps).limit_denominator(1001)
-            self._stream = self._container.add_stream(self.codec, rate=rate)
+            stream = self._container.add_stream(self.codec, rate=rate)
+            self._stream = cast("av.video.stream.VideoStream", stream)
             self._stream.width = self.width + self.width % 2
             self._stream.height = self.height + self.height % 2
             self._stream.pix_fmt = "yuv420p"

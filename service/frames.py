@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -31,7 +32,15 @@ def decode_image(data: bytes, max_bytes: int) -> np.ndarray:
     if not data:
         raise ApiError(415, "unsupported_frame", "empty frame")
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ApiError(413, "frame_too_large", f"image is too large: {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ApiError(415, "unsupported_frame", f"cannot decode image: {exc}") from exc
+    try:
+        with img:
             if img.format not in ALLOWED_FORMATS:
                 raise ApiError(
                     415, "unsupported_frame", f"format {img.format} not accepted (JPEG/PNG/WebP)"
@@ -40,7 +49,7 @@ def decode_image(data: bytes, max_bytes: int) -> np.ndarray:
                 raise ApiError(413, "frame_too_large", f"{img.width}x{img.height} is too large")
             img = ImageOps.exif_transpose(img)
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ApiError(415, "unsupported_frame", f"cannot decode image: {exc}") from exc
 
 

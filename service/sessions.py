@@ -9,6 +9,7 @@ turns a race into a 409 ``state_conflict`` instead of a forked track history.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from typing import Any
@@ -80,6 +81,7 @@ class SessionService:
         self.queue = queue
         self.metrics = metrics
         self._locks: dict[str, asyncio.Lock] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}
 
     @property
     def model_id(self) -> str:
@@ -154,6 +156,37 @@ class SessionService:
         self._locks.pop(session_id, None)
         self.metrics.live_sessions.set(len(self._locks))
 
+    def _check_rate(self, session_id: str) -> None:
+        """Token bucket of ``max_session_fps`` frames per second (burst of one second)."""
+        rate = self.settings.max_session_fps
+        now = time.monotonic()
+        tokens, last = self._buckets.get(session_id, (rate, now))
+        tokens = min(rate, tokens + (now - last) * rate)
+        if tokens < 1.0:
+            retry = max(1, int((1.0 - tokens) / rate + 0.999))
+            self.metrics.errors.labels("rate_limited").inc()
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"more than {rate:g} frames/s for this session",
+                headers={"Retry-After": str(retry)},
+            )
+        self._buckets[session_id] = (tokens - 1.0, now)
+
+    async def _acquire_lease(self, session_id: str, owner: str) -> None:
+        deadline = time.monotonic() + self.settings.lease_wait_ms / 1000
+        while True:
+            got = await self._store_call(
+                self.store.acquire_lease(session_id, owner, self.settings.lease_ms)
+            )
+            if got:
+                return
+            if time.monotonic() >= deadline:
+                raise ApiError(
+                    409, "session_busy", "another replica is processing this session's frame"
+                )
+            await asyncio.sleep(0.01)
+
     async def process_frame(
         self,
         session_id: str,
@@ -165,37 +198,48 @@ class SessionService:
         dropped: int = 0,
     ) -> FrameResult:
         """Run one frame of a session and persist the new state (strictly in order)."""
+        self._check_rate(session_id)
         lock = self._locks.setdefault(session_id, asyncio.Lock())
         async with lock:
-            record = await self.authorize(session_id, token)
-            cfg = TrackerConfig(**_tracker_kwargs(record.meta["tracker"]))
-            state = codec.loads(record.state, expected_model_id=self.model_id)
-            queued_at = time.perf_counter()
-            outcome = await self.queue.submit(FrameItem(frame, state, cfg))
-            queue_ms = (time.perf_counter() - queued_at) * 1000 - outcome.model_ms
-            if outcome.error is not None or outcome.state is None:
-                self.metrics.errors.labels("frame_failed").inc()
-                raise ApiError(
-                    422, "frame_failed", f"the model failed on this frame: {outcome.error}"
-                )
-            payload = codec.dumps(outcome.state, self.model_id)
+            owner = new_token()
+            await self._acquire_lease(session_id, owner)
             try:
-                await self._store_call(
-                    self.store.save_state(
-                        session_id, record.frame_index, payload, self.settings.session_ttl_s
-                    )
-                )
-            except StateConflict as exc:
-                self.metrics.errors.labels("state_conflict").inc()
-                raise ApiError(409, "state_conflict", str(exc)) from exc
-            except SessionNotFound as exc:
-                raise ApiError(404, "session_not_found", "session expired while running") from exc
+                record, outcome, queue_ms = await self._run_locked(session_id, token, frame)
+            finally:
+                with contextlib.suppress(Exception):
+                    await self.store.release_lease(session_id, owner)
         total_ms = (time.perf_counter() - received_at) * 1000
         self.metrics.frames.labels(path).inc()
         self.metrics.frame_seconds.observe(total_ms / 1000)
         return self._result(
             session_id, record.frame_index, frame, outcome, queue_ms, total_ms, lag, dropped
         )
+
+    async def _run_locked(
+        self, session_id: str, token: str | None, frame: np.ndarray
+    ) -> tuple[SessionRecord, FrameOutcome, float]:
+        record = await self.authorize(session_id, token)
+        cfg = TrackerConfig(**_tracker_kwargs(record.meta["tracker"]))
+        state = codec.loads(record.state, expected_model_id=self.model_id)
+        queued_at = time.perf_counter()
+        outcome = await self.queue.submit(FrameItem(frame, state, cfg))
+        queue_ms = (time.perf_counter() - queued_at) * 1000 - outcome.model_ms
+        if outcome.error is not None or outcome.state is None:
+            self.metrics.errors.labels("frame_failed").inc()
+            raise ApiError(422, "frame_failed", f"the model failed on this frame: {outcome.error}")
+        payload = codec.dumps(outcome.state, self.model_id)
+        try:
+            await self._store_call(
+                self.store.save_state(
+                    session_id, record.frame_index, payload, self.settings.session_ttl_s
+                )
+            )
+        except StateConflict as exc:
+            self.metrics.errors.labels("state_conflict").inc()
+            raise ApiError(409, "state_conflict", str(exc)) from exc
+        except SessionNotFound as exc:
+            raise ApiError(404, "session_not_found", "session expired while running") from exc
+        return record, outcome, queue_ms
 
     def _result(
         self,

@@ -50,6 +50,15 @@ class Settings(BaseSettings):
         description="Comma-separated API keys (or `sha256:<hex>` digests) required as "
         "`Authorization: Bearer <key>` on /v1 routes. Unset: no API key needed.",
     )
+    max_session_fps: float = Field(
+        60.0, gt=0, description="Frames per second one session may send (429 beyond)."
+    )
+    lease_ms: int = Field(
+        10_000, ge=100, description="Per-session lease serialising frames across replicas."
+    )
+    lease_wait_ms: int = Field(
+        2_000, ge=0, description="How long a frame waits for another replica's lease."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the service."
     )

@@ -16,6 +16,13 @@ from typing import Any, Protocol
 
 KEY_PREFIX = "ctvis:"
 SESSION_KEY = KEY_PREFIX + "session:{session_id}"  # hash: meta, state, frame_index
+LEASE_KEY = KEY_PREFIX + "lease:{session_id}"  # str: owner token, short PX expiry
+
+# Delete the lease only if we still own it (it may have expired and been taken over).
+_RELEASE_LUA = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,10 @@ class SessionStore(Protocol):
 
     async def delete(self, session_id: str) -> bool: ...
 
+    async def acquire_lease(self, session_id: str, owner: str, ttl_ms: int) -> bool: ...
+
+    async def release_lease(self, session_id: str, owner: str) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -63,6 +74,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._data: dict[str, tuple[SessionRecord, float]] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
         self._lock = asyncio.Lock()
 
     async def ping(self) -> bool:
@@ -103,6 +115,19 @@ class MemoryStore:
     async def delete(self, session_id: str) -> bool:
         async with self._lock:
             return self._data.pop(session_id, None) is not None
+
+    async def acquire_lease(self, session_id: str, owner: str, ttl_ms: int) -> bool:
+        now = time.monotonic()
+        holder = self._leases.get(session_id)
+        if holder is not None and holder[1] > now and holder[0] != owner:
+            return False
+        self._leases[session_id] = (owner, now + ttl_ms / 1000)
+        return True
+
+    async def release_lease(self, session_id: str, owner: str) -> None:
+        holder = self._leases.get(session_id)
+        if holder is not None and holder[0] == owner:
+            del self._leases[session_id]
 
     async def close(self) -> None:
         self._data.clear()
@@ -175,6 +200,13 @@ class RedisStore:
 
     async def delete(self, session_id: str) -> bool:
         return bool(await self._client.delete(SESSION_KEY.format(session_id=session_id)))
+
+    async def acquire_lease(self, session_id: str, owner: str, ttl_ms: int) -> bool:
+        key = LEASE_KEY.format(session_id=session_id)
+        return bool(await self._client.set(key, owner, nx=True, px=ttl_ms))
+
+    async def release_lease(self, session_id: str, owner: str) -> None:
+        await self._client.eval(_RELEASE_LUA, 1, LEASE_KEY.format(session_id=session_id), owner)
 
     async def close(self) -> None:
         await self._client.aclose()

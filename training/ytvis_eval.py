@@ -29,6 +29,7 @@ costs nothing, and under another prediction costs one switch (as in CLEAR-MOT's 
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +49,10 @@ IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 MAX_DETS: tuple[int, ...] = (1, 10, 100)
 IDSW_IOU_THRESHOLD = 0.5
-METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-METRIC_KEYS += ("AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+METRIC_KEYS: tuple[str, ...] = (
+    *("AP", "AP50", "AP75", "APs", "APm", "APl"),
+    *("AR1", "AR10", "AR100", "ARs", "ARm", "ARl"),
+)
 
 
 @dataclass(frozen=True)
@@ -278,9 +281,14 @@ def evaluate(gt: GroundTruth, results: Sequence[Track]) -> EvalResult:
     recall = -np.ones((len(IOU_THRESHOLDS), len(cat_ids), len(AREA_RANGES), len(MAX_DETS)))
     cells: dict[tuple[int, int], list[_VideoCatEval]] = {}
     id_switches = 0
+    gts_by_video: dict[int, list[Track]] = defaultdict(list)
+    dts_by_video: dict[int, list[Track]] = defaultdict(list)
+    for track in gt.tracks:
+        gts_by_video[track.video_id].append(track)
+    for track in results:
+        dts_by_video[track.video_id].append(track)
     for vid in video_ids:
-        gts = [g for g in gt.tracks if g.video_id == vid]
-        dts = [d for d in results if d.video_id == vid]
+        gts, dts = gts_by_video[vid], dts_by_video[vid]
         inter = frame_intersections(dts, gts, gt.videos[vid].length)
         id_switches += int(count_id_switches(inter, dts, gts).sum())
         ious = video_iou(inter, dts, gts)

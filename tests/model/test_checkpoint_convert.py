@@ -202,7 +202,7 @@ def test_unreadable_files(config_path, tmp_path):
             read_official_weights(tmp_path / name)
     with pytest.raises(CheckpointError, match="not found"):
         read_official_weights(tmp_path / "absent.pth")
-    torch.save({"model": [1, 2, 3]}, tmp_path / "list.pth")
+    torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match="does not hold a state dict"):
         read_official_weights(tmp_path / "list.pth")
 

@@ -39,7 +39,9 @@ def _compare(official: dict, ours: dict) -> None:
     extra = sorted(set(ours) - set(official))
     assert not missing, f"{len(missing)} official keys have no counterpart: {missing[:10]}"
     assert not extra, f"{len(extra)} of our keys are not in the official model: {extra[:10]}"
-    wrong = [f"{k}: ours {ours[k]} official {official[k]}" for k in official if ours[k] != official[k]]
+    wrong = [
+        f"{k}: ours {ours[k]} official {official[k]}" for k in official if ours[k] != official[k]
+    ]
     assert not wrong, f"{len(wrong)} shape/dtype mismatches: {wrong[:10]}"
 
 

@@ -126,7 +126,12 @@ def test_final_outputs_in_clips_of_5(loaded: LoadedCheckpoint, reference: dict[s
     clip = loaded.pre_cfg.clip_frames
     with torch.no_grad():
         outputs = [loaded.segmenter(pixels[s : s + clip]) for s in range(0, len(pixels), clip)]
-    tolerances = {"pred_logits": 1e-4, "pred_masks": 1e-3, "pred_embeds": 1e-4, "pred_queries": 1e-4}
+    tolerances = {
+        "pred_logits": 1e-4,
+        "pred_masks": 1e-3,
+        "pred_embeds": 1e-4,
+        "pred_queries": 1e-4,
+    }
     for key, atol in tolerances.items():
         ours = torch.cat([getattr(o, key) for o in outputs])
         _assert_close(key, ours, reference[key], atol)

@@ -78,7 +78,9 @@ def test_loss_backpropagates():
     loss.backward()
     grads = {
         "backbone": model.backbone.stem.conv1.weight.grad,
-        "encoder": model.sem_seg_head.pixel_decoder.transformer.encoder.layers[0].linear1.weight.grad,
+        "encoder": model.sem_seg_head.pixel_decoder.transformer.encoder.layers[
+            0
+        ].linear1.weight.grad,
         "decoder": model.sem_seg_head.predictor.query_feat.weight.grad,
         "reid": model.sem_seg_head.predictor.reid_embed.layers[0].weight.grad,
     }

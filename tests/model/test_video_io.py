@@ -125,3 +125,15 @@ def test_unreadable_inputs_raise_video_read_error(tmp_path: Path) -> None:
         list(FrameSource(broken))
     with pytest.raises(ValueError, match="frame_stride"):
         FrameSource(junk, frame_stride=0)
+
+
+def test_explicit_file_list_keeps_order(tmp_path: Path) -> None:
+    files = []
+    for i in range(4):
+        files.append(tmp_path / f"f{i}.png")
+        Image.fromarray(_frame(i)).save(files[-1])
+    order = [files[2], files[0], files[3]]
+    assert [_index(f) for f in FrameSource(order)] == [2, 0, 3]
+    assert FrameSource(order, max_frames=2).num_frames == 2
+    with pytest.raises(VideoReadError, match="missing frame file"):
+        FrameSource([*order, tmp_path / "gone.png"])

@@ -63,3 +63,24 @@ def test_raw_rgb() -> None:
     with pytest.raises(ApiError) as exc:
         decode_raw_rgb(arr.tobytes(), 3, 3, 1 << 20)
     assert exc.value.code == "bad_shape"
+
+
+def _png_claiming(width: int, height: int, rows: int = 1) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload)
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    raw = zlib.compress(b"\x00" + b"\x00" * (3 * width) * rows)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [20000, 5000])
+def test_huge_image_header_is_rejected_not_decoded(side: int) -> None:
+    with pytest.raises(ApiError) as exc:
+        decode_image(_png_claiming(side, side), max_bytes=1 << 22)
+    assert exc.value.status == 413
+    assert exc.value.code == "frame_too_large"

@@ -11,7 +11,14 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from training.ytvis_data import YtvisFormatError, parse_ground_truth, parse_results
-from training.ytvis_eval import METRIC_KEYS, EvalResult, evaluate, evaluate_files
+from training.ytvis_eval import (
+    METRIC_KEYS,
+    EvalResult,
+    evaluate,
+    evaluate_files,
+    frame_intersections,
+    video_iou,
+)
 
 SIZE = (64, 64)
 
@@ -194,3 +201,57 @@ def test_bad_inputs_raise_format_error() -> None:
         parse_results([{"video_id": 1, "category_id": 1, "score": 1, "segmentations": [bad]}], gt)
     with pytest.raises(YtvisFormatError):
         parse_ground_truth({"videos": []})
+
+
+def test_vectorised_iou_matches_brute_force() -> None:
+    """Random masks with null and empty frames: IoU equals sum(I) / sum(U) on decoded masks."""
+    rng = np.random.default_rng(0)
+    length, size = 6, (24, 32)
+
+    def random_track() -> list[np.ndarray | None]:
+        frames: list[np.ndarray | None] = []
+        for _ in range(length):
+            kind = rng.random()
+            if kind < 0.2:
+                frames.append(None)
+            elif kind < 0.3:
+                frames.append(np.zeros(size, dtype=np.uint8))
+            else:
+                frames.append((rng.random(size) < rng.random()).astype(np.uint8))
+        return frames
+
+    def rle(mask: np.ndarray | None) -> dict[str, Any] | None:
+        if mask is None:
+            return None
+        encoded = mask_utils.encode(np.asfortranarray(mask[:, :, None]))[0]
+        return {"size": list(size), "counts": encoded["counts"].decode("ascii")}
+
+    gt_masks = [random_track() for _ in range(3)]
+    dt_masks = [random_track() for _ in range(4)]
+    data = {
+        "videos": [{"id": 1, "height": size[0], "width": size[1], "file_names": ["a"] * length}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [
+            {"id": j + 1, "video_id": 1, "category_id": 1, "segmentations": [rle(m) for m in t]}
+            for j, t in enumerate(gt_masks)
+        ],
+    }
+    gt = parse_ground_truth(data)
+    dts = parse_results(
+        [
+            {"video_id": 1, "category_id": 1, "score": 0.5, "segmentations": [rle(m) for m in t]}
+            for t in dt_masks
+        ],
+        gt,
+    )
+    got = video_iou(frame_intersections(dts, gt.tracks, length), dts, gt.tracks)
+    zero = np.zeros(size, dtype=bool)
+    for i, d in enumerate(dt_masks):
+        for j, g in enumerate(gt_masks):
+            pairs = [
+                (zero if a is None else a.astype(bool), zero if b is None else b.astype(bool))
+                for a, b in zip(d, g, strict=True)
+            ]
+            inter = sum(int((a & b).sum()) for a, b in pairs)
+            union = sum(int((a | b).sum()) for a, b in pairs)
+            assert got[i, j] == pytest.approx(inter / union if union else 0.0, abs=1e-12)

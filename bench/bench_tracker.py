@@ -1,0 +1,126 @@
+"""Micro-benchmarks of the tracker hot path; prints a markdown table.
+
+Usage: ``python bench/bench_tracker.py [--threads 1] [--repeats 200]``.
+
+Cases: one ``track_step`` with 100 candidates against 50 live tracks (D=256; the state is
+reused, which is valid because steps are pure), candidate selection for Q=100, the state codec
+(10 and 50 tracks), and RLE encoding of 10 instances at 480x854 (alone and with the
+upsampling from 1/4-resolution logits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+
+from model import rle
+from model.config import TrackerConfig
+from model.postprocess import MaskSizes, encode_frame_masks
+from model.structures import Detections
+from model.tracker import codec
+from model.tracker.select import select_candidates
+from model.tracker.state import TrackState, init_state
+from model.tracker.step import track_step
+
+EMBED_DIM = 256
+NUM_CLASSES = 40
+
+
+def _time_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn`` in milliseconds (after 5 warm-up calls)."""
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return 1000.0 * times[len(times) // 2]
+
+
+def _detections(embeds: torch.Tensor, scores: torch.Tensor, hw: tuple[int, int]) -> Detections:
+    n = embeds.shape[0]
+    return Detections(
+        query_indices=torch.arange(n),
+        scores=scores,
+        logits=torch.randn(n, NUM_CLASSES + 1),
+        mask_logits=torch.randn(n, *hw),
+        embeds=embeds,
+    )
+
+
+def _live_state(num_tracks: int, protos: torch.Tensor, cfg: TrackerConfig) -> TrackState:
+    state = init_state(EMBED_DIM, NUM_CLASSES, cfg.cache_size)
+    scores = torch.linspace(0.9, 0.5, num_tracks)
+    for _ in range(12):  # fill the caches past cache_size
+        noisy = protos + 0.1 * torch.randn_like(protos)
+        state, _ = track_step(state, _detections(noisy, scores, (4, 4)), cfg)
+    return state
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--repeats", type=int, default=200)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = TrackerConfig()
+    rows: list[tuple[str, str]] = []
+
+    protos = 6.0 * torch.nn.functional.normalize(torch.randn(50, EMBED_DIM), dim=1)
+    state50 = _live_state(50, protos, cfg)
+    clutter = 6.0 * torch.nn.functional.normalize(torch.randn(50, EMBED_DIM), dim=1)
+    embeds = torch.cat([protos + 0.1 * torch.randn_like(protos), clutter])
+    scores = torch.cat([torch.linspace(0.9, 0.5, 50), torch.linspace(0.3, 0.001, 50)])
+    dets = _detections(embeds, scores, (4, 4))
+    with torch.inference_mode():
+        ms = _time_ms(lambda: track_step(state50, dets, cfg), args.repeats)
+    rows.append(("track_step, 100 candidates x 50 live tracks, D=256", f"{ms:.3f} ms"))
+
+    q_logits = torch.randn(100, NUM_CLASSES + 1)
+    q_masks = torch.randn(100, 120, 216)
+    q_embeds = torch.randn(100, EMBED_DIM)
+    with torch.inference_mode():
+        ms = _time_ms(lambda: select_candidates(q_logits, q_masks, q_embeds, cfg), args.repeats)
+    rows.append(("select_candidates, Q=100, masks 120x216", f"{ms:.3f} ms"))
+
+    for num_tracks in (10, 50):
+        state = state50.select(torch.arange(num_tracks))
+        data = codec.dumps(state, model_id="ctvis-r50")
+        ms_enc = _time_ms(lambda s=state: codec.dumps(s, model_id="ctvis-r50"), args.repeats)
+        ms_dec = _time_ms(lambda d=data: codec.loads(d, "ctvis-r50"), args.repeats)
+        exact = len(codec.dumps(state, compact=False))
+        rows.append(
+            (f"state dumps / loads, {num_tracks} tracks", f"{ms_enc:.3f} / {ms_dec:.3f} ms")
+        )
+        rows.append(
+            (f"state size, {num_tracks} tracks (compact / exact)", f"{len(data)} / {exact} B")
+        )
+
+    yy, xx = torch.meshgrid(torch.arange(480), torch.arange(854), indexing="ij")
+    centres = torch.rand(10, 2) * torch.tensor([480.0, 854.0])
+    radius = 30 + 60 * torch.rand(10)
+    dist = (yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2
+    masks = dist < radius[:, None, None] ** 2
+    ms = _time_ms(lambda: rle.encode_many(masks), max(20, args.repeats // 4))
+    rows.append(("RLE encode, 10 instances at 480x854 (per frame)", f"{ms:.3f} ms"))
+    sizes = MaskSizes(image_size=(480, 854), padded_size=(480, 864), original_size=(480, 854))
+    low = torch.randn(10, 120, 216)
+    with torch.inference_mode():
+        ms = _time_ms(lambda: encode_frame_masks(low, sizes), max(20, args.repeats // 4))
+    rows.append(("upsample + binarise + RLE, 10 instances to 480x854", f"{ms:.3f} ms"))
+
+    print(f"torch {torch.__version__}, {args.threads} intra-op thread(s), median of runs\n")
+    print("| case | time / size |")
+    print("| --- | --- |")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+
+
+if __name__ == "__main__":
+    main()
