@@ -18,17 +18,15 @@ second time and draws every output track whose score reaches ``--overlay-score``
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import numpy as np
 
     from model.checkpoint import LoadedCheckpoint
     from model.pipeline import VideoResult
@@ -36,9 +34,6 @@ if TYPE_CHECKING:
     from model.video_io import FrameSource
 
 DEFAULT_OVERLAY_FPS = 10.0
-
-OverlayTrack = tuple[int, str, float, list[Any]]
-"""(track id, class name, score, per-frame RLE or None) of one track to draw."""
 
 
 class TrackError(RuntimeError):
@@ -117,106 +112,6 @@ def _load(args: argparse.Namespace) -> tuple[LoadedCheckpoint, Callable[[Any], F
         raise TrackError("the onnx backend needs onnxruntime (pip install '.[onnx]')") from exc
 
 
-def _clips(frames: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
-    while clip := list(itertools.islice(frames, size)):
-        yield clip
-
-
-def track_source(
-    source: FrameSource,
-    ckpt: LoadedCheckpoint,
-    forward_fn: Callable[[Any], FrameOutputs],
-    video_id: int,
-    progress: Callable[[int, int | None], None] | None = None,
-) -> VideoResult:
-    """Run network, tracker and post-processing over the frames of ``source``.
-
-    Raises:
-        TrackError: If the source yields no frames.
-        model.video_io.VideoReadError: If decoding fails part-way.
-    """
-    import torch
-
-    from model.pipeline import track_video
-    from model.postprocess import MaskSizes
-    from model.preprocess import prepare_frames
-
-    clips = _clips(iter(source), max(1, ckpt.pre_cfg.clip_frames))
-    first = next(clips, None)
-    if first is None:
-        raise TrackError(f"{source.path}: no frames to track")
-    first_batch = prepare_frames(first, ckpt.pre_cfg)
-    sizes = MaskSizes(
-        image_size=first_batch.image_sizes[0],
-        padded_size=first_batch.padded_size,
-        original_size=first_batch.original_sizes[0],
-    )
-
-    def outputs() -> Iterable[FrameOutputs]:
-        yield forward_fn(first_batch.pixels)
-        for clip in clips:
-            batch = prepare_frames(clip, ckpt.pre_cfg)
-            if batch.padded_size != sizes.padded_size:
-                raise TrackError(f"{source.path}: frame size changes within the video")
-            yield forward_fn(batch.pixels)
-
-    with torch.inference_mode():
-        return track_video(
-            outputs(),
-            sizes,
-            ckpt.model_cfg,
-            ckpt.trk_cfg,
-            video_id=video_id,
-            num_frames=source.num_frames,
-            progress=progress,
-        )
-
-
-def overlay_tracks(
-    result: VideoResult, ckpt: LoadedCheckpoint, min_score: float
-) -> list[OverlayTrack]:
-    """Output tracks whose score reaches ``min_score``, in the form ``write_overlay`` draws.
-
-    The score is the one the results file gives the track's best class: temporal class
-    probability times the mask-quality factor (``spec/inference.md`` section 6).
-    """
-    num_classes = ckpt.model_cfg.num_classes
-    tracks: list[OverlayTrack] = []
-    for entry in result.entries:
-        probs = entry.logits.float().softmax(-1)[:num_classes]
-        label = int(probs.argmax())
-        score = float(probs[label]) * entry.sigmoid_sum / (entry.mask_sum + 1e-6)
-        if score >= min_score:
-            name = ckpt.model_cfg.class_name(label)
-            tracks.append((entry.track_id, name, score, list(entry.rles)))
-    return tracks
-
-
-def write_overlay(
-    path: str, source: FrameSource, tracks: list[OverlayTrack], fps: float | None
-) -> int:
-    """Decode ``source`` again and write the drawn frames; returns the frame count."""
-    from model import rle
-    from model.video_io import OverlayItem, OverlayWriter
-
-    writer: OverlayWriter | None = None
-    try:
-        for t, frame in enumerate(source):
-            if writer is None:
-                size = (frame.shape[1], frame.shape[0])
-                writer = OverlayWriter(path, source.fps or fps or DEFAULT_OVERLAY_FPS, size)
-            items: list[OverlayItem] = [
-                OverlayItem(track_id, rle.decode(rles[t]), name, score)
-                for track_id, name, score, rles in tracks
-                if t < len(rles) and rles[t] is not None
-            ]
-            writer.write(frame, items)
-        return 0 if writer is None else writer.frames_written
-    finally:
-        if writer is not None:
-            writer.close()
-
-
 def _progress_bar(total: int | None, desc: str, disable: bool) -> Any:
     from tqdm import tqdm
 
@@ -231,12 +126,26 @@ def _track_one(
     desc: str,
     quiet: bool,
 ) -> VideoResult:
+    from model.runner import track_frames
+
     with _progress_bar(source.num_frames, desc, quiet) as bar:
 
         def progress(done: int, _total: int | None) -> None:
             bar.update(done - bar.n)
 
-        return track_source(source, ckpt, forward_fn, video_id, progress)
+        try:
+            return track_frames(
+                source,
+                forward_fn,
+                ckpt.model_cfg,
+                ckpt.pre_cfg,
+                ckpt.trk_cfg,
+                video_id=video_id,
+                num_frames=source.num_frames,
+                progress=progress,
+            )
+        except ValueError as exc:
+            raise TrackError(f"{source.path}: {exc}") from exc
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -288,8 +197,11 @@ def run(args: argparse.Namespace) -> int:
             )
             results = result.results
             if args.overlay:
-                tracks = overlay_tracks(result, ckpt, args.overlay_score)
-                count = write_overlay(args.overlay, source, tracks, args.fps)
+                from model.runner import overlay_tracks, write_overlay
+
+                tracks = overlay_tracks(result, ckpt.model_cfg, args.overlay_score)
+                fps = source.fps or args.fps or DEFAULT_OVERLAY_FPS
+                count = write_overlay(args.overlay, source, tracks, fps)
                 print(
                     f"wrote {args.overlay} ({count} frames, {len(tracks)} tracks)", file=sys.stderr
                 )

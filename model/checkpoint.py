@@ -12,6 +12,7 @@ configs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -188,12 +189,13 @@ def read_official_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], st
 
 
 def _match_weights(
-    model: torch.nn.Module, weights: dict[str, torch.Tensor], kind: str, source: str
+    model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str, lenient: bool = False
 ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
     """Map official weights onto ``model``'s keys and check them.
 
-    For ``.pkl`` (COCO Mask2Former) files a shape-mismatched ``class_embed``/query embedding and
-    a missing ``reid_embed`` are skipped (left at init); everything else must match exactly.
+    ``lenient`` (COCO Mask2Former ``.pkl`` files): a shape-mismatched ``class_embed`` or query
+    embedding and a missing ``reid_embed`` are skipped (left at init). Otherwise, and for every
+    other key, the match must be exact.
 
     Returns:
         (state dict to load, keys left at init, source keys skipped).
@@ -206,12 +208,11 @@ def _match_weights(
             mapped[ours] = value
     num_classes = expected["sem_seg_head.predictor.class_embed.weight"].shape[0] - 1
     got = mapped.get("sem_seg_head.predictor.class_embed.weight")
-    if kind == "pth" and got is not None and got.shape[0] != num_classes + 1:
+    if not lenient and got is not None and got.shape[0] != num_classes + 1:
         raise CheckpointError(
             f"class-count mismatch: the config says NUM_CLASSES={num_classes} but the weights "
             f"in {source} have {got.shape[0] - 1} classes (class_embed {tuple(got.shape)})"
         )
-    lenient = kind == "pkl"
     skippable = ("class_embed.", "predictor.query_feat.", "predictor.query_embed.")
     missing = [k for k in expected if k not in mapped]
     left_at_init = [k for k in missing if lenient and ".reid_embed." in k]
@@ -343,11 +344,10 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"cannot read {weights_path}: {exc}") from exc
     segmenter = build_segmenter(model_cfg)
-    state, left_at_init, _ = _match_weights(segmenter, weights, "pth", str(weights_path))
-    if left_at_init:  # pragma: no cover - strict mode never leaves keys at init
-        raise CheckpointError(f"{weights_path}: missing {_listed(left_at_init)}")
+    state, _, _ = _match_weights(segmenter, weights, str(weights_path))
     _load_into(segmenter, state)
-    meta = {k: config[k] for k in ("format_version", "class_names", "category_ids", "provenance")}
+    meta = {k: config.get(k) for k in ("format_version", "class_names", "category_ids")}
+    meta["provenance"] = config.get("provenance") or {}
     return LoadedCheckpoint(segmenter.to(device).eval(), model_cfg, pre_cfg, trk_cfg, meta)
 
 
@@ -355,8 +355,6 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
 
 
 def _with_class_names(cfg: ModelConfig, preset: str | None, dataset: str | None) -> ModelConfig:
-    import dataclasses
-
     name = preset
     if name is None and dataset is not None:
         name = official_dataset_preset(dataset, cfg.backbone)
@@ -408,7 +406,9 @@ def convert_official(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # deterministic init of anything a .pkl leaves at init
         segmenter = build_segmenter(model_cfg)
-    state, left_at_init, skipped = _match_weights(segmenter, weights, kind, str(ckpt_path))
+    state, left_at_init, skipped = _match_weights(
+        segmenter, weights, str(ckpt_path), lenient=kind == "pkl"
+    )
     _load_into(segmenter, state)
     provenance = {
         "converter": "model.checkpoint.convert_official",

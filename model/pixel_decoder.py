@@ -220,6 +220,13 @@ class MSDeformAttnPixelDecoder(nn.Module):
             mask_features: Bxmask_dimx(H/4)x(W/4).
             multi_scale_features: three BxCx(H/s)x(W/s) maps ordered /32, /16, /8.
         """
+        # the reference runs the pixel decoder in float32 even under mixed precision
+        with torch.autocast(device_type=features["res2"].device.type, enabled=False):
+            return self._forward_fp32(features)
+
+    def _forward_fp32(
+        self, features: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         srcs, pos = [], []
         for index, name in enumerate(self.encoder_features):
             x = features[name].float()

@@ -87,42 +87,45 @@ def track_frames(
         )
 
 
-def write_overlay(
-    frames: Iterable[np.ndarray],
-    result: VideoResult,
-    model_cfg: ModelConfig,
-    path: str | Path,
-    fps: float,
-) -> int:
-    """Render every output track (best class, score) over the frames into an MP4.
+OverlayTrack = tuple[int, str, float, list[Any]]
+"""(track id, class name, score, per-frame RLE or None) of one track to draw."""
 
-    Args:
-        frames: the same frames ``track_frames`` saw, decoded again.
-        result: its ``VideoResult``.
-        model_cfg: class names.
-        path: output ``.mp4``.
-        fps: output frame rate.
 
-    Returns:
-        Number of frames written.
+def overlay_tracks(
+    result: VideoResult, model_cfg: ModelConfig, min_score: float = 0.0
+) -> list[OverlayTrack]:
+    """Output tracks whose score reaches ``min_score``, in the form ``write_overlay`` draws.
+
+    The score is the one the results file gives the track's best class: temporal class
+    probability times the mask-quality factor (``spec/inference.md`` section 6).
     """
-    labels = []
+    num_classes = model_cfg.num_classes
+    tracks: list[OverlayTrack] = []
     for entry in result.entries:
-        probs = entry.logits.softmax(-1)[: model_cfg.num_classes]
-        score, label = probs.max(0)
-        labels.append((model_cfg.class_name(int(label)), float(score)))
+        probs = entry.logits.float().softmax(-1)[:num_classes]
+        label = int(probs.argmax())
+        score = float(probs[label]) * entry.sigmoid_sum / (entry.mask_sum + 1e-6)
+        if score >= min_score:
+            tracks.append((entry.track_id, model_cfg.class_name(label), score, list(entry.rles)))
+    return tracks
+
+
+def write_overlay(
+    path: str | Path, frames: Iterable[np.ndarray], tracks: list[OverlayTrack], fps: float
+) -> int:
+    """Draw ``tracks`` over the frames (decoded again) into an MP4; returns the frame count."""
     writer: OverlayWriter | None = None
     try:
         for t, frame in enumerate(frames):
             if writer is None:
                 writer = OverlayWriter(path, fps, (frame.shape[1], frame.shape[0]))
-            items = []
-            for entry, (name, score) in zip(result.entries, labels, strict=True):
-                r = entry.rles[t] if t < len(entry.rles) else None
-                if r is not None and rle.area(r) > 0:
-                    items.append(OverlayItem(entry.track_id, rle.decode(r), name, score))
+            items = [
+                OverlayItem(track_id, rle.decode(rles[t]), name, score)
+                for track_id, name, score, rles in tracks
+                if t < len(rles) and rles[t] is not None
+            ]
             writer.write(frame, items)
-        return writer.frames_written if writer is not None else 0
+        return 0 if writer is None else writer.frames_written
     finally:
         if writer is not None:
             writer.close()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from model.runner import Cancelled, track_frames, write_overlay
+from model.runner import Cancelled, overlay_tracks, track_frames, write_overlay
 from model.video_io import FrameSource, VideoReadError
 from service.auth import new_id
 from service.errors import ApiError
@@ -200,7 +200,8 @@ class JobManager:
         )
         job.result_path.write_text(json.dumps(result.results))
         if opts.overlay:
-            write_overlay(source, result, served.model_cfg, job.overlay_path, source.fps or 10.0)
+            tracks = overlay_tracks(result, served.model_cfg)
+            write_overlay(job.overlay_path, source, tracks, source.fps or 10.0)
 
     def _finish(self, job: Job, state: JobState, error: dict[str, str] | None = None) -> None:
         job.state, job.error, job.finished_at = state, error, time.time()

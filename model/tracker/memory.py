@@ -13,7 +13,6 @@ import dataclasses
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from model.config import TrackerConfig
 from model.tracker.state import TrackState
@@ -21,10 +20,30 @@ from model.tracker.state import TrackState
 EmbedType = Literal["similarity_guided", "momentum", "last", "temporally_weighted"]
 
 
-def _valid_cache(cache_len: torch.Tensor, cache_size: int) -> torch.Tensor:
-    """Tx K bool: which cache columns hold data (valid entries are the last ``cache_len``)."""
-    cols = torch.arange(cache_size, device=cache_len.device)
-    return cols[None, :] >= (cache_size - cache_len)[:, None]
+def _cache_age(state: TrackState) -> torch.Tensor:
+    """TxK int64 age of each ring-buffer column (0 = newest); valid iff age < cache_len.
+
+    Update u (0-based) of a track is stored in column ``u % K``, so the newest entry sits in
+    column ``(exist_frames - 1) % K`` and no shifting is ever needed.
+    """
+    cols = torch.arange(state.cache_size, device=state.exist_frames.device)
+    return ((state.exist_frames - 1)[:, None] - cols[None, :]) % state.cache_size
+
+
+def ordered_cache(state: TrackState) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cached raw embeddings oldest first (left-aligned) and their validity.
+
+    Returns:
+        (TxKxD embeddings, zero where invalid; TxK bool valid mask, True for the first
+        ``cache_len`` columns).
+    """
+    k = state.cache_size
+    j = torch.arange(k, device=state.exist_frames.device)
+    idx = (state.exist_frames - state.cache_len)[:, None] + j[None, :]
+    idx = idx % k
+    valid = j[None, :] < state.cache_len[:, None]
+    gathered = state.embed_cache.gather(1, idx[:, :, None].expand(-1, -1, state.embed_dim))
+    return gathered * valid[:, :, None].to(gathered.dtype), valid
 
 
 def read_embeddings(state: TrackState, embed_type: EmbedType) -> torch.Tensor:
@@ -34,7 +53,8 @@ def read_embeddings(state: TrackState, embed_type: EmbedType) -> torch.Tensor:
         state: current memory bank.
         embed_type: ``similarity_guided`` (official), ``momentum``, ``last`` (newest raw
             embedding) or ``temporally_weighted`` (our definition, no reference config uses
-            it: mean of the cached raw embeddings weighted by score x recency rank).
+            it: mean of the cached raw embeddings weighted by score x recency rank, where the
+            oldest valid entry has rank 1).
 
     Returns:
         TxD embeddings.
@@ -44,12 +64,11 @@ def read_embeddings(state: TrackState, embed_type: EmbedType) -> torch.Tensor:
     if embed_type == "momentum":
         return state.momentum_embed
     if embed_type == "last":
-        return state.embed_cache[:, -1]
+        newest = (state.exist_frames - 1) % state.cache_size
+        rows = torch.arange(state.num_tracks, device=newest.device)
+        return state.embed_cache[rows, newest]
     if embed_type == "temporally_weighted":
-        k = state.cache_size
-        # rank 1 = oldest valid entry, cache_len = newest; invalid entries get weight 0
-        pos = torch.arange(1, k + 1, device=state.cache_len.device)
-        rank = (pos[None, :] - (k - state.cache_len)[:, None]).clamp_min(0)
+        rank = (state.cache_len[:, None] - _cache_age(state)).clamp_min(0)
         weight = state.score_cache * rank.to(state.score_cache.dtype)
         weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-12)
         return torch.einsum("tk,tkd->td", weight, state.embed_cache)
@@ -107,31 +126,37 @@ def write(
     """
     if slots.numel() == 0:
         return state
+    # Fusion runs on all T rows with a row mask (a few full-size ops beat many small ones);
+    # the cache write is one out-of-place index_put into the ring buffer. Both keep
+    # gradients flowing to ``embeds``.
     k = state.cache_size
-    first = (state.exist_frames[slots] == 0)[:, None]
-    cache = state.embed_cache[slots]
-    valid = _valid_cache(state.cache_len[slots], k)
-    cos = F.cosine_similarity(cache, embeds[:, None, :], dim=-1)
-    cos = torch.where(valid, cos, torch.zeros_like(cos))
-    mean_cos = cos.sum(1) / state.cache_len[slots].clamp_min(1).to(cos.dtype)
-    beta = mean_cos.clamp_min(0.0)[:, None]
-    sg_old = state.sg_embed[slots]
-    mom_old = state.momentum_embed[slots]
-    sg_new = torch.where(first, embeds, (1 - beta) * sg_old + beta * embeds)
-    mom_new = torch.where(first, embeds, (1 - momentum) * mom_old + momentum * embeds)
-    cache_new = torch.cat([cache[:, 1:], embeds[:, None, :]], dim=1)
-    scores = scores.to(state.score_cache.dtype)
-    score_new = torch.cat([state.score_cache[slots][:, 1:], scores[:, None]], dim=1)
-    idx = (slots,)
+    t, d = state.sg_embed.shape
+    upd = torch.zeros(t, dtype=torch.bool, device=slots.device)
+    upd = upd.index_put((slots,), torch.ones_like(slots, dtype=torch.bool))
+    e = embeds.new_zeros(t, d).index_put((slots,), embeds)
+    cache = state.embed_cache
+    valid = _cache_age(state) < state.cache_len[:, None]
+    dots = torch.einsum("tkd,td->tk", cache, e)
+    norms = cache.norm(dim=-1) * e.norm(dim=-1, keepdim=True)
+    cos = torch.where(valid, dots / norms.clamp_min(1e-8), torch.zeros_like(dots))
+    beta = (cos.sum(1) / state.cache_len.clamp_min(1).to(cos.dtype)).clamp_min(0.0)[:, None]
+    first = (state.exist_frames == 0)[:, None]
+    sg_new = torch.where(first, e, (1 - beta) * state.sg_embed + beta * e)
+    mom_new = torch.where(first, e, (1 - momentum) * state.momentum_embed + momentum * e)
+    row = upd[:, None]
+    column = (state.exist_frames[slots] % k,)
+    ones = upd.to(torch.int64)
     return dataclasses.replace(
         state,
-        sg_embed=state.sg_embed.index_put(idx, sg_new),
-        momentum_embed=state.momentum_embed.index_put(idx, mom_new),
-        embed_cache=state.embed_cache.index_put(idx, cache_new),
-        score_cache=state.score_cache.index_put(idx, score_new),
-        cache_len=state.cache_len.index_put(idx, (state.cache_len[slots] + 1).clamp_max(k)),
-        exist_frames=state.exist_frames.index_put(idx, state.exist_frames[slots] + 1),
-        last_seen=state.last_seen.index_put(idx, torch.full_like(slots, frame_index)),
+        sg_embed=torch.where(row, sg_new, state.sg_embed),
+        momentum_embed=torch.where(row, mom_new, state.momentum_embed),
+        embed_cache=cache.index_put((slots, *column), embeds),
+        score_cache=state.score_cache.index_put(
+            (slots, *column), scores.to(state.score_cache.dtype)
+        ),
+        cache_len=(state.cache_len + ones).clamp_max(k),
+        exist_frames=state.exist_frames + ones,
+        last_seen=torch.where(upd, frame_index, state.last_seen),
     )
 
 

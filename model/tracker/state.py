@@ -40,8 +40,10 @@ class TrackState:
         track_ids: T int64 public ids, in slot (insertion) order.
         sg_embed: TxD similarity-guided fused embedding.
         momentum_embed: TxD momentum-fused embedding (``last = 0.25 last + 0.75 e``).
-        embed_cache: TxKxD raw embeddings of the last <=K updates, newest at index K-1,
-            valid entries are the last ``cache_len`` rows, the rest are zeros.
+        embed_cache: TxKxD ring buffer of the raw embeddings of the last <=K updates:
+            update u (0-based) of a track lives in column ``u % K``, so the newest is in
+            column ``(exist_frames - 1) % K``; unused columns are zeros.
+            ``memory.ordered_cache`` gives them oldest first.
         score_cache: TxK detection scores aligned with ``embed_cache``.
         cache_len: T int64 valid cache entries per track (<= K).
         exist_frames: T int64 number of updates so far (uncapped; reference ``exist_frames``).
