@@ -134,7 +134,11 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         start = time.perf_counter()
         call(pixels)
         times.append(time.perf_counter() - start)
-    record: dict[str, Any] = {"backend": args.worker, "seconds": statistics.fmean(times)}
+    record: dict[str, Any] = {
+        "backend": args.worker,
+        "seconds": statistics.fmean(times),
+        "load1": os.getloadavg()[0],
+    }
     if args.flops and module is not None:
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -217,8 +221,8 @@ def _table(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
         "hf": "HF `Mask2FormerForUniversalSegmentation`",
     }
     lines = [
-        "| backend | min s/frame | median s/frame | runs | GFLOPs/frame | params (M) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| backend | min s/frame | median s/frame | runs | GFLOPs/frame | params (M) | load |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for backend, records in results.items():
         secs = [r["seconds"] for r in records]
@@ -232,7 +236,8 @@ def _table(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
         params_s = f"{params:.2f}" if params is not None else "-"
         lines.append(
             f"| {names[backend]} | {min(secs):.3f} | {statistics.median(secs):.3f} | "
-            f"{len(secs)} | {flops_s} | {params_s} |"
+            f"{len(secs)} | {flops_s} | {params_s} | "
+            f"{statistics.median(r['load1'] for r in records):.1f} |"
         )
     return "\n".join(lines)
 
@@ -280,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
             f"Random weights; each row is {args.runs} fresh processes (interleaved), each "
             f"timing the mean of {args.iters} forwards after {args.warmup} warm-up forwards. "
             "GFLOPs from `FlopCounterMode` (matmul/conv only; 2 FLOPs per MAC); the ONNX row "
-            "runs the same graph as the PyTorch row.",
+            "runs the same graph as the PyTorch row. `load` is the median 1-minute load "
+            "average at the end of each measurement: the cores are shared with other work, so "
+            "the min is the more reliable figure.",
             "",
             _table(args, results),
             "",

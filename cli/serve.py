@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -12,6 +13,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="checkpoint directory (env CTVIS_CHECKPOINT)")
     parser.add_argument("--redis-url", help="Redis URL (env CTVIS_REDIS_URL); unset: in-process")
     parser.add_argument("--device", help="torch device (env CTVIS_DEVICE, default cpu)")
+    parser.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="API only: frames go to `ctvis worker` processes via Redis (needs --redis-url)",
+    )
     parser.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="log level"
     )
@@ -35,10 +41,15 @@ def run(args: argparse.Namespace) -> int:
             "redis_url": args.redis_url,
             "device": args.device,
             "log_level": args.log_level,
+            "worker": False if args.no_worker else None,
         }.items()
         if value is not None
     }
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValueError as exc:
+        print(f"ctvis serve: invalid settings: {exc}", file=sys.stderr)
+        return 1
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-
     from model.checkpoint import LoadedCheckpoint
     from model.pipeline import VideoResult
     from model.structures import FrameOutputs

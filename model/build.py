@@ -7,6 +7,8 @@ official configs (``configs/{ytvis_2019,ytvis_2021,ovis}/CTVIS_{R50,SwinL}.yaml`
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import nn
 
 from model.backbone.resnet import ResNet
@@ -78,7 +80,7 @@ def build_segmenter(cfg: ModelConfig) -> Segmenter:
         Segmenter whose ``state_dict()`` keys equal the official ones minus ``criterion.*``.
     """
     backbone = build_backbone(cfg)
-    in_channels = dict(backbone.out_channels)
+    in_channels = cast(dict[str, int], backbone.out_channels)
     pixel_decoder = MSDeformAttnPixelDecoder(
         in_channels,
         conv_dim=cfg.conv_dim,

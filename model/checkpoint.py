@@ -15,13 +15,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import pickle
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from model.build import PRESETS, build_segmenter
@@ -33,6 +30,7 @@ from model.config import (
     to_dict,
 )
 from model.official_config import ConfigError, official_dataset_preset, read_official_config
+from model.official_weights import CheckpointError, official_key_to_ours, read_official_weights
 from model.segmenter import Segmenter
 
 __all__ = [
@@ -52,10 +50,6 @@ CONFIG_FILE = "config.json"
 _MAX_LISTED = 8  # keys listed per problem in error messages
 
 
-class CheckpointError(ValueError):
-    """A checkpoint or config cannot be read, is unsafe, or does not match the model."""
-
-
 @dataclass(frozen=True)
 class LoadedCheckpoint:
     """A segmenter rebuilt from a checkpoint, in eval mode, with the configs it was saved with."""
@@ -65,17 +59,6 @@ class LoadedCheckpoint:
     pre_cfg: PreprocessConfig
     trk_cfg: TrackerConfig
     meta: dict[str, Any]
-
-
-def official_key_to_ours(key: str) -> str | None:
-    """Name in our state dict of an official checkpoint key, or None if the key is dropped.
-
-    Dropped: ``criterion.*`` (loss buffers) and ``pixel_mean``/``pixel_std`` (preprocessing).
-    Mask2Former's legacy ``static_query`` is renamed ``query_feat``.
-    """
-    if key.startswith("criterion.") or key in ("pixel_mean", "pixel_std"):
-        return None
-    return key.replace("static_query", "query_feat")
 
 
 def _sha256(path: Path) -> str:
@@ -90,99 +73,6 @@ def _listed(keys: list[str]) -> str:
     shown = ", ".join(keys[:_MAX_LISTED])
     more = len(keys) - _MAX_LISTED
     return shown + (f", ... ({more} more)" if more > 0 else "")
-
-
-# --- reading official weights -------------------------------------------------------------
-
-
-def _numpy_global(name: str) -> Any:
-    # numpy >= 2 keeps the implementation in numpy._core; the numpy.core shim warns on access
-    try:
-        import numpy._core.multiarray as multiarray
-    except ImportError:  # numpy < 2
-        import numpy.core.multiarray as multiarray
-    return getattr(multiarray, name)
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that admits numpy arrays, dtypes and plain containers, and nothing else."""
-
-    _MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module in self._MULTIARRAY and name in ("_reconstruct", "scalar"):
-            return _numpy_global(name)
-        if module == "numpy" and name in ("ndarray", "dtype"):
-            return getattr(np, name)
-        if module == "collections" and name == "OrderedDict":
-            from collections import OrderedDict
-
-            return OrderedDict
-        raise CheckpointError(
-            f"unsafe pickle: it references {module}.{name}; only numpy arrays and plain "
-            "containers are allowed in a .pkl checkpoint"
-        )
-
-
-def _load_pickle(path: Path) -> Any:
-    try:
-        with path.open("rb") as f:
-            return _NumpyOnlyUnpickler(f, encoding="latin1").load()
-    except CheckpointError:
-        raise
-    except Exception as exc:  # any parse failure of untrusted bytes
-        raise CheckpointError(f"cannot read pickle checkpoint {path}: {exc}") from exc
-
-
-def _load_torch(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only refusal, corrupt file, wrong format
-        raise CheckpointError(
-            f"cannot read {path} with torch.load(weights_only=True): {exc}. Official CTVIS .pth "
-            "checkpoints hold only tensors; Mask2Former .pkl files must end in .pkl"
-        ) from exc
-
-
-def read_official_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
-    """Read an official checkpoint into a flat state dict.
-
-    Args:
-        path: CTVIS ``.pth`` (a detectron2 dict with ``"model"``, or a bare state dict) or a
-            Mask2Former ``.pkl`` (pickled dict of numpy arrays, maybe under ``"model"``).
-
-    Returns:
-        (state dict with official key names and CPU tensors, kind ``"pth"`` or ``"pkl"``).
-
-    Raises:
-        CheckpointError: the file is missing, unreadable, unsafe or not a state dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    kind = "pkl" if path.suffix == ".pkl" else "pth"
-    raw = _load_pickle(path) if kind == "pkl" else _load_torch(path)
-    if isinstance(raw, Mapping) and isinstance(raw.get("model"), Mapping):
-        raw = raw["model"]
-    if not isinstance(raw, Mapping):
-        raise CheckpointError(f"{path} does not hold a state dict (got {type(raw).__name__})")
-    state: dict[str, torch.Tensor] = {}
-    for key, value in raw.items():
-        if not isinstance(key, str):
-            raise CheckpointError(f"{path}: state dict key {key!r} is not a string")
-        if isinstance(value, np.ndarray):
-            if value.dtype == object:
-                raise CheckpointError(f"{path}: entry {key} is an object array, not numbers")
-            value = torch.from_numpy(np.ascontiguousarray(value))
-        if isinstance(value, torch.Tensor):
-            state[key] = value
-        elif not key.startswith("__"):  # e.g. "__author__" metadata strings are fine
-            raise CheckpointError(
-                f"{path}: entry {key} is a {type(value).__name__}, not a tensor or array"
-            )
-    if not state:
-        raise CheckpointError(f"{path} holds no tensors")
-    return state, kind
 
 
 # --- matching weights to the model --------------------------------------------------------
@@ -247,6 +137,35 @@ def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
         own = model.state_dict()
         for key, value in state.items():
             own[key].copy_(value.to(own[key].dtype))
+
+
+def _has_meta_tensors(model: torch.nn.Module) -> bool:
+    for module in model.modules():
+        tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        tensors += [v for v in vars(module).values() if isinstance(v, torch.Tensor)]
+        if any(t.is_meta for t in tensors):
+            return True
+    return False
+
+
+def _build_with_weights(
+    model_cfg: ModelConfig, weights: dict[str, torch.Tensor], source: str
+) -> Segmenter:
+    """Build the segmenter and load ``weights`` strictly, skipping the random init if possible.
+
+    The model is first built on the ``meta`` device (no allocation, no init: Swin-L takes ~10 s
+    to initialise on CPU) and the loaded tensors are assigned; if anything stays on ``meta``
+    (a tensor that is not in the state dict) it is rebuilt normally.
+    """
+    with torch.device("meta"):
+        segmenter = build_segmenter(model_cfg)
+    state, _, _ = _match_weights(segmenter, weights, source)
+    segmenter.load_state_dict(state, strict=True, assign=True)
+    if not _has_meta_tensors(segmenter):
+        return segmenter
+    segmenter = build_segmenter(model_cfg)  # pragma: no cover - no such module today
+    _load_into(segmenter, state)  # pragma: no cover
+    return segmenter  # pragma: no cover
 
 
 # --- our format ---------------------------------------------------------------------------
@@ -343,9 +262,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         weights = load_file(str(weights_path))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"cannot read {weights_path}: {exc}") from exc
-    segmenter = build_segmenter(model_cfg)
-    state, _, _ = _match_weights(segmenter, weights, str(weights_path))
-    _load_into(segmenter, state)
+    segmenter = _build_with_weights(model_cfg, weights, str(weights_path))
     meta = {k: config.get(k) for k in ("format_version", "class_names", "category_ids")}
     meta["provenance"] = config.get("provenance") or {}
     return LoadedCheckpoint(segmenter.to(device).eval(), model_cfg, pre_cfg, trk_cfg, meta)

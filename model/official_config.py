@@ -12,7 +12,14 @@ import ast
 from pathlib import Path
 from typing import Any
 
-from model.config import ModelConfig, PreprocessConfig, ResNetConfig, SwinConfig, TrackerConfig
+from model.config import (
+    BackboneKind,
+    ModelConfig,
+    PreprocessConfig,
+    ResNetConfig,
+    SwinConfig,
+    TrackerConfig,
+)
 
 __all__ = ["DEFAULTS", "ConfigError", "official_dataset_preset", "read_official_config"]
 
@@ -67,7 +74,10 @@ DEFAULTS: dict[str, Any] = {
     "DATASETS.TEST": [],
 }
 
-_BACKBONES = {"build_resnet_backbone": "resnet", "D2SwinTransformer": "swin"}
+_BACKBONES: dict[str, BackboneKind] = {
+    "build_resnet_backbone": "resnet",
+    "D2SwinTransformer": "swin",
+}
 
 # MODEL.TRACKER.<key> -> TrackerConfig field; missing keys keep the TrackerConfig default
 _TRACKER_KEYS = {

@@ -56,6 +56,8 @@ class EncoderLayer(nn.Module):
         self.linear1 = nn.Linear(d_model, d_ffn)
         self.linear2 = nn.Linear(d_ffn, d_model)
         self.norm2 = nn.LayerNorm(d_model)
+        nn.init.xavier_uniform_(self.linear1.weight)
+        nn.init.xavier_uniform_(self.linear2.weight)
 
     def forward(
         self,
@@ -105,9 +107,6 @@ class DeformableEncoder(nn.Module):
             n_points=n_points,
         )
         nn.init.normal_(self.level_embed)
-        for layer in self.encoder.layers:
-            for linear in (layer.linear1, layer.linear2):
-                nn.init.xavier_uniform_(linear.weight)
 
     @staticmethod
     def reference_points(

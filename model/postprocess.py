@@ -72,16 +72,24 @@ class FrameMasks:
     mask_sums: list[float]
 
 
-def encode_frame_masks(mask_logits: torch.Tensor, sizes: MaskSizes) -> FrameMasks:
-    """Upsample, binarise (logit > 0), RLE-encode and sum Nxhxw mask logits of one frame."""
+def encode_frame_masks(
+    mask_logits: torch.Tensor, sizes: MaskSizes, with_sigmoid_sums: bool = True
+) -> FrameMasks:
+    """Upsample, binarise (logit > 0), RLE-encode and sum Nxhxw mask logits of one frame.
+
+    ``with_sigmoid_sums=False`` skips the rescoring numerator (streaming does not need it;
+    ``sigmoid_sums`` is then empty).
+    """
     if mask_logits.shape[0] == 0:
         return FrameMasks([], [], [])
     up = upsample_mask_logits(mask_logits.detach(), sizes)
     binary = up > 0
-    sig = (up.sigmoid() * binary).flatten(1).sum(1)
+    sig: list[float] = []
+    if with_sigmoid_sums:
+        sig = (up.sigmoid() * binary).flatten(1).sum(1).double().tolist()
     return FrameMasks(
         rles=rle.encode_many(binary),
-        sigmoid_sums=sig.double().tolist(),
+        sigmoid_sums=sig,
         mask_sums=binary.flatten(1).sum(1).double().tolist(),
     )
 
@@ -111,7 +119,7 @@ def frame_instances(
     slots = assignment.slots[kept]
     probs = entry_logits(state, temporal_score_type)[slots].softmax(-1)[:, :-1]
     scores, labels = probs.max(1)
-    masks = encode_frame_masks(detections.mask_logits[kept], sizes)
+    masks = encode_frame_masks(detections.mask_logits[kept], sizes, with_sigmoid_sums=False)
     out = []
     for i, track_id in enumerate(assignment.track_ids[kept].tolist()):
         r = masks.rles[i]

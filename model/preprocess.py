@@ -60,7 +60,7 @@ def resize_frame(frame: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
         raise ValueError(f"expected an HxWx3 uint8 frame, got {frame.dtype} {frame.shape}")
     newh, neww = resize_shape(frame.shape[0], frame.shape[1], cfg)
     image = Image.fromarray(np.ascontiguousarray(frame))
-    return np.asarray(image.resize((neww, newh), Image.BILINEAR))
+    return np.asarray(image.resize((neww, newh), Image.Resampling.BILINEAR))
 
 
 def normalize_and_pad(images: Sequence[torch.Tensor], cfg: PreprocessConfig) -> torch.Tensor:

@@ -22,6 +22,7 @@ from service.errors import ApiError, install_error_handlers
 from service.jobs import JobManager
 from service.metrics import Metrics
 from service.models import ServedModel, load_served_model
+from service.remote import RedisFrameQueue
 from service.sessions import SessionService
 from service.settings import Settings, get_settings
 from service.store import SessionStore, make_store
@@ -54,7 +55,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         served = await asyncio.to_thread(load_served_model, settings.checkpoint, settings.device)
         app.state.model = served
         app.state.store = make_store(settings.redis_url)
-        queue = _make_queue(Engine(served), settings, metrics)
+        if settings.worker:
+            queue: BatchQueue | RedisFrameQueue = _make_queue(Engine(served), settings, metrics)
+        else:
+            assert settings.redis_url is not None  # checked by Settings
+            queue = RedisFrameQueue(
+                settings.redis_url, served.model_id, settings.worker_timeout_s,
+                settings.frames_stream,
+            )  # fmt: skip
         queue.start()
         app.state.sessions = SessionService(settings, served, app.state.store, queue, metrics)
         app.state.jobs = JobManager(served, metrics, settings.max_video_frames)

@@ -24,6 +24,7 @@ from service.engine import FrameItem, FrameOutcome
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.models import ServedModel
+from service.remote import RedisFrameQueue
 from service.schemas import RLE, FrameResult, InstanceOut, SessionCreate, SessionInfo, Timings
 from service.settings import Settings
 from service.store import SessionNotFound, SessionRecord, SessionStore, StateConflict
@@ -72,7 +73,7 @@ class SessionService:
         settings: Settings,
         served: ServedModel,
         store: SessionStore,
-        queue: BatchQueue[FrameItem, FrameOutcome],
+        queue: BatchQueue[FrameItem, FrameOutcome] | RedisFrameQueue,
         metrics: Metrics,
     ) -> None:
         self.settings = settings

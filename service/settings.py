@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -59,9 +59,26 @@ class Settings(BaseSettings):
     lease_wait_ms: int = Field(
         2_000, ge=0, description="How long a frame waits for another replica's lease."
     )
+    worker: bool = Field(
+        True,
+        description="Run the model in this process. False (`ctvis serve --no-worker`): send "
+        "frames to `ctvis worker` processes through Redis Streams (needs redis_url).",
+    )
+    worker_timeout_s: float = Field(
+        30.0, gt=0, description="How long the API waits for a worker's reply (then 503)."
+    )
+    frames_stream: str = Field(
+        "ctvis:frames", min_length=1, description="Redis stream carrying frames to workers."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the service."
     )
+
+    @model_validator(mode="after")
+    def _worker_needs_redis(self) -> Settings:
+        if not self.worker and not self.redis_url:
+            raise ValueError("worker=False (--no-worker) needs redis_url: workers meet in Redis")
+        return self
 
     @field_validator("redis_url")
     @classmethod

@@ -30,6 +30,11 @@ class FrozenBatchNorm2d(nn.Module):
         eps: added to the running variance (detectron2 uses 1e-5).
     """
 
+    weight: torch.Tensor
+    bias: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
     def __init__(self, num_features: int, eps: float = 1e-5):
         super().__init__()
         self.num_features = num_features

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from model import rle
-from model.config import ModelConfig, TrackerConfig
-from model.pipeline import VideoResult, track_video
+from model.config import ModelConfig, PreprocessConfig, TrackerConfig
+from model.pipeline import VideoResult, segment_video, track_video
 from model.postprocess import MaskSizes
 from model.structures import FrameOutputs
 from model.tracker import codec
@@ -137,3 +137,32 @@ def test_codec_round_trip_each_frame_keeps_ids(
         state = codec.loads(codec.dumps(state, model_id="m"), expected_model_id="m")
         kept = assignment.kept
         assert assignment.track_ids[kept].tolist() == ref["assigned_ids"].tolist()
+
+
+def test_segment_video_chunks_frames_and_matches_reference(
+    fixtures_dir: Path, per_frame: dict[str, Any], reference_json: list[dict[str, Any]]
+) -> None:
+    """``segment_video`` with a stand-in network that replays the official outputs."""
+    frames = np.load(fixtures_dir / "frames.npy")
+    pre_cfg = PreprocessConfig(min_size=per_frame["min_size_test"], clip_frames=CLIP)
+    calls: list[tuple[int, ...]] = []
+
+    def forward(pixels: torch.Tensor) -> FrameOutputs:
+        start = sum(c[0] for c in calls)
+        calls.append(tuple(pixels.shape))
+        return _chunks(per_frame)[start // CLIP]
+
+    progress: list[tuple[int, int | None]] = []
+    out = segment_video(
+        forward,
+        frames,
+        ModelConfig(num_classes=40),
+        pre_cfg,
+        TrackerConfig(),
+        video_id=1,
+        progress=lambda done, total: progress.append((done, total)),
+    )
+    assert calls == [(5, 3, 128, 160), (3, 3, 128, 160)]
+    assert progress[-1] == (8, 8) and len(progress) == 8
+    assert [r["category_id"] for r in out.results] == [r["category_id"] for r in reference_json]
+    assert [r["segmentations"] for r in out.results] == [r["segmentations"] for r in reference_json]

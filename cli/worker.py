@@ -1,0 +1,80 @@
+"""``ctvis worker``: a batch worker that serves frames sent through Redis Streams."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags override the ``CTVIS_*`` environment variables of ``service.settings``."""
+    parser.add_argument("--redis-url", help="Redis URL (env CTVIS_REDIS_URL); required")
+    parser.add_argument("--checkpoint", help="checkpoint directory (env CTVIS_CHECKPOINT)")
+    parser.add_argument("--device", help="torch device (env CTVIS_DEVICE, default cpu)")
+    parser.add_argument(
+        "--max-batch-size", type=int, help="frames per batch (env CTVIS_MAX_BATCH_SIZE)"
+    )
+    parser.add_argument("--stream", help="frames stream name (env CTVIS_FRAMES_STREAM)")
+    parser.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="log level"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve frames until SIGTERM / SIGINT, then finish the current batch and exit 0."""
+    import asyncio
+    import logging
+    import signal
+
+    from service.engine import Engine
+    from service.models import load_served_model
+    from service.remote import run_worker
+    from service.settings import Settings
+
+    overrides = {
+        key: value
+        for key, value in {
+            "redis_url": args.redis_url,
+            "checkpoint": args.checkpoint,
+            "device": args.device,
+            "max_batch_size": args.max_batch_size,
+            "frames_stream": args.stream,
+            "log_level": args.log_level,
+        }.items()
+        if value is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValueError as exc:
+        print(f"ctvis worker: invalid settings: {exc}", file=sys.stderr)
+        return 1
+    if not settings.redis_url:
+        print("ctvis worker: --redis-url (or CTVIS_REDIS_URL) is required", file=sys.stderr)
+        return 1
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    served = load_served_model(settings.checkpoint, settings.device)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(
+            f"ctvis worker: model {served.model_id} on {settings.device}, "
+            f"stream {settings.frames_stream}",
+            flush=True,
+        )
+        return await run_worker(
+            settings.redis_url or "",
+            Engine(served),
+            served.model_id,
+            settings.max_batch_size,
+            stop,
+            settings.frames_stream,
+        )
+
+    processed = asyncio.run(main())
+    print(f"ctvis worker: stopped after {processed} frames", flush=True)
+    return 0
