@@ -61,5 +61,6 @@ def build_reid_head(hidden_dim: int, reid_hidden_dim: int, num_layers: int) -> n
         return nn.Identity()
     head = MLP(hidden_dim, reid_hidden_dim, hidden_dim, num_layers)
     for layer in head.layers:
-        c2_xavier_linear(layer)
+        if isinstance(layer, nn.Linear):
+            c2_xavier_linear(layer)
     return head

@@ -22,6 +22,7 @@ from model.tracker.state import TrackState, init_state
 from model.tracker.step import track_step
 
 ProgressFn = Callable[[int, int | None], None]
+PrepareFn = Callable[[Sequence[np.ndarray] | np.ndarray, PreprocessConfig], FrameBatch]
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,9 @@ def track_video(
     return VideoResult(results=results, entries=entries, trace=trace, state=state)
 
 
-def _default_prepare(frames: Sequence[np.ndarray], cfg: PreprocessConfig) -> FrameBatch:
+def _default_prepare(
+    frames: Sequence[np.ndarray] | np.ndarray, cfg: PreprocessConfig
+) -> FrameBatch:
     from model.preprocess import prepare_frames  # written concurrently; imported lazily
 
     return prepare_frames(frames, cfg)
@@ -141,7 +144,7 @@ def segment_video(
     tracker_cfg: TrackerConfig,
     video_id: Any = 0,
     progress: ProgressFn | None = None,
-    prepare_fn: Callable[[Sequence[np.ndarray], PreprocessConfig], FrameBatch] | None = None,
+    prepare_fn: PrepareFn | None = None,
 ) -> VideoResult:
     """Segment and track a whole video offline.
 

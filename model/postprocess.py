@@ -4,7 +4,7 @@ Offline (``VideoAccumulator`` + ``video_results``) follows the official ``video_
 ``inference_video`` (spec ``inference.md`` 5-7) but upsamples each frame's masks when the
 frame arrives and keeps only their RLE plus the two sums the mask-quality rescoring needs,
 so a long video never holds dense T x H x W masks per track. Streaming
-(``frame_instances``) labels each matched instance from its track's running logit mean.
+(``to_instances``) labels each matched instance from its track's running logit mean.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def encode_frame_masks(
     )
 
 
-def frame_instances(
+def to_instances(
     detections: Detections,
     assignment: TrackAssignment,
     state: TrackState,

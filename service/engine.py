@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from model.config import TrackerConfig
-from model.postprocess import MaskSizes, frame_instances
+from model.postprocess import MaskSizes, to_instances
 from model.preprocess import prepare_frames
 from model.structures import FrameBatch, FrameOutputs, Instance
 from model.tracker import TrackState, select_candidates, track_step
@@ -75,7 +75,7 @@ class Engine:
             )
             state, assignment = track_step(item.state, det, cfg)
             sizes = MaskSizes(batch.image_sizes[0], batch.padded_size, batch.original_sizes[0])
-            instances = frame_instances(det, assignment, state, sizes, cfg.temporal_score_type)
+            instances = to_instances(det, assignment, state, sizes, cfg.temporal_score_type)
         return state, instances
 
     def _run_group(self, items: list[FrameItem], batches: list[FrameBatch]) -> list[FrameOutcome]:

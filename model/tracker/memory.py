@@ -96,7 +96,7 @@ def spawn(state: TrackState, count: int) -> tuple[TrackState, torch.Tensor]:
         # F.pad grows dim 0 in one op (its pad list runs from the last dim backwards)
         fill = float("-inf") if name == "logit_max" else 0.0
         fresh[name] = F.pad(value, (0, 0) * (value.dim() - 1) + (0, count), value=fill)
-    new = dataclasses.replace(state, next_track_id=state.next_track_id + count, **fresh)
+    new = state.with_tensors(fresh, next_track_id=state.next_track_id + count)
     return new, slots
 
 

@@ -9,7 +9,9 @@ width and C the number of classes (logits have C+1 columns, the last is "no obje
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -94,9 +96,14 @@ class TrackState:
         """The per-track tensors by field name (all share dim 0 = T)."""
         return {name: getattr(self, name) for name in TRACK_FIELDS}
 
+    def with_tensors(self, tensors: Mapping[str, torch.Tensor], **scalars: int) -> TrackState:
+        """A copy with some per-track tensors (and ``frame_index`` / ``next_track_id``) replaced."""
+        changes: dict[str, Any] = {**tensors, **scalars}
+        return dataclasses.replace(self, **changes)
+
     def select(self, index: torch.Tensor) -> TrackState:
         """Rows ``index`` (int64 [T'] or bool [T]) of every per-track tensor, in that order."""
-        return dataclasses.replace(self, **{k: v[index] for k, v in self.tensors().items()})
+        return self.with_tensors({k: v[index] for k, v in self.tensors().items()})
 
 
 def init_state(
@@ -118,24 +125,29 @@ def init_state(
     Returns:
         A ``TrackState`` with T = 0 tracks, frame_index 0 and next_track_id 0.
     """
-    f = {"device": device, "dtype": dtype}
-    i = {"device": device, "dtype": torch.int64}
+
+    def floats(*shape: int) -> torch.Tensor:
+        return torch.zeros(shape, device=device, dtype=dtype)
+
+    def ints() -> torch.Tensor:
+        return torch.zeros(0, device=device, dtype=torch.int64)
+
     c1 = num_classes + 1
     return TrackState(
         frame_index=0,
         next_track_id=0,
-        track_ids=torch.zeros(0, **i),
-        sg_embed=torch.zeros(0, embed_dim, **f),
-        momentum_embed=torch.zeros(0, embed_dim, **f),
-        embed_cache=torch.zeros(0, cache_size, embed_dim, **f),
-        score_cache=torch.zeros(0, cache_size, **f),
-        cache_len=torch.zeros(0, **i),
-        exist_frames=torch.zeros(0, **i),
-        last_seen=torch.zeros(0, **i),
-        logit_sum=torch.zeros(0, c1, **f),
-        logit_max=torch.zeros(0, c1, **f),
-        entry_hits=torch.zeros(0, **i),
-        entry_tail=torch.zeros(0, **i),
+        track_ids=ints(),
+        sg_embed=floats(0, embed_dim),
+        momentum_embed=floats(0, embed_dim),
+        embed_cache=floats(0, cache_size, embed_dim),
+        score_cache=floats(0, cache_size),
+        cache_len=ints(),
+        exist_frames=ints(),
+        last_seen=ints(),
+        logit_sum=floats(0, c1),
+        logit_max=floats(0, c1),
+        entry_hits=ints(),
+        entry_tail=ints(),
     )
 
 

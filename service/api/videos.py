@@ -56,7 +56,6 @@ async def _save_upload(request: Request, dest: Path, limit: int) -> None:
         "requestBody": {
             "required": True,
             "content": {
-                "video/mp4": {"schema": {"type": "string", "format": "binary"}},
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 "multipart/form-data": {
                     "schema": {

@@ -15,7 +15,7 @@ from model.postprocess import (
     MaskSizes,
     TrackEntry,
     VideoAccumulator,
-    frame_instances,
+    to_instances,
     upsample_mask_logits,
     video_results,
 )
@@ -57,7 +57,7 @@ def test_streaming_entries_follow_offline_video_dict(
         )
         state, assignment = track_step(state, det, cfg)
         acc.add_frame(det, assignment)
-        instances = frame_instances(det, assignment, state, sizes, temporal)
+        instances = to_instances(det, assignment, state, sizes, temporal)
         assert [i.track_id for i in instances] == assignment.track_ids[assignment.kept].tolist()
         offline = {e.track_id: e for e in acc.finalize()}
         streaming = memory.entry_logits(state, temporal)
