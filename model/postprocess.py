@@ -100,6 +100,7 @@ def to_instances(
     state: TrackState,
     sizes: MaskSizes,
     temporal_score_type: str = "mean",
+    model_cfg: ModelConfig | None = None,
 ) -> list[Instance]:
     """Streaming output: one ``Instance`` per candidate matched in this frame (row order).
 
@@ -109,6 +110,7 @@ def to_instances(
         state: the state ``track_step`` returned (its entry logits include this frame).
         sizes: the frame's sizes.
         temporal_score_type: ``mean`` or ``max`` over the track's current output entry.
+        model_cfg: maps labels to dataset category ids (default ``label + 1``).
 
     Returns:
         Instances with label/score from the track's temporal logits and the RLE mask.
@@ -120,6 +122,7 @@ def to_instances(
     probs = entry_logits(state, temporal_score_type)[slots].softmax(-1)[:, :-1]
     scores, labels = probs.max(1)
     masks = encode_frame_masks(detections.mask_logits[kept], sizes, with_sigmoid_sums=False)
+    categories = model_cfg or ModelConfig()
     out = []
     for i, track_id in enumerate(assignment.track_ids[kept].tolist()):
         r = masks.rles[i]
@@ -127,6 +130,7 @@ def to_instances(
             Instance(
                 track_id=int(track_id),
                 label=int(labels[i]),
+                category_id=categories.category_id(int(labels[i])),
                 score=float(scores[i]),
                 bbox=rle.bbox(r),
                 rle=r,

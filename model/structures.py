@@ -103,6 +103,8 @@ class Instance:
         bbox: (x, y, w, h) of the binary mask in original-frame pixels; zeros when empty.
         rle: COCO RLE ``{"size": [H, W], "counts": str}`` of the binary mask.
         area: number of foreground pixels.
+        category_id: dataset category id of ``label`` (``ModelConfig.category_id``); None
+            when the producer did not map it.
     """
 
     track_id: int
@@ -111,3 +113,4 @@ class Instance:
     bbox: tuple[float, float, float, float]
     rle: dict[str, object]
     area: int
+    category_id: int | None = None

@@ -8,7 +8,8 @@ bash scripts/setup.sh
 bash scripts/ensure_redis.sh
 VENV="${CTVIS_VENV:-$ROOT/.venv}"
 export PATH="$VENV/bin:$PATH"
-export CTVIS_REDIS_URL="${CTVIS_REDIS_URL:-redis://127.0.0.1:${CTVIS_REDIS_PORT:-6379}/0}"
+# Tests find the Redis the script provides here (never through the service's own CTVIS_REDIS_URL).
+export CTVIS_TEST_REDIS_URL="${CTVIS_TEST_REDIS_URL:-redis://127.0.0.1:${CTVIS_REDIS_PORT:-6379}/0}"
 
 echo "[test] ruff check"
 ruff check .

@@ -35,3 +35,11 @@ def fixtures_dir() -> Path:
 def real_sample_dir() -> Path:
     """``shared/data/real-sample``: a small real YouTube-VIS style dataset."""
     return _require(REAL_SAMPLE_DIR)
+
+
+@pytest.fixture(autouse=True)
+def _isolate_service_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Service settings in tests come from the test, never from the caller's ``CTVIS_*``."""
+    for name in list(os.environ):
+        if name.startswith("CTVIS_") and not name.startswith(("CTVIS_TEST_", "CTVIS_SHARED")):
+            monkeypatch.delenv(name)

@@ -127,49 +127,60 @@ def write(
     """
     if slots.numel() == 0:
         return state
-    # Fusion runs on all T rows with a row mask (a few full-size ops beat many small ones);
-    # the cache write is one out-of-place index_put into the ring buffer. Both keep
-    # gradients flowing to ``embeds``.
+    # Fusion runs on all T rows at once (a few full-size ops beat many small ones). Rows not
+    # updated get weight 0 and first updates weight 1, so ``(1 - w) old + w e`` is exact for
+    # both without a select; unused cache columns are zero vectors, so their cosine is 0 and
+    # no validity mask is needed. The cache write is one out-of-place index_put into the ring
+    # buffer. Gradients flow to ``embeds`` throughout.
     k = state.cache_size
     t, d = state.sg_embed.shape
-    upd = torch.zeros(t, dtype=torch.bool, device=slots.device)
-    upd = upd.index_put((slots,), torch.ones_like(slots, dtype=torch.bool))
+    upd = torch.zeros(t, dtype=state.sg_embed.dtype, device=slots.device)
+    upd = upd.index_put((slots,), torch.ones_like(slots, dtype=upd.dtype))[:, None]
     e = embeds.new_zeros(t, d).index_put((slots,), embeds)
     cache = state.embed_cache
-    valid = _cache_age(state) < state.cache_len[:, None]
     dots = torch.linalg.vecdot(cache, e[:, None, :])  # ~6x faster than einsum/bmm here
     norms = cache.norm(dim=-1) * e.norm(dim=-1, keepdim=True)
-    cos = torch.where(valid, dots / norms.clamp_min(1e-8), torch.zeros_like(dots))
-    beta = (cos.sum(1) / state.cache_len.clamp_min(1).to(cos.dtype)).clamp_min(0.0)[:, None]
+    mean_cos = (dots / norms.clamp_min(1e-8)).sum(1, keepdim=True)
+    mean_cos = mean_cos / state.cache_len[:, None].clamp_min(1).to(dots.dtype)
     first = (state.exist_frames == 0)[:, None]
-    sg_new = torch.where(first, e, (1 - beta) * state.sg_embed + beta * e)
-    mom_new = torch.where(first, e, (1 - momentum) * state.momentum_embed + momentum * e)
-    row = upd[:, None]
+    beta = torch.where(first, 1.0, mean_cos.clamp_min(0.0)) * upd
+    weight = torch.where(first, 1.0, momentum) * upd
     column = (state.exist_frames[slots] % k,)
-    ones = upd.to(torch.int64)
+    ones = upd[:, 0].to(torch.int64)
     return dataclasses.replace(
         state,
-        sg_embed=torch.where(row, sg_new, state.sg_embed),
-        momentum_embed=torch.where(row, mom_new, state.momentum_embed),
+        sg_embed=(1 - beta) * state.sg_embed + beta * e,
+        momentum_embed=(1 - weight) * state.momentum_embed + weight * e,
         embed_cache=cache.index_put((slots, *column), embeds),
         score_cache=state.score_cache.index_put(
             (slots, *column), scores.to(state.score_cache.dtype)
         ),
         cache_len=(state.cache_len + ones).clamp_max(k),
         exist_frames=state.exist_frames + ones,
-        last_seen=torch.where(upd, frame_index, state.last_seen),
+        last_seen=torch.where(ones > 0, frame_index, state.last_seen),
     )
 
 
 def prune(
-    state: TrackState, frame_index: int, num_dead_frames: int
+    state: TrackState, frame_index: int, num_dead_frames: int, max_tracks: int | None = None
 ) -> tuple[TrackState, torch.Tensor]:
     """Drop tracklets not updated for more than ``num_dead_frames`` frames.
+
+    ``max_tracks`` (not in the reference) caps the live tracks so a session's state stays
+    bounded: beyond it, the least recently seen tracks go first (ties: the older slot goes).
+    Tracks updated in ``frame_index`` are never evicted.
 
     Returns:
         (new state, T bool mask of the rows kept); slot order is preserved.
     """
     keep = (frame_index - state.last_seen) <= num_dead_frames
+    excess = int(keep.sum()) - max_tracks if max_tracks is not None else 0
+    if excess > 0:
+        seen_now = int((state.last_seen == frame_index).sum())
+        order = torch.argsort(torch.where(keep, state.last_seen, -1), stable=True)
+        excess = min(excess, int(keep.sum()) - seen_now)
+        drop = order[int((~keep).sum()) :][:excess]
+        keep = keep.index_put((drop,), torch.zeros_like(drop, dtype=torch.bool))
     if bool(keep.all()):
         return state, keep
     return state.select(keep), keep

@@ -23,7 +23,9 @@ def track_step(
     ``init_score_threshold`` starts a new track. Otherwise candidates are matched to live
     tracks (``cfg.match_metric`` / ``cfg.match_type``) and unmatched ones above the init
     threshold start new tracks in row order. Tracks unseen for more than
-    ``num_dead_frames`` frames are then dropped. Gradient mode is the caller's choice.
+    ``num_dead_frames`` frames are then dropped, and beyond ``max_tracks`` live tracks the
+    least recently seen ones (a cap the reference does not have; it only bounds the state).
+    Gradient mode is the caller's choice.
 
     Args:
         state: memory bank before frame ``state.frame_index``.
@@ -57,7 +59,7 @@ def track_step(
     state = memory.record_entries(state, kept_slots, detections.logits[kept], frame, cfg)
     track_ids = torch.full_like(slots, -1)
     track_ids[kept] = state.track_ids[kept_slots]
-    state, alive = memory.prune(state, frame, cfg.num_dead_frames)
+    state, alive = memory.prune(state, frame, cfg.num_dead_frames, cfg.max_tracks)
     if not bool(alive.all()):
         # Matched tracks are alive (last_seen == frame); remap them to compacted rows.
         new_row = torch.cumsum(alive.to(torch.int64), 0) - 1

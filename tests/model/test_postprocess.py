@@ -69,7 +69,7 @@ def test_streaming_entries_follow_offline_video_dict(
                 assert int(state.entry_hits[slot]) == sum(offline[track_id].present)
         for inst in instances:
             probs = offline[inst.track_id].logits.softmax(-1)[:-1]
-            assert inst.label == int(probs.argmax())
+            assert inst.label == int(probs.argmax()) and inst.category_id == inst.label + 1
             assert inst.score == pytest.approx(float(probs.max()), abs=1e-6)
             assert inst.rle["size"] == [24, 32]
             assert inst.area == rle.area(inst.rle)

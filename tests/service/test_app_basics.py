@@ -44,7 +44,7 @@ def test_unknown_route_is_json_error(client: TestClient) -> None:
 
 @pytest.mark.redis
 def test_readyz_with_real_redis() -> None:
-    url = os.environ.get("CTVIS_REDIS_URL", "redis://127.0.0.1:6379/0")
+    url = os.environ.get("CTVIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     with TestClient(create_app(Settings(redis_url=url))) as c:
         body = c.get("/readyz").json()
     assert body == {

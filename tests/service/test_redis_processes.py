@@ -23,7 +23,7 @@ from service.settings import Settings
 from tests.service.conftest import png_bytes
 
 pytestmark = pytest.mark.redis
-REDIS_URL = os.environ.get("CTVIS_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = os.environ.get("CTVIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def _free_port() -> int:

@@ -22,7 +22,7 @@ from service.remote import decode_item, decode_outcome, encode_item, encode_outc
 from service.settings import Settings
 from tests.service.conftest import png_bytes
 
-REDIS_URL = os.environ.get("CTVIS_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = os.environ.get("CTVIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def _frames(client: TestClient, frames: list[np.ndarray]) -> list[dict]:

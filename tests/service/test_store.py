@@ -18,7 +18,7 @@ from service.store import (
     StateConflict,
 )
 
-REDIS_URL = os.environ.get("CTVIS_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = os.environ.get("CTVIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])

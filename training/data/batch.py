@@ -28,6 +28,9 @@ class Clip:
             present); -1 where absent or where its mask became empty after augmentation.
         masks: TxSxHxW bool instance masks (empty where absent).
         source: where the clip came from, e.g. ``"ytvis:12"`` or ``"coco:345"``.
+        boxes: optional TxSx4 float32 XYXY pixel boxes recomputed from ``masks`` (exclusive
+            right/bottom, as detectron2 ``BitMasks.get_bounding_boxes``; zeros where the mask
+            is empty). Informational: Mask2Former's losses do not use boxes.
     """
 
     frames: np.ndarray
@@ -35,6 +38,7 @@ class Clip:
     ids: np.ndarray
     masks: np.ndarray
     source: str = ""
+    boxes: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:

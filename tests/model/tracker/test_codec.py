@@ -112,3 +112,9 @@ def test_rejects_shape_mismatch_and_garbage() -> None:
     meta = codec.read_metadata(data)
     with pytest.raises(ValueError, match="missing"):
         codec.loads(st_save(tensors, metadata=meta))
+
+
+def test_compact_keeps_float32_when_values_overflow_float16() -> None:
+    state = _random_state(5, 3, 8, 4, 3)
+    state = dataclasses.replace(state, embed_cache=state.embed_cache * 1e5)
+    _assert_equal(state, codec.loads(codec.dumps(state)))

@@ -131,3 +131,19 @@ def test_record_entries_noise_filter() -> None:
     state = memory.record_entries(state, slots[1:], torch.ones(1, 3), 11, cfg)
     assert state.entry_hits.tolist() == [11, 1]  # fresh entry, old history dropped
     torch.testing.assert_close(memory.entry_logits(state, "max")[1], torch.ones(3))
+
+
+def test_prune_caps_live_tracks_by_recency() -> None:
+    state, slots = memory.spawn(init_state(4, 2), 5)
+    for f, rows in enumerate([[0, 1, 2, 3, 4], [3], [1], [4, 0]]):
+        idx = slots[rows]
+        state = memory.write(state, idx, torch.randn(len(rows), 4), torch.ones(len(rows)), f)
+    # last_seen = [3, 2, 0, 1, 3]
+    pruned, keep = memory.prune(state, 3, num_dead_frames=20, max_tracks=3)
+    assert keep.tolist() == [True, True, False, False, True]
+    assert pruned.track_ids.tolist() == [0, 1, 4]
+    # tracks seen in the current frame are never evicted
+    _, keep = memory.prune(state, 3, num_dead_frames=20, max_tracks=1)
+    assert keep.tolist() == [True, False, False, False, True]
+    _, keep = memory.prune(state, 22, num_dead_frames=20, max_tracks=1)
+    assert keep.tolist() == [False, False, False, False, True]  # tie: older slot goes

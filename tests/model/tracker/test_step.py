@@ -147,3 +147,18 @@ def test_long_stream_state_stays_bounded() -> None:
     assert state.frame_index == 2000 and ids == [0, 1, 2, 3]
     assert max_bytes < 64 * 1024
     assert memory.entry_logits(state, "mean").shape == (state.num_tracks, NUM_LOGITS)
+
+
+def test_max_tracks_caps_state_and_keeps_active_ids() -> None:
+    torch.manual_seed(2)
+    cfg = TrackerConfig(max_tracks=6)
+    protos = _prototypes(3)
+    state = init_state(32, NUM_LOGITS - 1)
+    for _ in range(40):
+        clutter = 6.0 * torch.nn.functional.normalize(torch.randn(2, 32), dim=1)
+        embeds = torch.cat([protos + 0.2 * torch.randn_like(protos), clutter])
+        state, a = track_step(state, _dets(embeds, [0.9, 0.85, 0.8, 0.3, 0.2]), cfg)
+        assert state.num_tracks <= 6
+        assert a.track_ids[:3].tolist() == [0, 1, 2]
+        assert (a.slots[a.kept] >= 0).all()
+        assert state.track_ids[a.slots[a.kept]].tolist() == a.track_ids[a.kept].tolist()

@@ -1,0 +1,161 @@
+"""``service.client`` against a live ``ctvis serve`` process (embedded defaults, tiny model)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.video_io import FrameSource, OverlayWriter
+from service.client import (
+    ApiError,
+    CtvisClient,
+    JobStatus,
+    MissingDependencyError,
+    ServiceUnreachableError,
+    camera_frames,
+)
+from service.client.__main__ import main as client_main
+from tests.service.conftest import png_bytes
+
+API_KEY = "client-test-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    """Base URL of a ``ctvis serve`` process with an API key and the in-process store."""
+    port = _free_port()
+    exe = shutil.which("ctvis") or str(Path(sys.executable).parent / "ctvis")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTVIS_")}
+    env.update(CTVIS_API_KEYS=API_KEY, CTVIS_MAX_VIDEO_FRAMES="50")
+    proc = subprocess.Popen(
+        [exe, "serve", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        probe = CtvisClient(base, API_KEY, timeout=2)
+        deadline = time.monotonic() + 120
+        while not probe.ready():
+            assert proc.poll() is None, "ctvis serve exited"
+            assert time.monotonic() < deadline, "ctvis serve did not become ready"
+            time.sleep(0.3)
+        probe.close()
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def client(server: str) -> Iterator[CtvisClient]:
+    with CtvisClient(server, API_KEY) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def mp4_file(tmp_path_factory: pytest.TempPathFactory, video_frames: list[np.ndarray]) -> Path:
+    path = tmp_path_factory.mktemp("client") / "clip.mp4"
+    h, w = video_frames[0].shape[:2]
+    with OverlayWriter(path, 10, (w, h)) as writer:
+        for frame in video_frames:
+            writer.write(frame)
+    return path
+
+
+def _tracks(results: list) -> list[list[tuple[int, str]]]:
+    return [[(i.track_id, i.segmentation["counts"]) for i in r.instances] for r in results]
+
+
+def test_health_models_and_api_key(client: CtvisClient, server: str) -> None:
+    assert client.health() and client.ready()
+    assert client.models()[0]["random_weights"] is True
+    with CtvisClient(server) as anonymous, pytest.raises(ApiError) as info:
+        anonymous.create_session()
+    assert (info.value.status, info.value.code) == (401, "unauthorized")
+    assert info.value.message
+
+
+def test_frames_over_http(client: CtvisClient, video_frames: list[np.ndarray]) -> None:
+    session = client.create_session(tracker={"match_threshold": 0.4})
+    first = client.send_frame(session, png_bytes(video_frames[0]))
+    second = client.send_frame(session, video_frames[1])  # raw RGB
+    assert (first.frame_index, second.frame_index) == (0, 1)
+    assert (second.height, second.width) == video_frames[1].shape[:2]
+    assert client.session_info(session)["frame_index"] == 2
+    client.close_session(session)
+    with pytest.raises(ApiError) as info:
+        client.send_frame(session, video_frames[2])
+    assert info.value.status == 404 and info.value.code
+
+
+def test_stream_video_matches_http(client: CtvisClient, mp4_file: Path) -> None:
+    decoded = list(FrameSource(mp4_file))
+    over_http = [client.send_frame(client_session := client.create_session(), decoded[0])]
+    over_http += [client.send_frame(client_session, frame) for frame in decoded[1:]]
+    session = client.create_session()
+    streamed = list(client.stream_video(session, mp4_file))
+    assert [r.frame_index for r in streamed] == list(range(len(decoded)))
+    assert _tracks(streamed) == _tracks(over_http)
+    assert client.session_info(session)["frame_index"] == len(decoded)
+
+
+def test_stream_with_bad_token_raises(client: CtvisClient, video_frames: list[np.ndarray]) -> None:
+    session = client.create_session()
+    forged = type(session)(session.session_id, "not-the-token", session.expires_at)
+    with pytest.raises(ApiError):
+        list(client.stream_frames(forged, [video_frames[0]]))
+
+
+@pytest.mark.parametrize("mode", ["events", "poll"])
+def test_video_job_waits_and_downloads(
+    client: CtvisClient, mp4_file: Path, tmp_path: Path, mode: str
+) -> None:
+    submitted = client.submit_video(mp4_file, overlay=True, video_id=3)
+    seen: list[JobStatus] = []
+    final = client.wait_job(submitted.job_id, seen.append, timeout=120, mode=mode)  # type: ignore[arg-type]
+    assert final.state == "done" and seen[-1] == final
+    assert final.frames_done == final.frames_total == len(FrameSource(mp4_file))
+    results = client.job_result(submitted.job_id)
+    assert results and all(r["video_id"] == 3 for r in results)
+    saved = client.download_result(submitted.job_id, tmp_path / "r.json")
+    assert saved.read_bytes().startswith(b"[")
+    overlay = client.download_overlay(submitted.job_id, tmp_path / "o.mp4")
+    assert overlay.read_bytes()[4:8] == b"ftyp"
+    client.cancel_job(submitted.job_id)  # deletes the finished job
+    with pytest.raises(ApiError) as info:
+        client.job_status(submitted.job_id)
+    assert info.value.status == 404
+
+
+def test_command_line_job(server: str, mp4_file: Path, tmp_path: Path) -> None:
+    argv = ["--url", server, "--api-key", API_KEY, "job", str(mp4_file), "--out", str(tmp_path)]
+    assert client_main(argv) == 0
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    assert client_main(["--url", server, "health"]) == 1  # no key: a clear error, exit 1
+
+
+def test_unreachable_server_and_missing_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
+    with CtvisClient(f"http://127.0.0.1:{_free_port()}", timeout=2) as client:
+        with pytest.raises(ServiceUnreachableError):
+            client.models()
+        assert client.ready() is False
+    monkeypatch.setitem(sys.modules, "cv2", None)  # makes `import cv2` raise ImportError
+    with pytest.raises(MissingDependencyError, match="opencv"):
+        next(camera_frames(0))
