@@ -136,11 +136,18 @@ def main() -> None:
     masks = dist < radius[:, None, None] ** 2
     ms = _time_ms(lambda: rle.encode_many(masks), max(20, args.repeats // 4))
     rows.append(("RLE encode, 10 instances at 480x854 (per frame)", _fmt(ms)))
-    sizes = MaskSizes(image_size=(480, 854), padded_size=(480, 864), original_size=(480, 854))
     low = torch.randn(10, 120, 216)
-    with torch.inference_mode():
-        ms = _time_ms(lambda: encode_frame_masks(low, sizes), max(20, args.repeats // 4))
-    rows.append(("upsample + binarise + RLE, 10 instances to 480x854", _fmt(ms)))
+    reps = max(10, args.repeats // 10)
+    for original in ((480, 854), (720, 1280)):
+        sizes = MaskSizes(image_size=(480, 854), padded_size=(480, 864), original_size=original)
+        name = f"{original[0]}x{original[1]}"
+        with torch.inference_mode():
+            stream = _time_ms(lambda s=sizes: encode_frame_masks(low, s, False), reps)
+            offline = _time_ms(lambda s=sizes: encode_frame_masks(low, s), reps)
+        rows.append(
+            (f"upsample + binarise + RLE, 10 instances to {name} (streaming)", _fmt(stream))
+        )
+        rows.append((f"same + rescoring sums (offline), {name}", _fmt(offline)))
 
     print(
         f"torch {torch.__version__}, {args.threads} intra-op thread(s), "

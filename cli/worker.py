@@ -14,6 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-batch-size", type=int, help="frames per batch (env CTVIS_MAX_BATCH_SIZE)"
     )
+    parser.add_argument(
+        "--claim-idle-ms",
+        type=int,
+        help="take over frames another worker left unanswered this long (env CTVIS_CLAIM_IDLE_MS)",
+    )
     parser.add_argument("--stream", help="frames stream name (env CTVIS_FRAMES_STREAM)")
     parser.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="log level"
@@ -26,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from service.engine import Engine
+    from service.engine import Engine, FaultInjection
     from service.models import load_served_model
     from service.remote import run_worker
     from service.settings import Settings
@@ -39,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
             "device": args.device,
             "max_batch_size": args.max_batch_size,
             "frames_stream": args.stream,
+            "claim_idle_ms": args.claim_idle_ms,
             "log_level": args.log_level,
         }.items()
         if value is not None
@@ -68,11 +74,12 @@ def run(args: argparse.Namespace) -> int:
         )
         return await run_worker(
             settings.redis_url or "",
-            Engine(served),
+            Engine(served, FaultInjection.parse(settings.fault_inject)),
             served.model_id,
             settings.max_batch_size,
             stop,
             settings.frames_stream,
+            claim_idle_ms=settings.claim_idle_ms,
         )
 
     processed = asyncio.run(main())

@@ -51,9 +51,9 @@ def upsample_mask_logits(mask_logits: torch.Tensor, sizes: MaskSizes) -> torch.T
     x = F.interpolate(
         mask_logits[None].float(), size=sizes.padded_size, mode="bilinear", align_corners=False
     )
-    x = F.interpolate(
-        x[:, :, :h, :w], size=sizes.original_size, mode="bilinear", align_corners=False
-    )
+    x = x[:, :, :h, :w]
+    if tuple(sizes.original_size) != (h, w):  # same-size bilinear is the identity; skip it
+        x = F.interpolate(x, size=sizes.original_size, mode="bilinear", align_corners=False)
     return x[0]
 
 

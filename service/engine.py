@@ -10,6 +10,7 @@ are retried one at a time so that a poison frame fails only its own request.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -51,11 +52,57 @@ class FrameOutcome:
     error: Exception | None = None
 
 
+@dataclass(frozen=True)
+class FaultInjection:
+    """Test-only faults (``CTVIS_FAULT_INJECT``), so fault-tolerance tests need no real bug.
+
+    Attributes:
+        poison_rgb: a frame whose top-left pixel has this colour makes the model raise.
+        crash_after_frames: the process exits abruptly (as if SIGKILLed) when it is about to
+            run its N+1-th frame.
+    """
+
+    poison_rgb: tuple[int, int, int] | None = None
+    crash_after_frames: int | None = None
+
+    @classmethod
+    def parse(cls, spec: str | None) -> FaultInjection | None:
+        """Parse ``"poison_rgb=R,G,B;crash_after_frames=N"`` (either part optional)."""
+        if not spec:
+            return None
+        values: dict[str, object] = {}
+        for part in spec.split(";"):
+            key, _, value = part.partition("=")
+            key = key.strip()
+            if key == "poison_rgb":
+                r, g, b = (int(v) for v in value.split(","))
+                values[key] = (r, g, b)
+            elif key == "crash_after_frames":
+                values[key] = int(value)
+            else:
+                raise ValueError(f"unknown fault injection {key!r}")
+        return cls(**values)  # type: ignore[arg-type]
+
+
 class Engine:
     """Runs batches of frames for the served model on its device."""
 
-    def __init__(self, served: ServedModel) -> None:
+    def __init__(self, served: ServedModel, faults: FaultInjection | None = None) -> None:
         self.served = served
+        self.faults = faults
+        self.frames_run = 0
+
+    def _inject(self, items: list[FrameItem]) -> None:
+        if self.faults is None:
+            return
+        crash = self.faults.crash_after_frames
+        if crash is not None and self.frames_run + len(items) > crash:
+            os._exit(137)  # die mid-batch without replying or acknowledging, like SIGKILL
+        poison = self.faults.poison_rgb
+        if poison is not None and any(
+            tuple(int(v) for v in i.frame[0, 0]) == poison for i in items
+        ):
+            raise RuntimeError("injected poison frame")
 
     def _forward(self, pixels: torch.Tensor) -> FrameOutputs:
         device = torch.device(self.served.device)
@@ -80,6 +127,7 @@ class Engine:
 
     def _run_group(self, items: list[FrameItem], batches: list[FrameBatch]) -> list[FrameOutcome]:
         started = time.perf_counter()
+        self._inject(items)
         outputs = self._forward(torch.cat([b.pixels for b in batches]))
         results: list[tuple[TrackState | None, list[Instance], Exception | None]] = []
         for row, (item, batch) in enumerate(zip(items, batches, strict=True)):
@@ -122,4 +170,5 @@ class Engine:
                         group.append(FrameOutcome(None, [], 0.0, 1, exc))
             for i, outcome in zip(indices, group, strict=True):
                 outcomes[i] = outcome
+        self.frames_run += len(items)
         return [o for o in outcomes if o is not None]

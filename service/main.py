@@ -17,7 +17,7 @@ from service.api import ws as ws_routes
 from service.auth import parse_api_keys
 from service.batching import BatchQueue
 from service.deps import require_api_key
-from service.engine import Engine, FrameItem, FrameOutcome
+from service.engine import Engine, FaultInjection, FrameItem, FrameOutcome
 from service.errors import ApiError, install_error_handlers
 from service.jobs import JobManager
 from service.metrics import Metrics
@@ -56,7 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.model = served
         app.state.store = make_store(settings.redis_url)
         if settings.worker:
-            queue: BatchQueue | RedisFrameQueue = _make_queue(Engine(served), settings, metrics)
+            queue: BatchQueue | RedisFrameQueue = _make_queue(
+                Engine(served, FaultInjection.parse(settings.fault_inject)), settings, metrics
+            )
         else:
             assert settings.redis_url is not None  # checked by Settings
             queue = RedisFrameQueue(

@@ -37,6 +37,12 @@ WORKER_GROUP = "ctvis-workers"
 REPLY_KEY = "ctvis:reply:{request_id}"
 REPLY_TTL_S = 120
 STREAM_MAXLEN = 10_000
+STREAM_TTL_S = 3600
+MAX_DELIVERIES = 2  # the first worker plus one retry on another
+
+
+class WorkerLost(RuntimeError):
+    """The frame's worker died and the one retry on another worker died too (retryable)."""
 
 
 def encode_item(item: FrameItem, model_id: str, request_id: str) -> dict[str, bytes | str]:
@@ -87,24 +93,22 @@ def decode_outcome(data: bytes) -> FrameOutcome:
     (size,) = struct.unpack(">I", data[:4])
     header = json.loads(data[4 : 4 + size])
     state_bytes = data[4 + size :]
-    instances = [
-        Instance(
-            track_id=i["track_id"],
-            label=i["label"],
-            score=i["score"],
-            bbox=tuple(i["bbox"]),
-            rle=i["rle"],
-            area=i["area"],
-        )
-        for i in header["instances"]
-    ]
+    instances = [Instance(**{**i, "bbox": tuple(i["bbox"])}) for i in header["instances"]]
     return FrameOutcome(
         state=codec.loads(state_bytes) if state_bytes else None,
         instances=instances,
         model_ms=float(header["model_ms"]),
         batch_size=int(header["batch_size"]),
-        error=RuntimeError(header["error"]) if header["error"] else None,
+        error=_decode_error(header),
     )
+
+
+def _decode_error(header: dict[str, Any]) -> Exception | None:
+    if not header["error"]:
+        return None
+    if header.get("worker_lost"):
+        return WorkerLost(header["error"])
+    return RuntimeError(header["error"])
 
 
 class RedisFrameQueue:
@@ -132,7 +136,11 @@ class RedisFrameQueue:
         request_id = new_id()
         fields = encode_item(item, self.model_id, request_id)
         try:
-            await self._client.xadd(self.stream, fields, maxlen=STREAM_MAXLEN, approximate=True)
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.xadd(self.stream, fields, maxlen=STREAM_MAXLEN, approximate=True)
+                # The stream disappears after an hour without traffic (no key outlives use).
+                pipe.expire(self.stream, STREAM_TTL_S)
+                await pipe.execute()
             self.depth += 1
             try:
                 reply = await self._client.blpop(
@@ -155,13 +163,33 @@ class RedisFrameQueue:
 
 
 async def _ensure_group(client: Any, stream: str) -> None:
-    import redis.exceptions
+    from redis import exceptions as redis_errors
 
     try:
         await client.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
-    except redis.exceptions.ResponseError as exc:
+    except redis_errors.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+async def _claim_stale(
+    client: Any, stream: str, consumer: str, idle_ms: int, count: int
+) -> tuple[list[tuple[bytes, dict[bytes, bytes]]], list[tuple[bytes, bytes]]]:
+    """Take over entries another worker left unacknowledged for ``idle_ms``.
+
+    Returns (entries to retry, (entry id, request id) of entries delivered too often:
+    answer those with ``WorkerLost``).
+    """
+    claimed = await client.xautoclaim(
+        stream, WORKER_GROUP, consumer, min_idle_time=idle_ms, start_id="0-0", count=count
+    )
+    entries = [(eid, fields) for eid, fields in claimed[1] if fields]
+    retry, lost = [], []
+    for eid, fields in entries:
+        info = await client.xpending_range(stream, WORKER_GROUP, min=eid, max=eid, count=1)
+        deliveries = int(info[0]["times_delivered"]) if info else 1
+        (lost if deliveries > MAX_DELIVERIES else retry).append((eid, fields))
+    return retry, [(eid, f[b"request_id"]) for eid, f in lost]
 
 
 async def run_worker(
@@ -172,55 +200,96 @@ async def run_worker(
     stop: asyncio.Event,
     stream: str = FRAMES_STREAM,
     metrics: Metrics | None = None,
+    claim_idle_ms: int = 5_000,
 ) -> int:
     """Consume frame requests until ``stop`` is set; returns the number of frames processed.
 
     Every read takes up to ``max_batch_size`` requests (from different sessions: a session
     never has two frames in flight), runs them as one batch, pushes every reply, then
-    acknowledges the entries.
+    acknowledges the entries. Entries another worker took but never acknowledged (it died)
+    are claimed after ``claim_idle_ms`` and retried once; a second loss answers
+    ``WorkerLost``. On ``stop`` the current batch is finished and acknowledged first.
     """
-    import redis.asyncio as redis
+    from redis import asyncio as aioredis
+    from redis import exceptions as redis_errors
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=30)
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=30)
     consumer = f"{socket.gethostname()}-{os.getpid()}"
     await _ensure_group(client, stream)
     processed = 0
+    next_claim = 0.0
     try:
         while not stop.is_set():
-            response = await client.xreadgroup(
-                WORKER_GROUP, consumer, {stream: ">"}, count=max_batch_size, block=500
-            )
-            if not response:
-                continue
-            entries = response[0][1]
-            decoded, replies = [], {}
-            for entry_id, fields in entries:
-                try:
-                    request_id, item_model, item = decode_item(fields)
-                except Exception as exc:  # noqa: BLE001 - a malformed entry fails alone
-                    log.warning("dropping malformed frame request %s: %s", entry_id, exc)
-                    continue
-                if item_model != model_id:
-                    replies[request_id] = FrameOutcome(
-                        None, [], 0.0, 0, RuntimeError("worker serves a different model")
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = []
+            lost: list[tuple[bytes, bytes]] = []
+            try:
+                if time.monotonic() >= next_claim:
+                    entries, lost = await _claim_stale(
+                        client, stream, consumer, claim_idle_ms, max_batch_size
                     )
-                else:
-                    decoded.append((request_id, item))
-            outcomes = await asyncio.to_thread(engine.run_batch, [i for _, i in decoded])
-            for (request_id, _), outcome in zip(decoded, outcomes, strict=True):
-                replies[request_id] = outcome
-            async with client.pipeline(transaction=False) as pipe:
-                for request_id, outcome in replies.items():
-                    key = REPLY_KEY.format(request_id=request_id)
-                    pipe.lpush(key, encode_outcome(outcome, model_id))
-                    pipe.expire(key, REPLY_TTL_S)
-                ids = [entry_id for entry_id, _ in entries]
-                pipe.xack(stream, WORKER_GROUP, *ids)
-                pipe.xdel(stream, *ids)
-                await pipe.execute()
-            processed += len(decoded)
-            if metrics is not None:
-                metrics.batch_size.observe(len(decoded))
+                    next_claim = time.monotonic() + claim_idle_ms / 2000
+                if len(entries) < max_batch_size:
+                    response = await client.xreadgroup(
+                        WORKER_GROUP, consumer, {stream: ">"},
+                        count=max_batch_size - len(entries), block=200,
+                    )  # fmt: skip
+                    if response:
+                        entries += response[0][1]
+            except redis_errors.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await _ensure_group(client, stream)  # the idle stream expired; start again
+                continue
+            if not entries and not lost:
+                continue
+            processed += await _serve_entries(
+                client, stream, engine, model_id, entries, lost, metrics
+            )
     finally:
         await client.aclose()
     return processed
+
+
+async def _serve_entries(
+    client: Any,
+    stream: str,
+    engine: Engine,
+    model_id: str,
+    entries: list[tuple[bytes, dict[bytes, bytes]]],
+    lost: list[tuple[bytes, bytes]],
+    metrics: Metrics | None,
+) -> int:
+    decoded, replies = [], {}
+    for _, request in lost:
+        replies[request.decode()] = FrameOutcome(
+            None, [], 0.0, 0, WorkerLost("the worker processing this frame was lost; retry it")
+        )
+    for entry_id, fields in entries:
+        try:
+            request_id, item_model, item = decode_item(fields)
+        except Exception as exc:  # noqa: BLE001 - a malformed entry fails alone
+            log.warning("dropping malformed frame request %s: %s", entry_id, exc)
+            continue
+        if item_model != model_id:
+            replies[request_id] = FrameOutcome(
+                None, [], 0.0, 0, RuntimeError("worker serves a different model")
+            )
+        else:
+            decoded.append((request_id, item))
+    if decoded:
+        outcomes = await asyncio.to_thread(engine.run_batch, [i for _, i in decoded])
+        for (request_id, _), outcome in zip(decoded, outcomes, strict=True):
+            replies[request_id] = outcome
+    async with client.pipeline(transaction=False) as pipe:
+        for request_id, outcome in replies.items():
+            key = REPLY_KEY.format(request_id=request_id)
+            pipe.lpush(key, encode_outcome(outcome, model_id))
+            pipe.expire(key, REPLY_TTL_S)
+        ids = [entry_id for entry_id, _ in entries] + [entry_id for entry_id, _ in lost]
+        if ids:
+            pipe.xack(stream, WORKER_GROUP, *ids)
+            pipe.xdel(stream, *ids)
+        await pipe.execute()
+    if metrics is not None and decoded:
+        metrics.batch_size.observe(len(decoded))
+    return len(decoded)

@@ -24,7 +24,7 @@ from service.engine import FrameItem, FrameOutcome
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.models import ServedModel
-from service.remote import RedisFrameQueue
+from service.remote import RedisFrameQueue, WorkerLost
 from service.schemas import RLE, FrameResult, InstanceOut, SessionCreate, SessionInfo, Timings
 from service.settings import Settings
 from service.store import SessionNotFound, SessionRecord, SessionStore, StateConflict
@@ -118,7 +118,9 @@ class SessionService:
             "queue_size": options.queue_size,
             "created_at": time.time(),
         }
-        record = SessionRecord(session_id, meta, codec.dumps(state, self.model_id), 0)
+        record = SessionRecord(
+            session_id, meta, codec.dumps(state, self.model_id, compact=False), 0
+        )
         await self._store_call(self.store.create(record, self.settings.session_ttl_s))
         self._locks[session_id] = asyncio.Lock()
         self.metrics.live_sessions.set(len(self._locks))
@@ -225,10 +227,14 @@ class SessionService:
         queued_at = time.perf_counter()
         outcome = await self.queue.submit(FrameItem(frame, state, cfg))
         queue_ms = (time.perf_counter() - queued_at) * 1000 - outcome.model_ms
+        if isinstance(outcome.error, WorkerLost):
+            self.metrics.errors.labels("worker_lost").inc()
+            raise ApiError(503, "worker_lost", f"{outcome.error} (retryable; state unchanged)")
         if outcome.error is not None or outcome.state is None:
             self.metrics.errors.labels("frame_failed").inc()
             raise ApiError(422, "frame_failed", f"the model failed on this frame: {outcome.error}")
-        payload = codec.dumps(outcome.state, self.model_id)
+        # Lossless: a float16 cache could flip a near-tie and break equality with `ctvis track`.
+        payload = codec.dumps(outcome.state, self.model_id, compact=False)
         try:
             await self._store_call(
                 self.store.save_state(

@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     frames_stream: str = Field(
         "ctvis:frames", min_length=1, description="Redis stream carrying frames to workers."
     )
+    claim_idle_ms: int = Field(
+        5_000,
+        ge=100,
+        description="Workers take over frames another worker left unanswered this long.",
+    )
+    fault_inject: str | None = Field(
+        None,
+        description="Testing only: `poison_rgb=R,G,B` and/or `crash_after_frames=N` "
+        "(separated by `;`). Never set in production.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the service."
     )

@@ -82,6 +82,7 @@ class DataConfig:
     coco_json: str = ""
     coco_images: str = ""
     coco_prob: float = 0.0
+    coco_target: str = ""  # "ytvis19" / "ytvis21" / "ovis": COCO -> VIS category map
     min_size_train: tuple[int, ...] = (320, 352, 392, 416, 448, 480, 512, 544, 576, 608, 640)
     max_size_train: int = 768
     crop_prob: float = 0.5
@@ -224,7 +225,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        return tuple(
+            _coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -242,6 +245,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -266,7 +274,9 @@ def config_from_dict(cls: type, data: dict[str, Any], where: str = "", base: Any
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where or cls.__name__}: unknown keys {unknown}; known: {sorted(names)}")
+        raise ConfigError(
+            f"{where or cls.__name__}: unknown keys {unknown}; known: {sorted(names)}"
+        )
     base = base if base is not None else cls()
     kwargs: dict[str, Any] = {}
     for name in names:

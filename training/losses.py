@@ -127,6 +127,7 @@ def _layer_losses(
     target_classes = torch.full((b, q), num_classes, dtype=torch.int64, device=logits.device)
     batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
     src_idx = torch.cat([src for src, _ in indices])
+    batch_idx, src_idx = batch_idx.to(logits.device), src_idx.to(logits.device)
     if src_idx.numel():
         matched = torch.cat([t.labels[tgt] for t, (_, tgt) in zip(targets, indices, strict=True)])
         target_classes[batch_idx, src_idx] = matched.to(logits.device)
@@ -134,7 +135,7 @@ def _layer_losses(
     if src_idx.numel() == 0:
         zero = masks.sum() * 0.0
         return {"loss_ce": loss_ce, "loss_mask": zero, "loss_dice": zero}
-    src_masks = masks[batch_idx.to(masks.device), src_idx.to(masks.device)][:, None]
+    src_masks = masks[batch_idx, src_idx][:, None]
     tgt_masks = torch.cat([t.masks[tgt] for t, (_, tgt) in zip(targets, indices, strict=True)])
     tgt_masks = tgt_masks[:, None].to(src_masks.dtype)
     num_points, oversample, importance = point_cfg

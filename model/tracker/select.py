@@ -27,6 +27,19 @@ def mask_iou_matrix(masks: torch.Tensor) -> torch.Tensor:
     return (inter + 1e-6) / (union + 1e-6)
 
 
+def binarize(mask_logits: torch.Tensor) -> torch.Tensor:
+    """``sigmoid(logit) > 0.5`` exactly as the reference, without a full sigmoid pass.
+
+    The two agree except for tiny positive logits whose float32 sigmoid rounds to 0.5, so
+    only logits in (0, 1e-6) are re-checked with the real sigmoid.
+    """
+    binary = mask_logits > 0
+    ambiguous = binary & (mask_logits < 1e-6)
+    if bool(ambiguous.any()):
+        binary = binary.masked_scatter(ambiguous, mask_logits[ambiguous].sigmoid() > 0.5)
+    return binary
+
+
 def mask_nms(mask_logits: torch.Tensor, threshold: float) -> torch.Tensor:
     """Class-agnostic greedy mask NMS over candidates already sorted by score.
 
@@ -40,7 +53,7 @@ def mask_nms(mask_logits: torch.Tensor, threshold: float) -> torch.Tensor:
     n = mask_logits.shape[0]
     if n <= 1:
         return torch.ones(n, dtype=torch.bool, device=mask_logits.device)
-    iou = mask_iou_matrix(mask_logits.detach().sigmoid() > 0.5).cpu().numpy()
+    iou = mask_iou_matrix(binarize(mask_logits.detach())).cpu().numpy()
     over = np.triu(iou > threshold, k=1)
     keep = np.ones(n, dtype=bool)
     for i in range(n - 1):

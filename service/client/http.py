@@ -51,6 +51,32 @@ def _raw_frame(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame, dtype=np.uint8)
 
 
+def _send_all(ws: Any, frames: Iterable[Frame], failure: list[BaseException]) -> None:
+    """Send ``frames`` (raw arrays after a ``raw`` control, or encoded bytes), then ``end``."""
+    from websockets.exceptions import ConnectionClosed
+
+    shape: tuple[int, int] | None = None
+    try:
+        for frame in frames:
+            if isinstance(frame, np.ndarray):
+                array = _raw_frame(frame)
+                if array.shape[:2] != shape:
+                    shape = (array.shape[0], array.shape[1])
+                    ws.send(json.dumps({"type": "raw", "height": shape[0], "width": shape[1]}))
+                ws.send(array.tobytes())
+            else:
+                if shape is not None:
+                    ws.send(json.dumps({"type": "encoded"}))
+                    shape = None
+                ws.send(bytes(frame))
+        ws.send(json.dumps({"type": "end"}))
+    except ConnectionClosed:
+        pass  # the reader sees the close and reports it
+    except Exception as exc:  # noqa: BLE001 - re-raised in the reading thread
+        failure.append(exc)
+        ws.close()
+
+
 class CtvisClient:
     """Synchronous client of one ctvis-serve deployment.
 
@@ -150,60 +176,39 @@ class CtvisClient:
         url = self.base_url.replace("http", "ws", 1) + f"/v1/sessions/{session.session_id}/stream"
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
         try:
-            ws = connect(f"{url}?token={session.token}", additional_headers=headers,
-                         max_size=None, open_timeout=30)  # fmt: skip
+            ws_context = connect(f"{url}?token={session.token}", additional_headers=headers,
+                                 max_size=None, open_timeout=30)  # fmt: skip
         except InvalidStatus as exc:
-            status = exc.response.status_code
-            raise ApiError(
-                status, "unauthorized", "WebSocket refused: bad token or API key"
-            ) from exc
+            message = "WebSocket refused: bad session token or API key"
+            raise ApiError(exc.response.status_code, "unauthorized", message) from exc
         except OSError as exc:
             raise ServiceUnreachableError(f"{url}: {exc}") from exc
-        failure: list[BaseException] = []
-
-        def send_all() -> None:
-            shape: tuple[int, int] | None = None
+        with ws_context as ws:
+            failure: list[BaseException] = []
+            sender = threading.Thread(
+                target=_send_all,
+                args=(ws, frames, failure),
+                name="ctvis-client-sender",
+                daemon=True,
+            )
+            sender.start()
             try:
-                for frame in frames:
-                    if isinstance(frame, np.ndarray):
-                        array = _raw_frame(frame)
-                        if array.shape[:2] != shape:
-                            shape = (array.shape[0], array.shape[1])
-                            ws.send(
-                                json.dumps({"type": "raw", "height": shape[0], "width": shape[1]})
-                            )
-                        ws.send(array.tobytes())
-                    else:
-                        if shape is not None:
-                            ws.send(json.dumps({"type": "encoded"}))
-                            shape = None
-                        ws.send(bytes(frame))
-                ws.send(json.dumps({"type": "end"}))
-            except ConnectionClosed:
-                pass
-            except Exception as exc:  # noqa: BLE001 - re-raised in the reading thread
-                failure.append(exc)
+                while True:
+                    try:
+                        message = json.loads(ws.recv())
+                    except ConnectionClosed as exc:
+                        if failure:
+                            raise failure[0] from exc
+                        raise ApiError(503, "stream_closed", f"stream closed early: {exc}") from exc
+                    if message.get("type") == "frame":
+                        yield FrameResult.from_json(message)
+                    elif message.get("type") == "error":
+                        raise ApiError(400, message["code"], message["message"])
+                    elif message.get("type") == "end":
+                        return
+            finally:
                 ws.close()
-
-        sender = threading.Thread(target=send_all, name="ctvis-client-sender", daemon=True)
-        sender.start()
-        try:
-            while True:
-                try:
-                    message = json.loads(ws.recv())
-                except ConnectionClosed as exc:
-                    if failure:
-                        raise failure[0] from exc
-                    raise ApiError(1011, "stream_closed", f"stream closed early: {exc}") from exc
-                if message.get("type") == "frame":
-                    yield FrameResult.from_json(message)
-                elif message.get("type") == "error":
-                    raise ApiError(400, message["code"], message["message"])
-                elif message.get("type") == "end":
-                    return
-        finally:
-            ws.close()
-            sender.join(timeout=5)
+                sender.join(timeout=5)
 
     def stream_video(
         self,

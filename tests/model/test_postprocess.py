@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model import rle
 from model.config import ModelConfig, TrackerConfig
@@ -39,6 +40,13 @@ def test_upsample_sizes_and_crop() -> None:
     out = upsample_mask_logits(logits, SIZES)
     assert out.shape == (2, 30, 45)
     assert bool((out[0] > 0).all()) and not bool((out[1] > 0).any())
+    same = MaskSizes(image_size=(40, 60), padded_size=(48, 64), original_size=(40, 60))
+    logits = torch.randn(2, 12, 16)
+    padded = F.interpolate(logits[None], size=(48, 64), mode="bilinear", align_corners=False)
+    expected = F.interpolate(
+        padded[:, :, :40, :60], size=(40, 60), mode="bilinear", align_corners=False
+    )[0]
+    assert torch.equal(upsample_mask_logits(logits, same), expected)
 
 
 @pytest.mark.parametrize("temporal", ["mean", "max"])

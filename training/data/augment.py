@@ -243,8 +243,8 @@ def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
     lead = masks.shape[:-2]
     flat = masks.reshape(-1, *masks.shape[-2:])
     boxes = np.zeros((flat.shape[0], 4), dtype=np.float32)
-    rows = flat.any(axis=2)
-    cols = flat.any(axis=1)
+    rows = np.any(flat, axis=2)  # per mask: which rows / columns hold a pixel
+    cols = np.any(flat, axis=1)
     for k in np.flatnonzero(rows.any(axis=1)):
         ys = np.flatnonzero(rows[k])
         xs = np.flatnonzero(cols[k])

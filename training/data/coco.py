@@ -19,6 +19,8 @@ import numpy as np
 from PIL import Image
 from pycocotools.coco import COCO
 
+from model.rle import decode as decode_rle
+
 __all__ = [
     "CATEGORY_MAPS",
     "COCO_TO_OVIS",
@@ -104,8 +106,7 @@ class CocoInstances:
             img_id
             for img_id in sorted(self.coco.getImgIds())
             if any(
-                ann["category_id"] in self.label_of
-                for ann in self.coco.imgToAnns.get(img_id, [])
+                ann["category_id"] in self.label_of for ann in self.coco.imgToAnns.get(img_id, [])
             )
         ]
 
@@ -116,9 +117,7 @@ class CocoInstances:
         """The non-crowd, mapped annotations of image ``index``, in file order."""
         anns = self.coco.imgToAnns.get(self.image_ids[index], [])
         return [
-            ann
-            for ann in anns
-            if not ann.get("iscrowd", 0) and ann["category_id"] in self.label_of
+            ann for ann in anns if not ann.get("iscrowd", 0) and ann["category_id"] in self.label_of
         ]
 
     def load(self, index: int) -> CocoImage:
@@ -132,6 +131,6 @@ class CocoInstances:
         masks = np.zeros((len(anns), height, width), dtype=bool)
         for k, ann in enumerate(anns):
             if ann.get("segmentation"):
-                masks[k] = self.coco.annToMask(ann).astype(bool)
+                masks[k] = decode_rle(self.coco.annToRLE(ann))
         labels = np.array([self.label_of[ann["category_id"]] for ann in anns], dtype=np.int64)
         return CocoImage(image=image, masks=masks, labels=labels, image_id=int(image_id))

@@ -14,6 +14,10 @@ Clip sampling and instance slots follow the official ``YTVISDatasetMapper.prepar
 * dataset category ids map to contiguous labels 0..K-1 in ascending id order
   (``dataset id - 1`` for YTVIS19/21 and OVIS, whose ids are 1..K).
 
+``image_mode`` (the official ``INPUT.IMAGE_MODE``, off in every released config) instead builds a
+pseudo clip from one random frame with :func:`training.data.pseudo_video.generate_pseudo_clip`;
+slot = index of the (non-crowd) annotation present in that frame.
+
 Randomness comes from ``numpy.random.default_rng((seed, index))``: item ``index`` reads video
 ``index % num_videos``, so a sampler that hands out ever-growing indices gets fresh clips of
 every video while each (seed, index) pair stays reproducible.
@@ -28,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch.utils.data
 from PIL import Image
-from pycocotools import mask as mask_utils
 
+from model.rle import decode as decode_rle
 from training.data.augment import AugmentConfig, augment_clip, boxes_from_masks
 from training.data.batch import Clip
+from training.data.pseudo_video import PseudoVideoConfig, generate_pseudo_clip
 from training.ytvis_data import GroundTruth, Track, Video, load_ground_truth
 
 __all__ = [
@@ -189,6 +194,7 @@ class YtvisClipDataset(torch.utils.data.Dataset[Clip]):
         augment: AugmentConfig | None = AugmentConfig(),
         seed: int = 0,
         category_map: dict[int, int] | None = None,
+        image_mode: PseudoVideoConfig | None = None,
     ) -> None:
         """Read the annotations (frames are read lazily).
 
@@ -200,12 +206,14 @@ class YtvisClipDataset(torch.utils.data.Dataset[Clip]):
             seed: base seed of every item's generator.
             category_map: dataset category id -> contiguous label; default: ascending ids of
                 the file's ``categories``.
+            image_mode: pseudo-video settings to build clips from single frames instead.
         """
         gt = load_ground_truth(annotation_file)
         self.image_root = Path(image_root)
         self.sampling = sampling
         self.augment = augment
         self.seed = seed
+        self.image_mode = image_mode
         self.category_map = category_map or contiguous_category_map(list(gt.categories))
         self.num_classes = len(set(self.category_map.values()))
         self.records = _group_tracks(gt)
@@ -223,7 +231,29 @@ class YtvisClipDataset(torch.utils.data.Dataset[Clip]):
         if index < 0:
             raise IndexError(f"negative clip index {index}")
         rng = np.random.default_rng((self.seed, index))
+        if self.image_mode is not None:
+            return self.image_clip(index % len(self.records), rng)
         return self.sample_clip(index % len(self.records), rng)
+
+    def image_clip(self, video_index: int, rng: np.random.Generator) -> Clip:
+        """A pseudo clip from one uniformly drawn frame of video ``video_index`` (image mode)."""
+        assert self.image_mode is not None
+        record = self.records[video_index]
+        frame = int(rng.integers(record.video.length))
+        image = load_rgb(self.image_root / record.video.file_names[frame])
+        found = [(t, _frame_mask(t, frame)) for t in record.tracks]
+        present = [(t, m) for t, m in found if m is not None]
+        masks = np.zeros((len(present), *image.shape[:2]), dtype=bool)
+        for k, (_, mask) in enumerate(present):
+            masks[k] = mask
+        return generate_pseudo_clip(
+            image,
+            masks,
+            [self.category_map[t.category_id] for t, _ in present],
+            self.image_mode,
+            rng,
+            source=f"ytvis:{record.video.id}:{frame}",
+        )
 
     def sample_clip(self, video_index: int, rng: np.random.Generator) -> Clip:
         """Sample and augment one clip of video ``video_index`` with ``rng``."""
@@ -259,7 +289,7 @@ def _frame_mask(track: Track, frame: int) -> np.ndarray | None:
     rle = track.segmentations[frame]
     if rle is None or track.iscrowd:
         return None
-    return mask_utils.decode(rle).astype(bool)
+    return decode_rle(rle)
 
 
 def _group_tracks(gt: GroundTruth) -> list[VideoRecord]:

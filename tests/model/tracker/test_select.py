@@ -7,7 +7,7 @@ import math
 import torch
 
 from model.config import TrackerConfig
-from model.tracker.select import mask_iou_matrix, mask_nms, select_candidates
+from model.tracker.select import binarize, mask_iou_matrix, mask_nms, select_candidates
 
 
 def _logits(probs: list[float]) -> torch.Tensor:
@@ -51,3 +51,10 @@ def test_nms_chain_only_kept_masks_suppress() -> None:
     # a suppresses b; b would suppress c, but b is gone so c survives.
     a, b, c = _square(0, 0, 6), _square(0, 2, 6), _square(0, 4, 6)
     assert mask_nms(torch.stack([a, b, c]), 0.3).tolist() == [True, False, True]
+
+
+def test_binarize_matches_sigmoid_threshold_near_zero() -> None:
+    tiny = torch.tensor([0.0, 1e-9, 2e-8, 3e-8, 6e-8, 1e-7, 5e-7, 2e-6, -1e-9, -1.0, 1.0])
+    values = torch.cat([tiny, torch.randn(1000)])
+    assert torch.equal(binarize(values), values.sigmoid() > 0.5)
+    assert not bool(binarize(torch.tensor([1e-9]))[0])  # sigmoid rounds to exactly 0.5

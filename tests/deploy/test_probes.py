@@ -1,0 +1,128 @@
+"""deploy/healthcheck.py (the image's HEALTHCHECK) and deploy/fetch_checkpoint.py."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import socket
+import tarfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import redis
+
+from service import remote
+from tests.deploy.conftest import DEPLOY
+
+REDIS_URL = os.environ.get("CTVIS_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, DEPLOY / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+healthcheck = _load("healthcheck")
+fetch = _load("fetch_checkpoint")
+
+
+@pytest.fixture()
+def healthz_port() -> Iterator[int]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = json.dumps({"status": "ok" if self.path == "/healthz" else "?"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_role_detection(tmp_path: Path) -> None:
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_bytes(b"/opt/venv/bin/python\0/opt/venv/bin/ctvis\0worker\0")
+    assert healthcheck.detect_role(cmdline) == "worker"
+    cmdline.write_bytes(b"/opt/venv/bin/python\0/opt/venv/bin/ctvis\0serve\0--no-worker\0")
+    assert healthcheck.detect_role(cmdline) == "api"
+    assert healthcheck.detect_role(tmp_path / "missing") == "api"
+
+
+def test_api_probe(healthz_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert healthcheck.check_api(healthz_port, 2.0) is None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    assert "healthz" in healthcheck.check_api(closed, 2.0)
+    monkeypatch.setenv("CTVIS_PORT", str(healthz_port))
+    assert healthcheck.main(["api"]) == 0
+    monkeypatch.setenv("CTVIS_PORT", str(closed))
+    assert healthcheck.main(["api"]) == 1
+
+
+@pytest.mark.redis
+def test_worker_probe_reads_the_consumer_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert healthcheck.WORKER_GROUP == remote.WORKER_GROUP
+    stream = f"ctvis:test-health:{uuid.uuid4().hex}"
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        assert healthcheck.check_worker(REDIS_URL, stream, 60, 2).startswith("redis:")  # no group
+        client.xgroup_create(stream, remote.WORKER_GROUP, id="0", mkstream=True)
+        assert "no consumer" in healthcheck.check_worker(REDIS_URL, stream, 60, 2)
+        # What run_worker does: poll the stream as `<hostname>-<pid>`.
+        consumer = f"{socket.gethostname()}-{os.getpid()}"
+        client.xreadgroup(remote.WORKER_GROUP, consumer, {stream: ">"}, count=1, block=10)
+        assert healthcheck.check_worker(REDIS_URL, stream, 60, 2) is None
+        monkeypatch.setenv("CTVIS_REDIS_URL", REDIS_URL)
+        monkeypatch.setenv("CTVIS_FRAMES_STREAM", stream)
+        assert healthcheck.main(["worker"]) == 0
+        time.sleep(0.05)
+        assert "has not polled" in healthcheck.check_worker(REDIS_URL, stream, 0.01, 2)
+    finally:
+        client.delete(stream)
+        client.close()
+    monkeypatch.delenv("CTVIS_REDIS_URL")
+    assert healthcheck.main(["worker"]) == 1
+
+
+def _archive(tmp_path: Path, folder: str | None) -> Path:
+    path = tmp_path / "ckpt.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in {"config.json": b"{}", "model.safetensors": b"weights"}.items():
+            info = tarfile.TarInfo(f"{folder}/{name}" if folder else name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("folder", [None, "ctvis_r50"])
+def test_fetch_checkpoint_unpacks(tmp_path: Path, folder: str | None) -> None:
+    archive = _archive(tmp_path, folder)
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    dest = fetch.fetch_checkpoint(archive.as_uri(), tmp_path / "demo", digest)
+    assert dest is not None
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json", "model.safetensors"]
+    assert fetch.fetch_checkpoint("", tmp_path / "none") is None
+    assert not (tmp_path / "none").exists()
+    with pytest.raises(ValueError, match="sha256"):
+        fetch.fetch_checkpoint(archive.as_uri(), tmp_path / "bad", "0" * 64)

@@ -1,0 +1,63 @@
+"""Synthetic training clips: on the fly == from a written directory, contract, determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from model.config import PreprocessConfig
+from training.data.augment import boxes_from_masks
+from training.data.batch import collate_clips
+from training.data.synthetic import write_dataset
+from training.data.synthetic_dataset import (
+    SyntheticClipDataset,
+    synthetic_directory_dataset,
+)
+from training.data.ytvis import ClipSamplingConfig
+
+SAMPLING = ClipSamplingConfig(num_frames=4, frame_range=6)
+
+
+def test_on_the_fly_equals_the_written_directory(tmp_path: Path) -> None:
+    write_dataset(tmp_path, "val", seed=3, num_videos=2)
+    live = SyntheticClipDataset("val", num_videos=2, seed=3, sampling=SAMPLING)
+    disk = synthetic_directory_dataset(tmp_path, sampling=SAMPLING, seed=3)
+    assert len(live) == len(disk) == 2 and disk.num_classes == live.num_classes == 6
+    for index in (0, 1, 3):
+        a, b = live[index], disk[index]
+        assert np.array_equal(a.frames, b.frames)
+        assert np.array_equal(a.masks, b.masks) and np.array_equal(a.labels, b.labels)
+        # ids differ only by naming: track index + 1 vs. the file's annotation ids
+        assert np.array_equal(a.ids < 0, b.ids < 0)
+        pairs = {(int(x), int(y)) for x, y in zip(a.ids.ravel(), b.ids.ravel(), strict=True)}
+        assert len({x for x, _ in pairs}) == len({y for _, y in pairs}) == len(pairs)
+
+
+def test_clips_follow_the_contract_and_collate() -> None:
+    ds = SyntheticClipDataset("hard", num_videos=3, seed=1, sampling=SAMPLING)
+    clips = [ds[i] for i in range(3)]
+    again = ds[1]
+    assert np.array_equal(again.frames, clips[1].frames) and np.array_equal(again.ids, clips[1].ids)
+    for clip in clips:
+        t_len, slots, height, width = clip.masks.shape
+        assert t_len == 4 and clip.frames.shape == (4, height, width, 3)
+        assert clip.labels.shape == clip.ids.shape == (4, slots)
+        assert ((clip.labels >= 0) & (clip.labels <= 6)).all()
+        dummy = clip.labels == 6  # absent: empty and id -1 (cropped-away ones keep their class)
+        assert not (dummy & (clip.masks.any(axis=(2, 3)) | (clip.ids >= 0))).any()
+        for s in range(slots):
+            assert len(set(clip.ids[:, s][clip.ids[:, s] >= 0].tolist())) <= 1
+        assert np.array_equal(clip.ids >= 0, clip.masks.any(axis=(2, 3)))
+        assert np.array_equal(clip.boxes, boxes_from_masks(clip.masks))
+    batch = collate_clips(clips[:2], PreprocessConfig())
+    assert batch.num_clips == 2 and batch.pixels.shape[0] == 8
+    assert batch.pixels.shape[-2] % 32 == 0 and batch.pixels.shape[-1] % 32 == 0
+    assert batch.masks[0].shape[-2:] == batch.pixels.shape[-2:]
+
+
+def test_unaugmented_clip_keeps_the_rendered_size() -> None:
+    ds = SyntheticClipDataset("val", num_videos=1, seed=0, sampling=SAMPLING, augment=None)
+    clip = ds[5]
+    assert clip.frames.shape == (4, 192, 256, 3)
+    assert clip.source == "synthetic:1"

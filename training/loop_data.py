@@ -1,0 +1,116 @@
+"""Data plumbing of the training loop: clip sources, per-rank batches, exact resume position.
+
+The batch of iteration ``i`` is a pure function of ``(seed, i)`` (``training.data.mixing``): the
+sampler is restarted at the resume iteration, and datasets seed their augmentation with the
+item index, so resuming needs no saved data state beyond the iteration counter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch.utils.data
+
+from training.config import DataConfig
+from training.data.augment import AugmentConfig
+from training.data.batch import Clip
+from training.data.mixing import MixedClipDataset, MixedClipSampler, MixingConfig
+from training.data.synthetic import config_for
+from training.data.synthetic_dataset import SyntheticClipDataset
+from training.data.ytvis import ClipSamplingConfig, YtvisClipDataset
+
+__all__ = ["RankBatchSampler", "build_clip_loader", "build_sources"]
+
+
+def _augment(cfg: DataConfig) -> AugmentConfig:
+    return AugmentConfig(
+        crop_prob=cfg.crop_prob,
+        crop_range=cfg.crop_size,
+        min_sizes=cfg.min_size_train,
+        max_size=cfg.max_size_train,
+        flip_prob=cfg.flip_prob,
+    )
+
+
+def build_sources(
+    cfg: DataConfig, seed: int
+) -> tuple[list[torch.utils.data.Dataset[Clip]], tuple[float, ...]]:
+    """Clip datasets and their mixing weights for ``cfg``.
+
+    Returns:
+        (sources, weights): ``synthetic`` -> one rendered source; ``ytvis`` -> the real videos,
+        preceded by COCO pseudo videos when ``cfg.coco_prob > 0``.
+    """
+    sampling = ClipSamplingConfig(num_frames=cfg.clip_frames, frame_range=cfg.frame_range)
+    augment = _augment(cfg)
+    if cfg.kind == "synthetic":
+        synth = config_for(
+            cfg.synth_split,
+            height=cfg.synth_height,
+            width=cfg.synth_width,
+            num_frames=cfg.synth_frames,
+        )
+        source = SyntheticClipDataset(
+            cfg.synth_split, cfg.synth_videos, cfg.synth_seed, sampling, augment, synth
+        )
+        return [source], (1.0,)
+    real = YtvisClipDataset(cfg.ytvis_json, cfg.ytvis_frames, sampling, augment, seed)
+    if cfg.coco_prob <= 0.0:
+        return [real], (1.0,)
+    from training.data.coco import CocoInstances
+    from training.data.pseudo_video import PseudoVideoConfig, PseudoVideoDataset
+
+    coco = CocoInstances(cfg.coco_json, cfg.coco_images, target=cfg.coco_target or None)
+    pseudo_cfg = PseudoVideoConfig(
+        num_frames=cfg.clip_frames,
+        crop_range=cfg.crop_size,
+        min_sizes=cfg.min_size_train,
+        max_size=cfg.max_size_train,
+    )
+    pseudo = PseudoVideoDataset(coco, pseudo_cfg, seed)
+    return [pseudo, real], (cfg.coco_prob, 1.0 - cfg.coco_prob)
+
+
+class RankBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
+    """This rank's group of every iteration of a ``MixedClipSampler``."""
+
+    def __init__(self, sampler: MixedClipSampler, rank: int, clips_per_group: int) -> None:
+        """Args: sampler: global sampler; rank: group to take; clips_per_group: its size."""
+        self.sampler = sampler
+        self.rank = rank
+        self.clips = clips_per_group
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        lo = self.rank * self.clips
+        for batch in self.sampler:
+            yield batch[lo : lo + self.clips]
+
+
+def build_clip_loader(
+    cfg: DataConfig, seed: int, rank: int, world_size: int, start_iteration: int
+) -> Iterator[list[Clip]]:
+    """Infinite iterator over this rank's per-iteration list of clips.
+
+    Args:
+        cfg: data settings.
+        seed: base seed (identical on every rank).
+        rank: this process's rank (its group of each iteration).
+        world_size: number of ranks (groups per iteration).
+        start_iteration: first data iteration to yield (micro-batches consumed so far).
+    """
+    sources, weights = build_sources(cfg, seed)
+    mixing = MixingConfig(
+        weights=weights, num_groups=world_size, clips_per_group=cfg.clips_per_batch
+    )
+    sampler = MixedClipSampler([len(s) for s in sources], mixing, seed, start_iteration)
+    loader = torch.utils.data.DataLoader(
+        MixedClipDataset(sources),
+        batch_sampler=RankBatchSampler(sampler, rank, cfg.clips_per_batch),
+        collate_fn=list,
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+        # its own generator: creating the iterator must not draw from the global RNG, or a
+        # resumed run would diverge from the uninterrupted one
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return iter(loader)
