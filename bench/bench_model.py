@@ -129,14 +129,16 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     pixels = torch.randn(1, 3, args.height, args.width, generator=torch.Generator().manual_seed(1))
     for _ in range(args.warmup):
         call(pixels)
-    times = []
+    times, cpu_times = [], []
     for _ in range(args.iters):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         call(pixels)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     record: dict[str, Any] = {
         "backend": args.worker,
         "seconds": statistics.fmean(times),
+        "cpu_seconds": statistics.fmean(cpu_times),
         "load1": os.getloadavg()[0],
     }
     if args.flops and module is not None:
@@ -221,8 +223,9 @@ def _table(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
         "hf": "HF `Mask2FormerForUniversalSegmentation`",
     }
     lines = [
-        "| backend | min s/frame | median s/frame | runs | GFLOPs/frame | params (M) | load |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| backend | min s/frame | median s/frame | min CPU s/frame | runs | GFLOPs/frame "
+        "| params (M) | load |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for backend, records in results.items():
         secs = [r["seconds"] for r in records]
@@ -236,6 +239,7 @@ def _table(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
         params_s = f"{params:.2f}" if params is not None else "-"
         lines.append(
             f"| {names[backend]} | {min(secs):.3f} | {statistics.median(secs):.3f} | "
+            f"{min(r['cpu_seconds'] for r in records):.2f} | "
             f"{len(secs)} | {flops_s} | {params_s} | "
             f"{statistics.median(r['load1'] for r in records):.1f} |"
         )
@@ -287,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             "GFLOPs from `FlopCounterMode` (matmul/conv only; 2 FLOPs per MAC); the ONNX row "
             "runs the same graph as the PyTorch row. `load` is the median 1-minute load "
             "average at the end of each measurement: the cores are shared with other work, so "
-            "the min is the more reliable figure.",
+            "the min is the more reliable figure. `CPU s` is the process CPU time per forward "
+            "(all threads; includes thread-pool spinning).",
             "",
             _table(args, results),
             "",

@@ -10,7 +10,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="checkpoint directory (model.safetensors + config)")
     source.add_argument("--preset", help="export a preset with random weights (e.g. tiny)")
-    parser.add_argument("--out", required=True, help="output .onnx file")
+    parser.add_argument(
+        "--out",
+        help="output .onnx file (default: <checkpoint>/model.onnx, where `ctvis track` looks)",
+    )
     parser.add_argument(
         "--height", type=int, help="trace height, multiple of 32 (default: from the min size)"
     )
@@ -32,12 +35,17 @@ def _round_up(value: float, multiple: int) -> int:
 def run(args: argparse.Namespace) -> int:
     """Export the network and print the written path; returns the exit code."""
     import sys
+    from pathlib import Path
 
     import torch
 
     from model.build import PRESETS, build_segmenter
     from model.export_onnx import export_onnx
 
+    if args.out is None and args.checkpoint is None:
+        print("ctvis export-onnx: --out is required with --preset", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out is not None else Path(args.checkpoint) / "model.onnx"
     if args.checkpoint is not None:
         from model.checkpoint import CheckpointError, load_checkpoint
 
@@ -61,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         msg = f"ctvis export-onnx: height and width must be multiples of {divisibility}"
         print(msg, file=sys.stderr)
         return 2
-    path = export_onnx(segmenter, args.out, height, width, opset=args.opset)
+    path = export_onnx(segmenter, out, height, width, opset=args.opset)
     print(f"wrote {path} (traced at {height}x{width}, opset {args.opset}; batch/H/W dynamic)")
     if args.check:
         from model.backend import OnnxBackend, TorchBackend

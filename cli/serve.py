@@ -59,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"ctvis serve: {url}  (model: {model}; sessions: {store})")
     print(f"ctvis serve: API docs at {url}/docs", flush=True)
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        # On SIGTERM uvicorn stops accepting, closes WebSockets with 1012 (service restart:
+        # reconnect) and gives in-flight requests this long to finish.
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
     )
     return 0

@@ -5,10 +5,11 @@
     python /opt/ctvis/healthcheck.py worker     # this host's `ctvis worker` reads its stream
 
 The image runs either ``ctvis serve`` or ``ctvis worker``; a worker has no HTTP port, so its
-probe asks Redis instead: some consumer of the workers' group named ``<hostname>-<pid>``
-(the name ``service.remote.run_worker`` gives itself) must have polled the frames stream
-within ``--max-idle-s`` seconds (a live worker polls every 0.5 s while idle). Exit status 0
-means healthy, 1 unhealthy. Settings come from the same ``CTVIS_*`` variables as the service.
+probe asks Redis instead (``check_worker``): the workers' consumer group must exist on the
+frames stream, and no consumer of this host (``service.remote.run_worker`` names itself
+``<hostname>-<pid>``) may be stuck on a batch for longer than ``--max-busy-s``. Exit
+status 0 means healthy, 1 unhealthy. Settings come from the same ``CTVIS_*`` variables as the
+service.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import socket
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 WORKER_GROUP = "ctvis-workers"  # service.remote.WORKER_GROUP (a test keeps them equal)
 
@@ -43,35 +45,77 @@ def check_api(port: int, timeout: float) -> str | None:
     return None if body.get("status") == "ok" else f"/healthz answered {body}"
 
 
-def check_worker(redis_url: str, stream: str, max_idle_s: float, timeout: float) -> str | None:
-    """None when a consumer of this host polled ``stream`` within ``max_idle_s`` seconds."""
+def process_uptime_s(pid: int = 1) -> float | None:
+    """Seconds since process ``pid`` started (from /proc), or None where unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time, in ticks
+        return float(Path("/proc/uptime").read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def check_worker(
+    redis_url: str,
+    stream: str,
+    max_busy_s: float,
+    timeout: float,
+    uptime_s: float | None = None,
+) -> str | None:
+    """None when this host's worker is attached to ``stream`` and not stuck on a batch.
+
+    Unhealthy: Redis unreachable, the workers' group missing (a worker creates it when it
+    starts), or a consumer of this host stuck for more than ``max_busy_s`` seconds (see
+    ``assess_consumers``).
+    """
     import redis
 
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
-        consumers = client.xinfo_consumers(stream, WORKER_GROUP)
+        groups = [g["name"] for g in client.xinfo_groups(stream)]
+        consumers = client.xinfo_consumers(stream, WORKER_GROUP) if _has(groups) else []
     except redis.RedisError as exc:
         return f"redis: {exc}"
     finally:
         client.close()
-    prefix = f"{socket.gethostname()}-"
-    idle = [
-        int(c["idle"])
-        for c in consumers
-        if (c["name"].decode() if isinstance(c["name"], bytes) else c["name"]).startswith(prefix)
-    ]
-    if not idle:
-        return f"no consumer named {prefix}* in group {WORKER_GROUP} of {stream}"
-    if min(idle) > max_idle_s * 1000:
-        return f"the worker has not polled {stream} for {min(idle) / 1000:.0f} s"
+    if not _has(groups):
+        return f"no consumer group {WORKER_GROUP} on {stream}: the worker has not started"
+    return assess_consumers(consumers, f"{socket.gethostname()}-", max_busy_s, uptime_s)
+
+
+def assess_consumers(
+    consumers: list[dict[str, Any]], prefix: str, max_busy_s: float, uptime_s: float | None
+) -> str | None:
+    """None unless a consumer named ``prefix*`` has been stuck for more than ``max_busy_s``.
+
+    Stuck: it holds unacknowledged frames, or (Redis >= 7.2, which reports ``inactive`` and
+    counts ``idle`` from the last read *attempt*) it has not even tried to read; a live
+    worker tries every 0.2 s between batches. Consumers idle for longer than this process
+    has run (``uptime_s``) belong to a previous run and are left out.
+    """
+    newest = float("inf") if uptime_s is None else uptime_s * 1000
+    for consumer in consumers:
+        name = consumer["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        idle = int(consumer["idle"])
+        busy = bool(consumer.get("pending")) or "inactive" in consumer
+        if name.startswith(prefix) and busy and max_busy_s * 1000 < idle < newest:
+            pending = consumer.get("pending", 0)
+            return f"{name} stuck for {idle / 1000:.0f} s holding {pending} frame(s)"
     return None
+
+
+def _has(groups: list[str | bytes]) -> bool:
+    return any(g in (WORKER_GROUP, WORKER_GROUP.encode()) for g in groups)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the probe; returns 0 when healthy, 1 otherwise (reason on stderr)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("role", nargs="?", choices=["api", "worker"], help="default: detect")
-    parser.add_argument("--max-idle-s", type=float, default=60.0)
+    parser.add_argument(
+        "--max-busy-s", type=float, default=120.0, help="longest time one batch may take"
+    )
     parser.add_argument("--timeout", type=float, default=3.0)
     args = parser.parse_args(argv)
     role = args.role or detect_role()
@@ -81,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         redis_url = os.environ.get("CTVIS_REDIS_URL", "")
         stream = os.environ.get("CTVIS_FRAMES_STREAM", "ctvis:frames")
         problem = (
-            check_worker(redis_url, stream, args.max_idle_s, args.timeout)
+            check_worker(redis_url, stream, args.max_busy_s, args.timeout, process_uptime_s())
             if redis_url
             else "CTVIS_REDIS_URL is not set"
         )

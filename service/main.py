@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             assert settings.redis_url is not None  # checked by Settings
             queue = RedisFrameQueue(
                 settings.redis_url, served.model_id, settings.worker_timeout_s,
-                settings.frames_stream,
+                settings.frames_stream, settings.stream_ttl_s,
             )  # fmt: skip
         queue.start()
         app.state.sessions = SessionService(settings, served, app.state.store, queue, metrics)

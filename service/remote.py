@@ -115,7 +115,12 @@ class RedisFrameQueue:
     """API side: submit a frame to the workers and wait for its outcome."""
 
     def __init__(
-        self, url: str, model_id: str, timeout_s: float, stream: str = FRAMES_STREAM
+        self,
+        url: str,
+        model_id: str,
+        timeout_s: float,
+        stream: str = FRAMES_STREAM,
+        stream_ttl_s: int = STREAM_TTL_S,
     ) -> None:
         import redis.asyncio as redis
 
@@ -126,6 +131,7 @@ class RedisFrameQueue:
         self.model_id = model_id
         self.timeout_s = timeout_s
         self.stream = stream
+        self.stream_ttl_s = stream_ttl_s
         self.depth = 0
 
     def start(self) -> None:
@@ -139,7 +145,7 @@ class RedisFrameQueue:
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.xadd(self.stream, fields, maxlen=STREAM_MAXLEN, approximate=True)
                 # The stream disappears after an hour without traffic (no key outlives use).
-                pipe.expire(self.stream, STREAM_TTL_S)
+                pipe.expire(self.stream, self.stream_ttl_s)
                 await pipe.execute()
             self.depth += 1
             try:
@@ -162,14 +168,23 @@ class RedisFrameQueue:
         await self._client.aclose()
 
 
-async def _ensure_group(client: Any, stream: str) -> None:
+async def _ensure_group(client: Any, stream: str) -> bool:
+    """Create the consumer group if the stream exists; False while it does not.
+
+    Workers never create the stream themselves: the API creates it with its first frame and
+    gives it a TTL, so an idle system leaves no key behind.
+    """
     from redis import exceptions as redis_errors
 
     try:
-        await client.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
+        await client.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=False)
     except redis_errors.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
+        if "BUSYGROUP" in str(exc):
+            return True
+        if "requires the key to exist" in str(exc) or "no such key" in str(exc).lower():
+            return False
+        raise
+    return True
 
 
 async def _claim_stale(
@@ -215,11 +230,16 @@ async def run_worker(
 
     client = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=30)
     consumer = f"{socket.gethostname()}-{os.getpid()}"
-    await _ensure_group(client, stream)
     processed = 0
     next_claim = 0.0
+    ready = False
     try:
         while not stop.is_set():
+            if not ready:
+                ready = await _ensure_group(client, stream)
+                if not ready:
+                    await asyncio.sleep(0.1)  # no traffic yet (or the idle stream expired)
+                    continue
             entries: list[tuple[bytes, dict[bytes, bytes]]] = []
             lost: list[tuple[bytes, bytes]] = []
             try:
@@ -238,7 +258,7 @@ async def run_worker(
             except redis_errors.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
-                await _ensure_group(client, stream)  # the idle stream expired; start again
+                ready = False  # the idle stream expired; wait for the API to recreate it
                 continue
             if not entries and not lost:
                 continue

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     frames_stream: str = Field(
         "ctvis:frames", min_length=1, description="Redis stream carrying frames to workers."
     )
+    send_timeout_s: float = Field(
+        10.0, gt=0, description="Deadline for sending one reply to a WebSocket client."
+    )
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="Time in-flight frames get to finish on shutdown/disconnect."
+    )
     claim_idle_ms: int = Field(
         5_000,
         ge=100,
@@ -79,6 +85,9 @@ class Settings(BaseSettings):
         None,
         description="Testing only: `poison_rgb=R,G,B` and/or `crash_after_frames=N` "
         "(separated by `;`). Never set in production.",
+    )
+    stream_ttl_s: int = Field(
+        3600, ge=1, description="The frames stream expires after this long without traffic."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the service."

@@ -54,12 +54,14 @@ class TrainResult:
         checkpoint: newest checkpoint directory written, or None.
         losses: total loss of every iteration run by this call (this rank).
         metrics: last evaluation metrics (empty if none ran).
+        model: the trained segmenter (unwrapped, on the training device).
     """
 
     iteration: int
     checkpoint: Path | None
     losses: list[float]
     metrics: dict[str, Any]
+    model: Segmenter
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,14 @@ def _load_matching(model: nn.Module, weights: dict[str, torch.Tensor]) -> list[s
     return skipped
 
 
-def init_segmenter(cfg: TrainConfig, work_dir: Path) -> Segmenter:
-    """Build the segmenter from ``cfg.model`` and initialise it per ``cfg.init`` (seeded)."""
+def init_segmenter(cfg: TrainConfig, work_dir: Path, convert: bool = True) -> Segmenter:
+    """Build the segmenter from ``cfg.model`` and initialise it per ``cfg.init`` (seeded).
+
+    Args:
+        cfg: model and init settings.
+        work_dir: ``official`` weights are converted into ``work_dir/init_converted``.
+        convert: do the conversion here (False: another rank did it already).
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = build_segmenter(cfg.model)
@@ -115,7 +123,8 @@ def init_segmenter(cfg: TrainConfig, work_dir: Path) -> Segmenter:
     path = Path(cfg.init.path)
     if cfg.init.kind == "official":
         path = work_dir / "init_converted"
-        convert_official(cfg.init.path, cfg.init.config, path)
+        if convert:
+            convert_official(cfg.init.path, cfg.init.config, path)
     loaded = load_checkpoint(path)
     _load_matching(model, loaded.segmenter.state_dict())
     return model
@@ -233,7 +242,11 @@ def train(
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    model = init_segmenter(cfg, out).to(env.device).train()
+    if cfg.init.kind == "official" and env.world_size > 1:
+        if env.main:  # convert once, then every rank reads the converted checkpoint
+            init_segmenter(cfg, out)
+        dist.barrier()
+    model = init_segmenter(cfg, out, convert=env.world_size == 1).to(env.device).train()
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim)
     use_amp = cfg.optim.amp and env.device.type == "cuda"
@@ -299,7 +312,7 @@ def train(
     if bar is not None:
         bar.close()
     logger.close()
-    return TrainResult(done, ckpt, losses_seen, metrics)
+    return TrainResult(done, ckpt, losses_seen, metrics, model)
 
 
 def _progress(start: int, end: int, enabled: bool) -> Any:

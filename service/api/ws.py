@@ -18,6 +18,7 @@ import contextlib
 import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
@@ -65,9 +66,16 @@ async def stream(ws: WebSocket, session_id: str) -> None:
     try:
         await _read(ws, queue, policy, counters, sessions)
     except WebSocketDisconnect:
-        worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await worker
+        # Client gone or server shutting down (uvicorn closes with 1012): frames not started
+        # are dropped (the client resends from GET /v1/sessions/{id}'s frame_index), the frame
+        # in flight finishes and is saved within the grace period.
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(_END)
+        try:
+            await asyncio.wait_for(worker, sessions.settings.shutdown_grace_s)
+        except (TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001
+            worker.cancel()
         return
     await worker
     with contextlib.suppress(Exception):
@@ -146,7 +154,14 @@ async def _process(
             )
         except ApiError as exc:
             sessions.metrics.errors.labels(exc.code).inc()
-            await _send_error(ws, exc)
+            await _send(ws, sessions, _send_error(ws, exc))
             continue
         counters["frames"] += 1
-        await ws.send_text(result.model_dump_json())
+        await _send(ws, sessions, ws.send_text(result.model_dump_json()))
+
+
+async def _send(ws: WebSocket, sessions: SessionService, send: Any) -> None:
+    """Send with a deadline; a stuck or vanished client must not hold the session."""
+    # On failure the state is already saved; the client reconnects and reads frame_index.
+    with contextlib.suppress(TimeoutError, RuntimeError, WebSocketDisconnect, OSError):
+        await asyncio.wait_for(send, sessions.settings.send_timeout_s)

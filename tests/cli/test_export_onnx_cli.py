@@ -49,3 +49,19 @@ def test_unknown_preset(tmp_path: Path) -> None:
 def test_missing_checkpoint_is_an_error(tmp_path: Path) -> None:
     code = main(["export-onnx", "--checkpoint", str(tmp_path / "none"), "--out", "x.onnx"])
     assert code == 1
+
+
+def test_out_is_required_with_a_preset() -> None:
+    assert main(["export-onnx", "--preset", "tiny"]) == 2
+
+
+def test_checkpoint_export_defaults_to_model_onnx_inside_it(tmp_path: Path) -> None:
+    from model.build import PRESETS, build_segmenter
+    from model.checkpoint import save_checkpoint
+
+    model_cfg, pre_cfg, trk_cfg = PRESETS["tiny"]
+    ckpt = save_checkpoint(
+        tmp_path / "ckpt", build_segmenter(model_cfg), model_cfg, pre_cfg, trk_cfg
+    )
+    assert main(["export-onnx", "--checkpoint", str(ckpt), "--height", "64", "--width", "64"]) == 0
+    assert (ckpt / "model.onnx").is_file()

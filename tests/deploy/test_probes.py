@@ -85,24 +85,46 @@ def test_worker_probe_reads_the_consumer_group(monkeypatch: pytest.MonkeyPatch) 
     assert healthcheck.WORKER_GROUP == remote.WORKER_GROUP
     stream = f"ctvis:test-health:{uuid.uuid4().hex}"
     client = redis.Redis.from_url(REDIS_URL)
+    check = healthcheck.check_worker
     try:
-        assert healthcheck.check_worker(REDIS_URL, stream, 60, 2).startswith("redis:")  # no group
-        client.xgroup_create(stream, remote.WORKER_GROUP, id="0", mkstream=True)
-        assert "no consumer" in healthcheck.check_worker(REDIS_URL, stream, 60, 2)
-        # What run_worker does: poll the stream as `<hostname>-<pid>`.
+        assert check(REDIS_URL, stream, 60, 2).startswith("redis:")  # no stream yet
+        client.xadd(stream, {"frame": b"x"})
+        assert "no consumer group" in check(REDIS_URL, stream, 60, 2)
+        client.xgroup_create(stream, remote.WORKER_GROUP, id="0")
+        assert check(REDIS_URL, stream, 60, 2) is None  # started, idle
+        # What run_worker does: take a batch as `<hostname>-<pid>` (acknowledged later).
         consumer = f"{socket.gethostname()}-{os.getpid()}"
         client.xreadgroup(remote.WORKER_GROUP, consumer, {stream: ">"}, count=1, block=10)
-        assert healthcheck.check_worker(REDIS_URL, stream, 60, 2) is None
+        assert check(REDIS_URL, stream, 60, 2) is None  # busy, within the limit
         monkeypatch.setenv("CTVIS_REDIS_URL", REDIS_URL)
         monkeypatch.setenv("CTVIS_FRAMES_STREAM", stream)
         assert healthcheck.main(["worker"]) == 0
         time.sleep(0.05)
-        assert "has not polled" in healthcheck.check_worker(REDIS_URL, stream, 0.01, 2)
+        assert "holding 1 frame" in check(REDIS_URL, stream, 0.01, 2)  # stuck on the batch
+        assert check(REDIS_URL, stream, 0.01, 2, uptime_s=0.001) is None  # a previous run's
     finally:
         client.delete(stream)
         client.close()
     monkeypatch.delenv("CTVIS_REDIS_URL")
     assert healthcheck.main(["worker"]) == 1
+
+
+def test_assess_consumers() -> None:
+    assess = healthcheck.assess_consumers
+    idle_70 = {"name": b"host-1", "pending": 0, "idle": 900_000}  # Redis 7.0: last success
+    assert assess([idle_70], "host-", 120, None) is None
+    stuck_72 = {"name": "host-1", "pending": 0, "idle": 200_000, "inactive": 200_000}
+    assert "stuck for 200 s" in assess([stuck_72], "host-", 120, None)
+    assert assess([stuck_72], "other-", 120, None) is None
+    assert assess([stuck_72], "host-", 120, uptime_s=100) is None  # a previous run's consumer
+    polling_72 = {"name": "host-1", "pending": 0, "idle": 150, "inactive": 900_000}
+    assert assess([polling_72], "host-", 120, None) is None
+
+
+def test_process_uptime() -> None:
+    uptime = healthcheck.process_uptime_s(os.getpid())
+    assert uptime is not None and 0 <= uptime < 3600
+    assert healthcheck.process_uptime_s(2**22 + 7) is None
 
 
 def _archive(tmp_path: Path, folder: str | None) -> Path:

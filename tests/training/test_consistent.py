@@ -175,7 +175,9 @@ def test_noise_injection_switches() -> None:
     assert len(noisy) == len(base) + absent_after_first
     quiet = clip_items(embeds, s2q, VALID, ClConfig(noise_prob=1.0, noise_as_anchor=False))
     assert len(quiet) == len(base)
-    bank = build_clip_bank(embeds, s2q, VALID, ClConfig(noise_prob=1.0, noise_source="other_instances"))
+    bank = build_clip_bank(
+        embeds, s2q, VALID, ClConfig(noise_prob=1.0, noise_source="other_instances")
+    )
     t, s = 2, 1  # slot 1 absent at frame 2; the only other instance is slot 0
     torch.testing.assert_close(bank.raw[t, s], embeds[t, s2q[t, 0]])
 

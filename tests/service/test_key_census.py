@@ -1,0 +1,69 @@
+"""Every Redis key the system writes has a TTL, and none outlives its use."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from service.settings import Settings
+from tests.service.conftest import png_bytes
+from tests.service.test_redis_processes import _free_port, _redis_server
+
+pytestmark = pytest.mark.redis
+
+
+def _our_keys(client: redis.Redis) -> dict[str, int]:
+    return {k.decode(): int(client.pttl(k)) for k in client.scan_iter("ctvis:*")}
+
+
+def test_key_census_after_sessions_end(tmp_path: Path, video_frames: list[np.ndarray]) -> None:
+    port = _free_port()
+    server = _redis_server(port, tmp_path)
+    url = f"redis://127.0.0.1:{port}/0"
+    exe = shutil.which("ctvis") or str(Path(sys.executable).parent / "ctvis")
+    worker = subprocess.Popen(
+        [exe, "worker", "--redis-url", url, "--log-level", "error"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    client = redis.Redis(port=port)
+    try:
+        assert worker.stdout is not None and "ctvis worker" in worker.stdout.readline()
+        settings = Settings(redis_url=url, worker=False, session_ttl_s=2, stream_ttl_s=3)
+        with TestClient(create_app(settings)) as api:
+            ids = []
+            for _ in range(2):
+                created = api.post("/v1/sessions").json()
+                sid, hdr = created["session_id"], {"X-Session-Token": created["token"]}
+                for f in video_frames[:3]:
+                    resp = api.post(f"/v1/sessions/{sid}/frames", content=png_bytes(f), headers=hdr)
+                    assert resp.status_code == 200, resp.text
+                ids.append((sid, hdr))
+            assert api.delete(f"/v1/sessions/{ids[0][0]}", headers=ids[0][1]).status_code == 204
+            keys = _our_keys(client)
+            assert keys, "expected live keys"
+            assert all(ttl > 0 for ttl in keys.values()), keys  # -1 would mean no TTL
+            assert f"ctvis:session:{ids[0][0]}" not in keys
+            assert f"ctvis:session:{ids[1][0]}" in keys
+        deadline = time.monotonic() + 15
+        while _our_keys(client) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _our_keys(client) == {}
+        time.sleep(1.0)  # a running worker must not bring the expired stream back
+        assert _our_keys(client) == {}
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=60)
+        client.close()
+        server.terminate()
+        server.wait(timeout=30)
