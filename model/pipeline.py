@@ -75,6 +75,8 @@ def track_video(
     num_frames: int | None = None,
     progress: ProgressFn | None = None,
     keep_mask_logits: bool = False,
+    resume: tuple[TrackState, VideoAccumulator] | None = None,
+    on_frame: Callable[[TrackState, VideoAccumulator], None] | None = None,
 ) -> VideoResult:
     """Run the tracker and post-processing over already computed network outputs.
 
@@ -87,12 +89,18 @@ def track_video(
         num_frames: total frame count, only for ``progress``.
         progress: called as ``progress(frames_done, num_frames)`` after every frame.
         keep_mask_logits: keep low-res mask logits per output track (parity tests).
+        resume: (tracker state, accumulator) saved after an earlier frame; ``outputs`` then
+            start at the frame after it. The trace covers only the frames run here.
+        on_frame: called as ``on_frame(state, accumulator)`` after every frame (checkpoints).
 
     Returns:
         The ``VideoResult``.
     """
-    accumulator = VideoAccumulator(tracker_cfg, sizes, keep_mask_logits=keep_mask_logits)
-    state: TrackState | None = None
+    if resume is not None:
+        state, accumulator = resume
+    else:
+        accumulator = VideoAccumulator(tracker_cfg, sizes, keep_mask_logits=keep_mask_logits)
+        state = None
     trace: list[FrameTrace] = []
     for chunk in outputs:
         for logits, masks, embeds in _frames_of(chunk):
@@ -119,6 +127,8 @@ def track_video(
             )
             if progress is not None:
                 progress(accumulator.num_frames, num_frames)
+            if on_frame is not None:
+                on_frame(state, accumulator)
     if state is None:
         raise ValueError("track_video got no frames")
     entries = accumulator.finalize()

@@ -226,6 +226,56 @@ class VideoAccumulator:
                 del self._entries[entry.track_id]
         self.num_frames += 1
 
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The accumulator as JSON-able metadata plus tensors (for resumable jobs).
+
+        Returns:
+            (meta, tensors): ``meta`` holds frame counts, entry order, frames, RLEs and sums;
+            ``tensors`` holds each entry's per-frame logits as ``logits.<track_id>``
+            (hits x (K+1)). Low-res mask logits (parity tests only) are not included.
+        """
+        if self.keep_mask_logits:
+            raise ValueError("accumulators keeping mask logits cannot be snapshotted")
+        entries = []
+        tensors: dict[str, torch.Tensor] = {}
+        for e in self._entries.values():
+            entries.append(
+                {
+                    "track_id": e.track_id,
+                    "frames": e.frames,
+                    "rles": {str(f): r for f, r in e.rles.items()},
+                    "sigmoid_sum": e.sigmoid_sum,
+                    "mask_sum": e.mask_sum,
+                    "tail": e.tail,
+                }
+            )
+            tensors[f"logits.{e.track_id}"] = torch.stack(e.logits).cpu().contiguous()
+        return {"num_frames": self.num_frames, "entries": entries}, tensors
+
+    @classmethod
+    def restore(
+        cls,
+        cfg: TrackerConfig,
+        sizes: MaskSizes | None,
+        meta: dict[str, Any],
+        tensors: dict[str, torch.Tensor],
+    ) -> VideoAccumulator:
+        """Rebuild an accumulator from ``snapshot`` output (entry order preserved)."""
+        acc = cls(cfg, sizes)
+        acc.num_frames = int(meta["num_frames"])
+        for item in meta["entries"]:
+            track_id = int(item["track_id"])
+            acc._entries[track_id] = _Entry(
+                track_id=track_id,
+                frames=[int(f) for f in item["frames"]],
+                logits=list(tensors[f"logits.{track_id}"].unbind(0)),
+                rles={int(f): r for f, r in item["rles"].items()},
+                sigmoid_sum=float(item["sigmoid_sum"]),
+                mask_sum=float(item["mask_sum"]),
+                tail=int(item["tail"]),
+            )
+        return acc
+
     def finalize(self) -> list[TrackEntry]:
         """The remaining entries in ``video_dict`` order, with their temporal logits."""
         out = []

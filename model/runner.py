@@ -8,6 +8,8 @@ results JSON is identical for the same input.
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -15,18 +17,52 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 
 from model import rle
 from model.config import ModelConfig, PreprocessConfig, TrackerConfig
 from model.pipeline import ProgressFn, VideoResult, track_video
-from model.postprocess import MaskSizes
+from model.postprocess import MaskSizes, VideoAccumulator
 from model.preprocess import prepare_frames
 from model.structures import FrameOutputs
+from model.tracker import codec
+from model.tracker.state import TrackState
 from model.video_io import OverlayItem, OverlayWriter
 
 
 class Cancelled(RuntimeError):
     """``should_stop`` asked the run to stop."""
+
+
+_PROGRESS_MAGIC = b"CTVP1"
+
+
+def dump_progress(state: TrackState, accumulator: VideoAccumulator) -> bytes:
+    """Serialise a mid-video checkpoint (tracker state + accumulated tracks); never pickle.
+
+    Layout: ``b"CTVP1"``, 8-byte big-endian length of the state, the ``codec.dumps`` state
+    (lossless), then safetensors bytes of the accumulator with its metadata as JSON.
+    """
+    meta, tensors = accumulator.snapshot()
+    state_bytes = codec.dumps(state, compact=False)
+    acc_bytes = st_save(tensors, metadata={"accumulator": json.dumps(meta)})
+    return _PROGRESS_MAGIC + struct.pack(">Q", len(state_bytes)) + state_bytes + acc_bytes
+
+
+def load_progress(
+    data: bytes, tracker_cfg: TrackerConfig, sizes: MaskSizes | None
+) -> tuple[TrackState, VideoAccumulator]:
+    """Inverse of ``dump_progress``; raises ``ValueError`` on a foreign or corrupt payload."""
+    if not data.startswith(_PROGRESS_MAGIC):
+        raise ValueError("not a ctvis video progress checkpoint")
+    (size,) = struct.unpack(">Q", data[5:13])
+    state = codec.loads(data[13 : 13 + size])
+    rest = data[13 + size :]
+    (header_len,) = struct.unpack("<Q", rest[:8])
+    meta = json.loads(json.loads(rest[8 : 8 + header_len])["__metadata__"]["accumulator"])
+    tensors = st_load(rest) if meta["entries"] else {}
+    return state, VideoAccumulator.restore(tracker_cfg, sizes, meta, tensors)
 
 
 def track_frames(
@@ -39,6 +75,9 @@ def track_frames(
     num_frames: int | None = None,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    resume: bytes | None = None,
+    checkpoint: Callable[[int, bytes], None] | None = None,
+    checkpoint_every_clips: int = 1,
 ) -> VideoResult:
     """Segment and track frames from an iterator, clip by clip.
 
@@ -52,6 +91,12 @@ def track_frames(
         num_frames: total, when known (for ``progress`` only).
         progress: ``progress(done, total)`` after every frame.
         should_stop: polled before every clip; True raises ``Cancelled``.
+        resume: a ``dump_progress`` payload saved by an earlier run over the same frames:
+            its frames are skipped (decoded, not run) and tracking continues from there.
+        checkpoint: called as ``checkpoint(frames_done, payload)`` every
+            ``checkpoint_every_clips`` clips. Checkpoints fall on clip boundaries, so a resumed
+            run forms the same clips and gives exactly the uninterrupted result.
+        checkpoint_every_clips: clips between checkpoints.
 
     Returns:
         The ``VideoResult`` (results entries in the official order).
@@ -67,6 +112,19 @@ def track_frames(
     shape = first_clip[0].shape
     first = prepare_frames(first_clip[:1], preprocess_cfg)
     sizes = MaskSizes(first.image_sizes[0], first.padded_size, first.original_sizes[0])
+    restored = None
+    if resume is not None:
+        restored = load_progress(resume, tracker_cfg, sizes)
+        done = restored[1].num_frames
+        if done % clip:
+            raise ValueError(f"checkpoint at frame {done} is not on a clip boundary")
+        skipped = first_clip + list(islice(it, max(done - len(first_clip), 0)))
+        first_clip = skipped[done:] + list(islice(it, clip - len(skipped[done:])))
+
+    def on_frame(state: TrackState, accumulator: VideoAccumulator) -> None:
+        done = accumulator.num_frames
+        if checkpoint is not None and done % (clip * max(checkpoint_every_clips, 1)) == 0:
+            checkpoint(done, dump_progress(state, accumulator))
 
     def chunks() -> Iterator[FrameOutputs]:
         batch_frames = first_clip
@@ -83,8 +141,9 @@ def track_frames(
 
     with torch.inference_mode():
         return track_video(
-            chunks(), sizes, model_cfg, tracker_cfg, video_id, num_frames, progress=progress
-        )
+            chunks(), sizes, model_cfg, tracker_cfg, video_id, num_frames, progress=progress,
+            resume=restored, on_frame=on_frame,
+        )  # fmt: skip
 
 
 OverlayTrack = tuple[int, str, float, list[Any]]

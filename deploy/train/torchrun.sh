@@ -2,16 +2,16 @@
 # Multi-node, multi-GPU CTVIS training with torchrun (elastic rendezvous, c10d backend).
 # Run the same command on every node; node 0's address is the rendezvous point.
 #
-#   CONFIG=training/configs/ctvis_r50_ytvis19.yaml OUT=runs/r50 \
+#   CONFIG=training/configs/ytvis19_r50.yaml OUT=runs/ytvis19_r50 \
 #   NNODES=2 NPROC_PER_NODE=8 MASTER_ADDR=node0.cluster MASTER_PORT=29500 \
-#     bash deploy/train/torchrun.sh [extra `ctvis train` arguments, e.g. --key=value overrides]
+#     bash deploy/train/torchrun.sh [more `ctvis train` flags: --set optim.lr=3e-4 --resume]
 #
 # Single node: NNODES=1 and MASTER_ADDR=127.0.0.1 (the defaults). torchrun sets RANK,
 # LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for each process of `ctvis train`.
 # In the container image (entrypoint `ctvis`), with the repository mounted for its configs:
 #   docker run --gpus all --network host --ipc host --user "$(id -u):$(id -g)" \
 #     -v "$PWD:/work" -w /work \
-#     -e CONFIG=... -e OUT=runs/r50 --entrypoint bash ctvis-serve:gpu deploy/train/torchrun.sh
+#     -e CONFIG=... -e OUT=runs/ytvis19_r50 --entrypoint bash ctvis-serve:gpu deploy/train/torchrun.sh
 set -euo pipefail
 
 CONFIG="${CONFIG:?set CONFIG to a training config file (training/configs/...)}"

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from cli.main import SUBCOMMANDS
+from cli.main import SUBCOMMANDS, build_parser
 from tests.deploy.conftest import DEPLOY, REPO
 
 TRAIN = DEPLOY / "train"
@@ -38,14 +38,25 @@ def test_scripts_parse() -> None:
 def test_torchrun_launcher(tmp_path: Path) -> None:
     env = _stubs(tmp_path)
     env.update(CONFIG="training/configs/x.yaml", OUT="runs/x", NNODES="2", MASTER_ADDR="n0")
-    subprocess.run(["bash", str(TRAIN / "torchrun.sh"), "--lr=1e-4"], env=env, check=True)
+    extra = ["--set", "optim.lr=1e-4"]
+    subprocess.run(["bash", str(TRAIN / "torchrun.sh"), *extra], env=env, check=True)
     calls = (tmp_path / "calls").read_text().splitlines()
     assert calls[0] == "torchrun"
     assert {"--nnodes=2", "--rdzv-endpoint=n0:29500", "--rdzv-backend=c10d"} <= set(calls)
     module = calls.index("-m")
     assert calls[module:] == ["-m", "cli", "train", "--config", "training/configs/x.yaml",
-                              "--out", "runs/x", "--lr=1e-4"]  # fmt: skip
+                              "--out", "runs/x", *extra]  # fmt: skip
     assert "train" in SUBCOMMANDS and (REPO / "cli" / "__main__.py").is_file()
+    from torch.distributed.run import get_args_parser
+
+    launcher = get_args_parser().parse_args(calls[1:])  # real torchrun flags
+    assert (launcher.nnodes, launcher.module, launcher.training_script) == ("2", True, "cli")
+    args = build_parser().parse_args(calls[module + 2 :])  # real `ctvis train` flags
+    assert (args.config, args.out, args.overrides) == (
+        "training/configs/x.yaml",
+        "runs/x",
+        extra[1:],
+    )
     env.pop("CONFIG")
     failed = subprocess.run(["bash", str(TRAIN / "torchrun.sh")], env=env, capture_output=True)
     assert failed.returncode != 0 and b"CONFIG" in failed.stderr
@@ -65,4 +76,8 @@ def test_slurm_launcher(tmp_path: Path) -> None:
     assert {"--nnodes=2", "--nproc-per-node=8", "--rdzv-id=slurm-42"} <= set(torchrun)
     assert "--rdzv-endpoint=gpu01:29500" in torchrun
     assert torchrun[-5:] == ["train", "--config", "c.yaml", "--out", str(tmp_path / "run")]
-    assert (tmp_path / "run").is_dir()
+    assert (tmp_path / "run").is_dir() and "--resume" not in torchrun
+    (tmp_path / "calls").unlink()
+    env["SLURM_RESTART_COUNT"] = "1"  # requeued: continue from the newest checkpoint
+    subprocess.run(["bash", str(TRAIN / "slurm.sbatch")], env=env, check=True, cwd=tmp_path)
+    assert "--resume" in (tmp_path / "calls").read_text().splitlines()
