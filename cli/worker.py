@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="take over frames another worker left unanswered this long (env CTVIS_CLAIM_IDLE_MS)",
     )
+    parser.add_argument("--job-dir", help="shared job directory (env CTVIS_JOB_DIR)")
     parser.add_argument("--stream", help="frames stream name (env CTVIS_FRAMES_STREAM)")
     parser.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="log level"
@@ -32,9 +33,10 @@ def run(args: argparse.Namespace) -> int:
     import signal
 
     from service.engine import Engine, FaultInjection
+    from service.jobqueue import JobWorker, run_job_worker
     from service.models import load_served_model
     from service.remote import run_worker
-    from service.settings import Settings
+    from service.settings import Settings, job_dir
 
     overrides = {
         key: value
@@ -44,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
             "device": args.device,
             "max_batch_size": args.max_batch_size,
             "frames_stream": args.stream,
+            "job_dir": args.job_dir,
             "claim_idle_ms": args.claim_idle_ms,
             "log_level": args.log_level,
         }.items()
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     )
     served = load_served_model(settings.checkpoint, settings.device)
 
-    async def main() -> int:
+    async def main() -> tuple[int, int]:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             f"stream {settings.frames_stream}",
             flush=True,
         )
-        return await run_worker(
+        frames = run_worker(
             settings.redis_url or "",
             Engine(served, FaultInjection.parse(settings.fault_inject)),
             served.model_id,
@@ -81,7 +84,19 @@ def run(args: argparse.Namespace) -> int:
             settings.frames_stream,
             claim_idle_ms=settings.claim_idle_ms,
         )
+        jobs_worker = JobWorker(
+            settings.redis_url or "",
+            served,
+            job_dir(settings),
+            claim_idle_ms=settings.job_claim_idle_ms,
+            max_attempts=settings.max_job_attempts,
+            checkpoint_every_clips=settings.job_checkpoint_clips,
+            ttl_s=settings.job_ttl_s,
+            stream=settings.jobs_stream,
+        )
+        done = await asyncio.gather(frames, run_job_worker(jobs_worker, stop))
+        return done[0], done[1]
 
-    processed = asyncio.run(main())
-    print(f"ctvis worker: stopped after {processed} frames", flush=True)
+    frames_done, jobs_done = asyncio.run(main())
+    print(f"ctvis worker: stopped after {frames_done} frames and {jobs_done} jobs", flush=True)
     return 0

@@ -8,7 +8,7 @@ from fastapi import Depends, Header, Request
 
 from service.auth import api_key_allowed, hash_secret
 from service.errors import ApiError
-from service.jobs import JobManager
+from service.jobs import JobBackend
 from service.metrics import Metrics
 from service.sessions import SessionService
 from service.settings import Settings
@@ -50,11 +50,11 @@ MetricsDep = Annotated[Metrics, Depends(_metrics)]
 CallerDep = Annotated[str | None, Depends(caller)]
 
 
-def _jobs(request: Request) -> JobManager:
+def _jobs(request: Request) -> JobBackend:
     jobs = getattr(request.app.state, "jobs", None)
     if jobs is None:
         raise ApiError(503, "not_ready", "the service is starting")
     return jobs
 
 
-JobsDep = Annotated[JobManager, Depends(_jobs)]
+JobsDep = Annotated[JobBackend, Depends(_jobs)]

@@ -19,12 +19,13 @@ from service.batching import BatchQueue
 from service.deps import require_api_key
 from service.engine import Engine, FaultInjection, FrameItem, FrameOutcome
 from service.errors import ApiError, install_error_handlers
-from service.jobs import JobManager
+from service.jobqueue import RedisJobManager
+from service.jobs import LocalJobManager
 from service.metrics import Metrics
 from service.models import ServedModel, load_served_model
 from service.remote import RedisFrameQueue
 from service.sessions import SessionService
-from service.settings import Settings, get_settings
+from service.settings import Settings, get_settings, job_dir
 from service.store import SessionStore, make_store
 
 log = logging.getLogger("ctvis.service")
@@ -67,7 +68,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )  # fmt: skip
         queue.start()
         app.state.sessions = SessionService(settings, served, app.state.store, queue, metrics)
-        app.state.jobs = JobManager(served, metrics, settings.max_video_frames)
+        if settings.worker:
+            app.state.jobs = LocalJobManager(served, metrics, settings.max_video_frames)
+        else:
+            assert settings.redis_url is not None
+            app.state.jobs = RedisJobManager(
+                settings.redis_url, job_dir(settings), settings.max_video_frames,
+                settings.job_ttl_s, settings.jobs_stream,
+            )  # fmt: skip
         try:
             yield
         finally:

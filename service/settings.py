@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -89,6 +91,22 @@ class Settings(BaseSettings):
     stream_ttl_s: int = Field(
         3600, ge=1, description="The frames stream expires after this long without traffic."
     )
+    job_dir: str | None = Field(
+        None,
+        description="Directory for uploads and results of video jobs; API replicas and "
+        "workers must share it. Unset: a directory under the system temp dir.",
+    )
+    max_job_attempts: int = Field(
+        3, ge=1, description="A video job failing this often moves to dead_letter."
+    )
+    job_claim_idle_ms: int = Field(
+        30_000, ge=100, description="A job whose worker went silent this long is resumed."
+    )
+    job_checkpoint_clips: int = Field(
+        4, ge=1, description="Clips between progress checkpoints of a video job."
+    )
+    job_ttl_s: int = Field(86_400, ge=60, description="How long job records are kept.")
+    jobs_stream: str = Field("ctvis:jobs", min_length=1, description="Redis stream of jobs.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the service."
     )
@@ -109,6 +127,13 @@ class Settings(BaseSettings):
         ):
             raise ValueError("redis_url must start with redis://, rediss:// or unix://")
         return value or None
+
+
+def job_dir(settings: Settings) -> Path:
+    """The shared job directory (created on demand)."""
+    path = Path(settings.job_dir or Path(tempfile.gettempdir()) / "ctvis-jobs")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @lru_cache

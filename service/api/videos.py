@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -83,76 +83,72 @@ async def create_job(
             422, "too_many_frames", f"max_frames is limited to {settings.max_video_frames}"
         )
     job_id, workdir = jobs.new_workdir()
-    input_path = workdir / "input"
     try:
-        await _save_upload(request, input_path, settings.max_upload_bytes)
+        await _save_upload(request, workdir / "input", settings.max_upload_bytes)
     except Exception:
-        import shutil
-
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     options = JobOptions(frame_stride, max_frames, overlay, video_id)
-    job = await asyncio.to_thread(jobs.submit, job_id, workdir, input_path, options, who)
-    jobs.start(job)
-    location = f"/v1/videos/{job.job_id}"
-    body = json.dumps({"job_id": job.job_id, "status_url": location, **job.status()})
+    status = await jobs.create(job_id, workdir, options, who)
+    location = f"/v1/videos/{job_id}"
+    body = json.dumps({"status_url": location, **status})
     return Response(body, 202, {"Location": location}, media_type="application/json")
 
 
 @router.get("/{job_id}", responses=ERRORS)
 async def job_status(job_id: str, jobs: JobsDep, who: CallerDep) -> dict[str, Any]:
-    """State, frames done / total, frames per second and ETA."""
-    return jobs.get(job_id, who).status()
+    """State, frames done / total, frames per second, ETA, attempts and any error."""
+    return await jobs.status(job_id, who)
 
 
 @router.get("/{job_id}/events", responses=ERRORS)
 async def job_events(job_id: str, jobs: JobsDep, who: CallerDep) -> StreamingResponse:
     """Server-sent events: ``progress`` while running, then one final ``done`` / ``failed`` /
-    ``cancelled`` event."""
-    job = jobs.get(job_id, who)
+    ``cancelled`` / ``dead_letter`` event."""
+    stream = jobs.events(job_id, who)
+    first = await anext(stream)  # raises 404 before the response starts
 
     async def events() -> AsyncIterator[str]:
-        version = -1
-        while True:
-            if job.version != version:
-                version = job.version
-                status = job.status()
+        status: dict[str, Any] | None = first
+        while status is not None:
+            if not status:
+                yield ": keep-alive\n\n"
+            else:
                 kind = status["state"] if status["state"] in FINAL_STATES else "progress"
                 yield f"event: {kind}\ndata: {json.dumps(status)}\n\n"
-                if kind != "progress":
-                    return
-            await jobs.wait_change(job, version, 15.0)
-            if job.version == version:
-                yield ": keep-alive\n\n"
+            status = await anext(stream, None)
 
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-def _finished(jobs: JobsDep, job_id: str, who: str | None) -> Any:
-    job = jobs.get(job_id, who)
-    if job.state != "done":
-        raise ApiError(409, "job_not_done", f"job is {job.state}")
-    return job
+async def _finished_file(jobs: JobsDep, job_id: str, who: str | None, name: str) -> Path:
+    status = await jobs.status(job_id, who)
+    if status["state"] != "done":
+        raise ApiError(409, "job_not_done", f"job is {status['state']}")
+    path = jobs.root / job_id / name
+    if not path.exists():
+        if name == "overlay.mp4":
+            raise ApiError(404, "no_overlay", "this job was created without overlay=true")
+        raise ApiError(404, "result_missing", "the job's result files are gone")
+    return path
 
 
 @router.get("/{job_id}/result", responses=ERRORS)
 async def job_result(job_id: str, jobs: JobsDep, who: CallerDep) -> Response:
     """The YouTube-VIS results JSON (identical to ``ctvis track`` on the same file)."""
-    job = _finished(jobs, job_id, who)
-    return Response(job.result_path.read_bytes(), media_type="application/json")
+    path = await _finished_file(jobs, job_id, who, "results.json")
+    return Response(path.read_bytes(), media_type="application/json")
 
 
 @router.get("/{job_id}/overlay", responses=ERRORS)
 async def job_overlay(job_id: str, jobs: JobsDep, who: CallerDep) -> FileResponse:
     """The overlay MP4 (only when the job was created with ``overlay=true``)."""
-    job = _finished(jobs, job_id, who)
-    if not job.options.overlay or not job.overlay_path.exists():
-        raise ApiError(404, "no_overlay", "this job was created without overlay=true")
-    return FileResponse(job.overlay_path, media_type="video/mp4", filename=f"{job_id}.mp4")
+    path = await _finished_file(jobs, job_id, who, "overlay.mp4")
+    return FileResponse(path, media_type="video/mp4", filename=f"{job_id}.mp4")
 
 
 @router.delete("/{job_id}", status_code=204, responses=ERRORS)
 async def cancel_job(job_id: str, jobs: JobsDep, who: CallerDep) -> Response:
     """Cancel a queued or running job; delete a finished one."""
-    jobs.cancel(jobs.get(job_id, who))
+    await jobs.cancel(job_id, who)
     return Response(status_code=204)

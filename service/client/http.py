@@ -113,7 +113,7 @@ class CtvisClient:
     # -- ops ---------------------------------------------------------------------------
     def health(self) -> bool:
         """True when ``/healthz`` answers ok."""
-        return self._request("GET", "/healthz").json().get("status") == "ok"
+        return bool(self._request("GET", "/healthz").json().get("status") == "ok")
 
     def ready(self) -> bool:
         """True when ``/readyz`` says the model is loaded and the store reachable."""
@@ -337,7 +337,7 @@ class CtvisClient:
 def camera_frames(device: int = 0, max_frames: int | None = None) -> Iterator[bytes]:
     """JPEG frames from an OpenCV camera; needs ``opencv-python(-headless)``."""
     try:
-        import cv2  # type: ignore[import-not-found]
+        import cv2
     except ImportError as exc:
         raise MissingDependencyError(
             "camera input needs OpenCV: pip install opencv-python-headless"
