@@ -67,18 +67,20 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 10001 ctvis \
     && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin ctvis \
-    && mkdir -p /checkpoints \
-    && chown 10001:10001 /checkpoints
+    && mkdir -p /checkpoints /var/lib/ctvis/jobs \
+    && chown 10001:10001 /checkpoints /var/lib/ctvis/jobs
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /opt/ctvis/demo /opt/ctvis/demo
 COPY deploy/healthcheck.py /opt/ctvis/healthcheck.py
 # CTVIS_CHECKPOINT is empty (bundled tiny preset) unless a demo checkpoint was baked in.
+# /var/lib/ctvis/jobs: video jobs (mount one volume there in every API replica and worker).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     CTVIS_HOST=0.0.0.0 \
     CTVIS_PORT=8000 \
-    CTVIS_CHECKPOINT=${DEMO_CHECKPOINT_URL:+/opt/ctvis/demo}
+    CTVIS_CHECKPOINT=${DEMO_CHECKPOINT_URL:+/opt/ctvis/demo} \
+    CTVIS_JOB_DIR=/var/lib/ctvis/jobs
 USER 10001:10001
 WORKDIR /home/ctvis
 EXPOSE 8000

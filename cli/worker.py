@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="take over frames another worker left unanswered this long (env CTVIS_CLAIM_IDLE_MS)",
     )
+    parser.add_argument(
+        "--metrics-port", type=int, default=0, help="serve Prometheus metrics here (0: off)"
+    )
     parser.add_argument("--job-dir", help="shared job directory (env CTVIS_JOB_DIR)")
     parser.add_argument("--stream", help="frames stream name (env CTVIS_FRAMES_STREAM)")
     parser.add_argument(
@@ -34,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from service.engine import Engine, FaultInjection
     from service.jobqueue import JobWorker, run_job_worker
+    from service.metrics import Metrics
     from service.models import load_served_model
     from service.remote import run_worker
     from service.settings import Settings, job_dir
@@ -64,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
     served = load_served_model(settings.checkpoint, settings.device)
+    metrics = Metrics()
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr="0.0.0.0", registry=metrics.registry)
 
     async def main() -> tuple[int, int]:
         stop = asyncio.Event()
@@ -83,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             stop,
             settings.frames_stream,
             claim_idle_ms=settings.claim_idle_ms,
+            metrics=metrics,
         )
         jobs_worker = JobWorker(
             settings.redis_url or "",
@@ -93,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
             checkpoint_every_clips=settings.job_checkpoint_clips,
             ttl_s=settings.job_ttl_s,
             stream=settings.jobs_stream,
+            faults=FaultInjection.parse(settings.fault_inject),
+            metrics=metrics,
         )
         done = await asyncio.gather(frames, run_job_worker(jobs_worker, stop))
         return done[0], done[1]

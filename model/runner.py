@@ -50,17 +50,31 @@ def dump_progress(state: TrackState, accumulator: VideoAccumulator) -> bytes:
     return _PROGRESS_MAGIC + struct.pack(">Q", len(state_bytes)) + state_bytes + acc_bytes
 
 
+def _split_progress(data: bytes) -> tuple[bytes, dict[str, Any], bytes]:
+    if not data.startswith(_PROGRESS_MAGIC) or len(data) < 13:
+        raise ValueError("not a ctvis video progress checkpoint")
+    (size,) = struct.unpack(">Q", data[5:13])
+    rest = data[13 + size :]
+    try:
+        (header_len,) = struct.unpack("<Q", rest[:8])
+        header = json.loads(rest[8 : 8 + header_len])
+        meta = json.loads(header["__metadata__"]["accumulator"])
+    except (struct.error, ValueError, KeyError) as exc:
+        raise ValueError(f"corrupt video progress checkpoint: {exc}") from exc
+    return data[13 : 13 + size], meta, rest
+
+
+def progress_frames(data: bytes) -> int:
+    """Frames covered by a ``dump_progress`` payload, read from its header only."""
+    return int(_split_progress(data)[1]["num_frames"])
+
+
 def load_progress(
     data: bytes, tracker_cfg: TrackerConfig, sizes: MaskSizes | None
 ) -> tuple[TrackState, VideoAccumulator]:
     """Inverse of ``dump_progress``; raises ``ValueError`` on a foreign or corrupt payload."""
-    if not data.startswith(_PROGRESS_MAGIC):
-        raise ValueError("not a ctvis video progress checkpoint")
-    (size,) = struct.unpack(">Q", data[5:13])
-    state = codec.loads(data[13 : 13 + size])
-    rest = data[13 + size :]
-    (header_len,) = struct.unpack("<Q", rest[:8])
-    meta = json.loads(json.loads(rest[8 : 8 + header_len])["__metadata__"]["accumulator"])
+    state_bytes, meta, rest = _split_progress(data)
+    state = codec.loads(state_bytes)
     tensors = st_load(rest) if meta["entries"] else {}
     return state, VideoAccumulator.restore(tracker_cfg, sizes, meta, tensors)
 

@@ -60,10 +60,15 @@ class FaultInjection:
         poison_rgb: a frame whose top-left pixel has this colour makes the model raise.
         crash_after_frames: the process exits abruptly (as if SIGKILLed) when it is about to
             run its N+1-th frame.
+        crash_after_job_frames: the process exits abruptly once a video job it runs has
+            tracked N frames.
+        fail_job_video_id: video jobs with this ``video_id`` raise on every attempt.
     """
 
     poison_rgb: tuple[int, int, int] | None = None
     crash_after_frames: int | None = None
+    crash_after_job_frames: int | None = None
+    fail_job_video_id: int | None = None
 
     @classmethod
     def parse(cls, spec: str | None) -> FaultInjection | None:
@@ -77,7 +82,7 @@ class FaultInjection:
             if key == "poison_rgb":
                 r, g, b = (int(v) for v in value.split(","))
                 values[key] = (r, g, b)
-            elif key == "crash_after_frames":
+            elif key in ("crash_after_frames", "crash_after_job_frames", "fail_job_video_id"):
                 values[key] = int(value)
             else:
                 raise ValueError(f"unknown fault injection {key!r}")

@@ -25,8 +25,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from model.runner import Cancelled
+from model.runner import Cancelled, progress_frames
 from model.video_io import VideoReadError
+from service.engine import FaultInjection
 from service.errors import ApiError
 from service.jobs import (
     FINAL_STATES,
@@ -163,13 +164,14 @@ class JobWorker:
         url: str,
         served: ServedModel,
         job_dir: str | Path,
-        metrics: Metrics | None = None,
         *,
         claim_idle_ms: int = 30_000,
         max_attempts: int = 3,
         checkpoint_every_clips: int = 4,
         ttl_s: int = 86_400,
         stream: str = JOBS_STREAM,
+        faults: FaultInjection | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         import redis
 
@@ -183,6 +185,7 @@ class JobWorker:
         self.ttl_s = ttl_s
         self.stream = stream
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-jobs"
+        self.faults = faults
 
     def _ready(self) -> bool:
         import redis
@@ -245,10 +248,19 @@ class JobWorker:
         workdir = self.root / job_id
         progress_file = workdir / "progress.bin"
         resume = progress_file.read_bytes() if progress_file.exists() else None
-        self._update(job_id, state="running", started_at=fields.get("started_at") or time.time())
+        self._update(
+            job_id,
+            state="running",
+            started_at=fields.get("started_at") or time.time(),
+            resumed_from=progress_frames(resume) if resume else 0,
+        )
+        faults = self.faults
         last_beat = [0.0]
 
         def progress(done: int, total: int | None) -> None:
+            crash_at = faults.crash_after_job_frames if faults else None
+            if crash_at is not None and done >= crash_at:
+                os._exit(137)  # test-only: die mid-job like SIGKILL
             now = time.monotonic()
             if now - last_beat[0] >= 0.5:
                 last_beat[0] = now
@@ -268,6 +280,8 @@ class JobWorker:
 
         options = JobOptions(**fields["options"])
         try:
+            if faults and faults.fail_job_video_id == options.video_id:
+                raise RuntimeError("injected job failure")
             frames = run_video_job(
                 self.served, workdir, options, progress, should_stop, resume, checkpoint,
                 self.checkpoint_every_clips,
