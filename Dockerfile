@@ -84,8 +84,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 WORKDIR /home/ctvis
 EXPOSE 8000
-# /healthz for `ctvis serve`; for `ctvis worker` (no HTTP port) the probe asks Redis whether
-# this container's worker polls its stream. The role is read from PID 1's command line.
+# /healthz for `ctvis serve`; for `ctvis worker` (no API port) the probe asks Redis that the
+# workers' group exists and this container's worker is not stuck on a batch. The role is
+# read from PID 1's command line.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "/opt/ctvis/healthcheck.py"]
 ENTRYPOINT ["ctvis"]

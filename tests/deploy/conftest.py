@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from cli.main import SUBCOMMANDS
+from cli.main import SUBCOMMANDS, build_parser
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,5 +47,11 @@ def setting_env_names() -> set[str]:
 
 
 def is_subcommand(argv: list[str]) -> bool:
-    """True when ``argv`` (arguments after ``ctvis``) starts with a real subcommand."""
-    return bool(argv) and argv[0] in SUBCOMMANDS
+    """True when ``argv`` (the arguments after ``ctvis``) is a real subcommand with real flags.
+
+    ``cli.main.build_parser`` parses it exactly as the ``ctvis`` command would (argparse exits
+    on an unknown flag, which fails the calling test).
+    """
+    if not argv or argv[0] not in SUBCOMMANDS:
+        return False
+    return build_parser().parse_args(argv).command == argv[0]

@@ -33,11 +33,15 @@ def test_services_and_commands(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert {"redis", "api", "worker", "lb", "prometheus"} <= set(services)
     assert services["api"]["command"] == ["serve", "--no-worker"]
-    assert services["worker"]["command"] == ["worker"]
+    assert services["worker"]["command"] == ["worker", "--metrics-port", "9100"]
     for name in ("api", "worker"):
         assert is_subcommand(services[name]["command"]), name
         assert services[name]["image"] == services["api"]["image"]  # one image, two roles
         assert any(v.endswith(":/checkpoints:ro") for v in services[name]["volumes"])
+        # Video jobs: one volume for every API replica and worker, at CTVIS_JOB_DIR.
+        assert "jobs:/var/lib/ctvis/jobs" in services[name]["volumes"]
+        assert services[name]["environment"]["CTVIS_JOB_DIR"] == "/var/lib/ctvis/jobs"
+    assert "jobs" in compose["volumes"]
     assert services["prometheus"]["profiles"] == ["monitoring"]
     assert "replicas" in services["api"]["deploy"] and "ports" not in services["api"]
     assert any(p.endswith(":8080") for p in services["lb"]["ports"])
@@ -117,6 +121,7 @@ NOT_IN_ENV_FILE = {
     "CTVIS_DEVICE": "per role: API_DEVICE and WORKER_DEVICE",
     "CTVIS_WORKER": "set by the commands (`serve --no-worker`, `worker`)",
     "CTVIS_MAX_WAIT_MS": "batching happens in the workers, which read until max_batch_size",
+    "CTVIS_JOB_DIR": "the shared volume `jobs`, mounted at /var/lib/ctvis/jobs",
     "CTVIS_FAULT_INJECT": "testing only",
 }
 
@@ -138,18 +143,16 @@ def test_cpu_override(compose: dict[str, Any]) -> None:
 
 def test_nginx_and_prometheus_configs(compose: dict[str, Any]) -> None:
     nginx = (DEPLOY / "nginx.conf").read_text()
-    assert "server api:8000;" in nginx and "ip_hash;" in nginx
+    assert "server api:8000;" in nginx and "least_conn;" in nginx
     assert "listen 8080;" in nginx and "proxy_set_header Upgrade $http_upgrade;" in nginx
     assert "proxy_buffering off;" in nginx  # server-sent events
     prometheus = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
-    (job,) = prometheus["scrape_configs"]
-    assert job["metrics_path"] == "/metrics"
-    assert job["dns_sd_configs"][0] == {
-        "names": ["api"],
-        "type": "A",
-        "port": 8000,
-        "refresh_interval": "30s",
+    targets = {
+        job["dns_sd_configs"][0]["names"][0]: job["dns_sd_configs"][0]["port"]
+        for job in prometheus["scrape_configs"]
     }
+    assert targets == {"api": 8000, "worker": 9100}  # worker: --metrics-port 9100
+    assert "9100" in compose["services"]["worker"]["expose"]
     mounts = compose["services"]["prometheus"]["volumes"] + compose["services"]["lb"]["volumes"]
     for mount in mounts:
         assert (REPO / mount.split(":")[0]).is_file(), mount

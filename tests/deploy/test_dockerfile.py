@@ -138,7 +138,8 @@ def test_runtime_user_health_and_command(dockerfile: list[Instruction]) -> None:
     assert env["CTVIS_HOST"] == "0.0.0.0" and keywords["EXPOSE"] == env["CTVIS_PORT"]
     # Checkpoints are mounted; only an explicitly requested demo checkpoint is baked in.
     assert env["CTVIS_CHECKPOINT"] == "${DEMO_CHECKPOINT_URL:+/opt/ctvis/demo}"
-    assert "mkdir -p /checkpoints" in keywords["RUN"]
+    assert "mkdir -p /checkpoints /var/lib/ctvis/jobs" in keywords["RUN"]
+    assert env["CTVIS_JOB_DIR"] == "/var/lib/ctvis/jobs"  # owned by the user: volumes inherit it
     assert not any("build-essential" in a for k, a in runtime if k == "RUN")
 
 

@@ -44,7 +44,11 @@ def test_expected_objects(objects: dict) -> None:
         ("Service", "redis"),
         ("ConfigMap", "ctvis-config"),
         ("PersistentVolumeClaim", "ctvis-checkpoints"),
+        ("PersistentVolumeClaim", "ctvis-jobs"),
     } <= set(objects)
+    assert objects[("PersistentVolumeClaim", "ctvis-jobs")]["spec"]["accessModes"] == [
+        "ReadWriteMany"
+    ]
 
 
 def test_services_select_their_pods(objects: dict) -> None:
@@ -62,7 +66,6 @@ def test_services_select_their_pods(objects: dict) -> None:
                 spec["selector"]["matchLabels"].items()
                 <= spec["template"]["metadata"]["labels"].items()
             )
-    assert objects[("Service", "ctvis-api")]["spec"]["sessionAffinity"] == "ClientIP"
 
 
 def test_hpa_scales_the_api(objects: dict) -> None:
@@ -81,7 +84,7 @@ def test_hpa_scales_the_api(objects: dict) -> None:
 def test_roles_and_gpu(objects: dict) -> None:
     api, worker = _container(objects, "ctvis-api"), _container(objects, "ctvis-worker")
     assert api["args"] == ["serve", "--no-worker"] and is_subcommand(api["args"])
-    assert worker["args"] == ["worker"] and is_subcommand(worker["args"])
+    assert worker["args"] == ["worker", "--metrics-port", "9100"] and is_subcommand(worker["args"])
     assert api["image"] == worker["image"] == "ctvis-serve"
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "nvidia.com/gpu" not in api["resources"].get("limits", {})
@@ -90,7 +93,14 @@ def test_roles_and_gpu(objects: dict) -> None:
         pod = objects[("Deployment", deployment)]["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] == 10001  # the image's user
-        assert any(v.get("readOnly") for v in _container(objects, deployment)["volumeMounts"])
+        mounts = {v["mountPath"]: v for v in _container(objects, deployment)["volumeMounts"]}
+        assert mounts["/checkpoints"]["readOnly"] is True
+        job_dir = objects[("ConfigMap", "ctvis-config")]["data"]["CTVIS_JOB_DIR"]
+        assert not mounts[job_dir].get("readOnly")
+        claims = {
+            v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]
+        }
+        assert claims[mounts[job_dir]["name"]] == "ctvis-jobs"
 
 
 def test_probes_hit_real_routes(objects: dict) -> None:
@@ -125,11 +135,12 @@ def test_redis_matches_compose(objects: dict) -> None:
 
 def test_kubernetes_scrape_config(objects: dict) -> None:
     (job,) = load_yaml(DEPLOY / "prometheus" / "kubernetes.yml")["scrape_configs"]
-    annotations = objects[("Deployment", "ctvis-api")]["spec"]["template"]["metadata"][
-        "annotations"
-    ]
-    assert annotations["prometheus.io/path"] == "/metrics"
-    assert annotations["prometheus.io/port"] == "8000"
+    for deployment in ("ctvis-api", "ctvis-worker"):
+        template = objects[("Deployment", deployment)]["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/path"] == "/metrics"
+        ports = {str(p["containerPort"]) for p in _container(objects, deployment)["ports"]}
+        assert annotations["prometheus.io/port"] in ports
     assert job["kubernetes_sd_configs"][0]["role"] == "pod"
     keep = [r for r in job["relabel_configs"] if r.get("action") == "keep"]
-    assert {"api", "true"} == {r["regex"] for r in keep}
+    assert {"api|worker", "true"} == {r["regex"] for r in keep}

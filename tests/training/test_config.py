@@ -23,7 +23,7 @@ def test_official_settings() -> None:
     cfg = load_config(CONFIGS / "ytvis19_swinl.yaml")
     assert cfg.model.backbone == "swin" and cfg.model.num_queries == 200
     assert (cfg.data.clip_frames, cfg.data.frame_range) == (8, 16)
-    assert cfg.cl.num_negatives == 199
+    assert cfg.cl.num_negatives is None  # all other queries = NUM_NEGATIVES Q - 1
     assert cfg.optim.steps == (6000, 12000) and cfg.optim.clip_norm == 0.01
     ovis = load_config(CONFIGS / "ovis_r50.yaml")
     assert (ovis.data.clip_frames, ovis.data.frame_range, ovis.eval.period) == (10, 15, 4000)

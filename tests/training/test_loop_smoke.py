@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import torch
 from PIL import Image
 
 from cli.main import main
-from training.config import TrainConfig, load_config
+from model.checkpoint import load_checkpoint
+from model.official_config import read_official_config
+from training.config import InitConfig, TrainConfig, load_config
 from training.data.synthetic import config_for, render_video
-from training.loop import latest_checkpoint, train
+from training.loop import init_segmenter, latest_checkpoint, train
 
 CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "synth_test.yaml"
 
@@ -68,3 +71,40 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
     split_log = _log(tmp_path / "split")
     assert [r["iteration"] for r in split_log] == [1, 2, 3, 4]
     assert split_log[-1]["lr"] == pytest.approx(cfg.optim.lr * cfg.optim.gamma)
+
+
+def test_init_from_official_and_from_checkpoint(tmp_path: Path, fixtures_dir: Path) -> None:
+    """``init.kind=official`` converts an official .pth; ``checkpoint`` reloads our format."""
+    model_cfg, pre_cfg, trk_cfg, _ = read_official_config(fixtures_dir / "config.yaml")
+    official = dataclasses.replace(
+        small_config(),
+        model=model_cfg,
+        preprocess=pre_cfg,
+        tracker=trk_cfg,
+        init=InitConfig("official", str(fixtures_dir / "model_final.pth"),
+                        str(fixtures_dir / "config.yaml")),
+    )  # fmt: skip
+    model = init_segmenter(official, tmp_path)
+    reference = load_checkpoint(tmp_path / "init_converted").segmenter.state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, reference[key]), key
+    # a checkpoint directory with another class count: everything but the class head loads
+    fewer = dataclasses.replace(model_cfg, num_classes=5)
+    cfg = dataclasses.replace(
+        official,
+        model=fewer,
+        init=InitConfig("checkpoint", str(tmp_path / "init_converted")),
+    )
+    again = init_segmenter(cfg, tmp_path).state_dict()
+    assert again["sem_seg_head.predictor.class_embed.weight"].shape[0] == 6
+    assert torch.equal(again["backbone.stem.conv1.weight"], reference["backbone.stem.conv1.weight"])
+
+
+def test_cli_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli"
+    argv = ["train", "--config", str(CONFIG), "--out", str(out), "--set", "optim.max_iter=1"]
+    assert main(argv) == 0
+    assert (out / "checkpoints" / "iter_0000001" / "model.safetensors").is_file()
+    assert "iteration 1" in capsys.readouterr().err
+    assert main([*argv, "--set", "optim.lr=fast"]) == 1
+    assert "optim.lr" in capsys.readouterr().err
