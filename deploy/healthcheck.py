@@ -4,10 +4,10 @@
     python /opt/ctvis/healthcheck.py api        # GET /healthz answers {"status": "ok"}
     python /opt/ctvis/healthcheck.py worker     # this host's `ctvis worker` reads its stream
 
-The image runs either ``ctvis serve`` or ``ctvis worker``; a worker serves no API (at most
-metrics), so its probe asks Redis instead (``check_worker``): the workers' consumer group must exist on the
-frames stream, and no consumer of this host (``service.remote.run_worker`` names itself
-``<hostname>-<pid>``) may be stuck on a batch for longer than ``--max-busy-s``. Exit
+The image runs either ``ctvis serve`` or ``ctvis worker``. A worker serves no API (at most
+metrics), so its probe asks Redis instead (``check_worker``): the workers' consumer group must
+exist on the frames stream, and no consumer of this host (``service.remote.run_worker`` names
+itself ``<hostname>-<pid>``) may be stuck on a batch for longer than ``--max-busy-s``. Exit
 status 0 means healthy, 1 unhealthy. Settings come from the same ``CTVIS_*`` variables as the
 service.
 """

@@ -14,10 +14,12 @@ one and reproduces the uninterrupted run exactly. Distributed runs use ``torchru
 from __future__ import annotations
 
 import contextlib
+import datetime
 import importlib.util
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from model.checkpoint import convert_official, load_checkpoint, save_checkpoint
 from model.segmenter import Segmenter
 from training.config import TrainConfig
 from training.consistent import consistent_reid_losses, frame_targets
-from training.data.batch import ClipBatch, collate_clips
+from training.data.batch import Clip, ClipBatch, collate_clips
 from training.loop_data import build_clip_loader
 from training.loop_eval import evaluate_segmenter, prepare_val_split
 from training.losses import segmentation_losses, weighted_total
@@ -83,7 +85,9 @@ def _setup_distributed(requested: str) -> _Dist:
         return _Dist(device=device)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
+        # long timeout: rank 0 evaluates while the others wait at a barrier
+        timeout = datetime.timedelta(hours=2)
+        dist.init_process_group("nccl" if cuda else "gloo", init_method="env://", timeout=timeout)
     device = torch.device(f"cuda:{local}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(device)
@@ -229,7 +233,7 @@ def train(
 
     Args:
         cfg: the experiment.
-        out_dir: where ``config.yaml``, ``log.jsonl``, checkpoints and val data go.
+        out_dir: where ``config.json``, ``log.jsonl``, checkpoints and val data go.
         resume: continue from the newest checkpoint in ``out_dir`` (fresh start if none).
         stop_at: stop after this iteration even if ``cfg.optim.max_iter`` is larger (used to
             simulate an interruption; the schedule still follows ``cfg.optim``).
@@ -260,7 +264,7 @@ def train(
     if env.world_size > 1:
         ids = [env.device.index] if env.device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    accum = max(1, cfg.optim.grad_accum)
+    accum = max(1, cfg.optim.grad_accum)  # micro-batches per iteration = data iterations
     clips = build_clip_loader(cfg.data, cfg.seed, env.rank, env.world_size, start * accum)
     logger = _Logger(out, env.main)
     end = min(cfg.optim.max_iter, stop_at) if stop_at is not None else cfg.optim.max_iter
@@ -271,25 +275,9 @@ def train(
     tic = time.perf_counter()
     done = start
     for iteration in range(start, end):
-        total, terms = 0.0, {}
-        for micro in range(accum):
-            batch = _to_device(collate_clips(next(clips), cfg.preprocess), env.device)
-            sync = micro == accum - 1 or env.world_size == 1
-            ctx = contextlib.nullcontext() if sync else wrapped.no_sync()  # type: ignore[operator]
-            with ctx:
-                with torch.autocast("cuda", torch.float16, enabled=use_amp):
-                    loss, parts = compute_losses(wrapped, batch, cfg, env)
-                scaler.scale(loss / accum).backward()
-            total += float(loss.detach()) / accum
-            for k, v in parts.items():
-                terms[k] = terms.get(k, 0.0) + float(v.detach()) / accum
-        scaler.unscale_(optimizer)
-        grad_norm = clip_gradients(optimizer, cfg.optim.clip_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+        total, terms, lr, grad_norm = _train_step(
+            wrapped, optimizer, scheduler, scaler, clips, cfg, env, use_amp
+        )
         losses_seen.append(total)
         done = iteration + 1
         rate = (done - start) / max(time.perf_counter() - tic, 1e-9)
@@ -297,7 +285,7 @@ def train(
             bar.set_postfix(loss=f"{total:.3f}", lr=f"{lr:.2e}", its=f"{rate:.2f}")
             bar.update(1)
         if done % max(1, cfg.log_period) == 0 or done == end:
-            record = {"iteration": done, "loss": total, "lr": lr, "grad_norm": float(grad_norm)}
+            record = {"iteration": done, "loss": total, "lr": lr, "grad_norm": grad_norm}
             logger.write({**record, **terms, "it_per_s": rate})
         if done % cfg.checkpoint_period == 0 or done == end:
             ckpt = _save(out, done, model, optimizer, scheduler, scaler, cfg, env)
@@ -313,6 +301,45 @@ def train(
         bar.close()
     logger.close()
     return TrainResult(done, ckpt, losses_seen, metrics, model)
+
+
+def _train_step(
+    wrapped: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    clips: Iterator[list[Clip]],
+    cfg: TrainConfig,
+    env: _Dist,
+    use_amp: bool,
+) -> tuple[float, dict[str, float], float, float]:
+    """One optimiser step over ``grad_accum`` micro-batches.
+
+    Returns:
+        (weighted total loss, unweighted terms (micro-batch means), lr used, grad norm).
+    """
+    accum = max(1, cfg.optim.grad_accum)
+    total, terms = 0.0, {}
+    for micro in range(accum):
+        batch = _to_device(collate_clips(next(clips), cfg.preprocess), env.device)
+        sync = micro == accum - 1 or env.world_size == 1
+        # DDP all-reduces gradients only on the last micro-batch
+        ctx = contextlib.nullcontext() if sync else wrapped.no_sync()  # type: ignore[operator]
+        with ctx:
+            with torch.autocast("cuda", torch.float16, enabled=use_amp):
+                loss, parts = compute_losses(wrapped, batch, cfg, env)
+            scaler.scale(loss / accum).backward()
+        total += float(loss.detach()) / accum
+        for k, v in parts.items():
+            terms[k] = terms.get(k, 0.0) + float(v.detach()) / accum
+    scaler.unscale_(optimizer)  # clip the true gradients (detectron2 AMP trainer)
+    grad_norm = clip_gradients(optimizer, cfg.optim.clip_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    lr = float(optimizer.param_groups[0]["lr"])
+    scheduler.step()
+    return total, terms, lr, float(grad_norm)
 
 
 def _progress(start: int, end: int, enabled: bool) -> Any:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-FINAL_STATES = ("done", "failed", "cancelled")
+FINAL_STATES = ("done", "failed", "cancelled", "dead_letter")
+JobState = Literal["queued", "running", "done", "failed", "cancelled", "dead_letter"]
 
 
 class CtvisError(Exception):
@@ -25,11 +26,20 @@ class ServiceUnreachableError(CtvisError):
 
 
 class JobFailedError(CtvisError):
-    """A video job ended ``failed`` or ``cancelled``; ``status`` is its last status."""
+    """A video job ended ``failed``, ``cancelled`` or ``dead_letter`` (failed on every attempt).
+
+    ``status`` is its last status; ``code`` and ``message`` are the job's error (``cancelled``
+    and an empty message when it has none).
+    """
 
     def __init__(self, status: JobStatus) -> None:
-        super().__init__(f"job {status.job_id} {status.state}: {status.error or 'no detail'}")
-        self.status = status
+        error = status.error
+        if isinstance(error, dict):
+            code, message = str(error.get("code", status.state)), str(error.get("message", ""))
+        else:
+            code, message = status.state, str(error or "")
+        super().__init__(f"job {status.job_id} {status.state}: {code}: {message or 'no detail'}")
+        self.status, self.code, self.message = status, code, message
 
 
 class MissingDependencyError(CtvisError):
@@ -102,17 +112,18 @@ class JobStatus:
     """State of a video job (``GET /v1/videos/{job}``); ``raw`` holds the whole body."""
 
     job_id: str
-    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    state: JobState
     frames_done: int
     frames_total: int | None
     fps: float | None = None
     eta_s: float | None = None
-    error: str | None = None
+    error: dict[str, Any] | str | None = None  # {"code": ..., "message": ...}
+    attempts: int = 0
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def finished(self) -> bool:
-        """True once the job is done, failed or cancelled."""
+        """True once the job is done, failed, cancelled or dead-lettered."""
         return self.state in FINAL_STATES
 
     @classmethod
@@ -126,5 +137,6 @@ class JobStatus:
             fps=body.get("fps"),
             eta_s=body.get("eta_s"),
             error=body.get("error"),
+            attempts=int(body.get("attempts") or 0),
             raw=body,
         )

@@ -71,8 +71,10 @@ def test_worker_reserves_gpus(compose: dict[str, Any]) -> None:
 def test_redis_persistence_and_eviction(compose: dict[str, Any]) -> None:
     args = compose["services"]["redis"]["command"]
     flags = dict(zip(args[1::2], args[2::2], strict=True))
-    assert flags["--save"] == "" and flags["--appendonly"] == "no"
-    assert flags["--maxmemory-policy"] == "volatile-lru"
+    assert flags["--appendonly"] == "yes" and flags["--appendfsync"] == "everysec"
+    assert flags["--save"] == "" and flags["--maxmemory-policy"] == "volatile-lru"
+    assert "redis-data:/data" in compose["services"]["redis"]["volumes"]
+    assert "redis-data" in compose["volumes"]
 
 
 def test_environment_names_are_settings(compose: dict[str, Any]) -> None:

@@ -57,3 +57,12 @@ def test_relative_links_resolve(doc: str) -> None:
             assert (path.parent / target).exists(), f"{doc}: broken link {target}"
     if doc == "README.md":
         assert "```mermaid" in text and "## Serving the released CTVIS checkpoints" in text
+
+
+def test_deployment_files_name_only_real_settings() -> None:
+    files = ["deploy/README.md", ".env.example", "Dockerfile", "deploy/healthcheck.py"]
+    files += [p.relative_to(REPO).as_posix() for p in (REPO / "deploy" / "k8s").glob("*.yaml")]
+    valid = setting_env_names()
+    for name in files:
+        mentioned = set(re.findall(r"\bCTVIS_[A-Z0-9_]+\b(?!\.yaml)", (REPO / name).read_text()))
+        assert mentioned <= valid, f"{name}: {sorted(mentioned - valid)} are not settings"

@@ -128,7 +128,9 @@ def test_environment_names_are_settings(objects: dict) -> None:
 def test_redis_matches_compose(objects: dict) -> None:
     (redis,) = objects[("Deployment", "redis")]["spec"]["template"]["spec"]["containers"]
     flags = dict(zip(redis["args"][::2], redis["args"][1::2], strict=True))
-    assert flags["--maxmemory-policy"] == "volatile-lru" and flags["--appendonly"] == "no"
+    assert flags["--maxmemory-policy"] == "volatile-lru" and flags["--appendonly"] == "yes"
+    assert flags["--appendfsync"] == "everysec"
+    assert {"name": "data", "mountPath": "/data"} in redis["volumeMounts"]
     url = objects[("ConfigMap", "ctvis-config")]["data"]["CTVIS_REDIS_URL"]
     assert url.startswith("redis://redis:6379")
 

@@ -18,6 +18,7 @@ from model.video_io import FrameSource, OverlayWriter
 from service.client import (
     ApiError,
     CtvisClient,
+    JobFailedError,
     JobStatus,
     MissingDependencyError,
     ServiceUnreachableError,
@@ -142,6 +143,21 @@ def test_video_job_waits_and_downloads(
     with pytest.raises(ApiError) as info:
         client.job_status(submitted.job_id)
     assert info.value.status == 404
+
+
+def test_bad_upload_and_failed_job_errors(client: CtvisClient, tmp_path: Path) -> None:
+    garbage = tmp_path / "not-a-video.mp4"
+    garbage.write_bytes(b"this is not a video" * 100)
+    with pytest.raises((ApiError, JobFailedError)) as info:
+        status = client.submit_video(garbage)
+        client.wait_job(status.job_id, timeout=60)  # a server that accepts it fails the job
+    assert info.value.code in ("unsupported_video", "video_unreadable", "failed")
+    assert info.value.message
+    body = {"job_id": "j1", "state": "dead_letter", "frames_done": 3, "frames_total": 9,
+            "error": {"code": "frame_failed", "message": "boom"}, "attempts": 3}  # fmt: skip
+    failed = JobFailedError(JobStatus.from_json(body))
+    assert (failed.code, failed.message, failed.status.attempts) == ("frame_failed", "boom", 3)
+    assert failed.status.finished and "dead_letter" in str(failed)
 
 
 def test_command_line_job(server: str, mp4_file: Path, tmp_path: Path) -> None:

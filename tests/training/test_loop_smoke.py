@@ -108,3 +108,9 @@ def test_cli_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "iteration 1" in capsys.readouterr().err
     assert main([*argv, "--set", "optim.lr=fast"]) == 1
     assert "optim.lr" in capsys.readouterr().err
+
+
+def test_gradient_accumulation(tmp_path: Path) -> None:
+    cfg = small_config("optim.max_iter=2", "optim.grad_accum=2", "data.clips_per_batch=1")
+    result = train(cfg, tmp_path / "accum")
+    assert result.iteration == 2 and all(np.isfinite(result.losses))
