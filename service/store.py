@@ -2,8 +2,8 @@
 
 A session is one record: JSON metadata, the tracker state bytes (``model.tracker.codec``), and
 the index of the next frame it expects. Saving a new state is a compare-and-set on that frame
-index (Redis ``WATCH``/``MULTI``), so two replicas racing on one session get a conflict instead
-of silently forking its track history. Key names live in this one block.
+index (one Lua script, so one round trip), so two replicas racing on one session get a conflict
+instead of silently forking its track history. Key names live in this one block.
 """
 
 from __future__ import annotations
@@ -17,6 +17,17 @@ from typing import Any, Protocol
 KEY_PREFIX = "ctvis:"
 SESSION_KEY = KEY_PREFIX + "session:{session_id}"  # hash: meta, state, frame_index
 LEASE_KEY = KEY_PREFIX + "lease:{session_id}"  # str: owner token, short PX expiry
+
+# Compare-and-set of a session's state in one round trip: returns the new frame index,
+# -1 when the session is gone, -2 when another writer advanced it first.
+_SAVE_LUA = """
+local current = redis.call('hget', KEYS[1], 'frame_index')
+if not current then return -1 end
+if tonumber(current) ~= tonumber(ARGV[1]) then return -2 end
+redis.call('hset', KEYS[1], 'state', ARGV[2], 'frame_index', tonumber(ARGV[1]) + 1)
+redis.call('expire', KEYS[1], ARGV[3])
+return tonumber(ARGV[1]) + 1
+"""
 
 # Delete the lease only if we still own it (it may have expired and been taken over).
 _RELEASE_LUA = """
@@ -141,8 +152,8 @@ class RedisStore:
     def __init__(self, url: str) -> None:
         import redis.asyncio as redis
 
-        self._redis_module = redis
         self._client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self._save = self._client.register_script(_SAVE_LUA)
 
     async def ping(self) -> bool:
         try:
@@ -179,24 +190,14 @@ class RedisStore:
         self, session_id: str, expected_frame_index: int, state: bytes, ttl_s: int
     ) -> int:
         key = SESSION_KEY.format(session_id=session_id)
-        async with self._client.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(key)
-                current = await pipe.hget(key, "frame_index")
-                if current is None:
-                    raise SessionNotFound(session_id)
-                if int(current) != expected_frame_index:
-                    raise StateConflict(
-                        f"session {session_id} is at frame {int(current)}, "
-                        f"not {expected_frame_index}"
-                    )
-                pipe.multi()
-                pipe.hset(key, mapping={"state": state, "frame_index": expected_frame_index + 1})
-                pipe.expire(key, ttl_s)
-                await pipe.execute()
-            except self._redis_module.WatchError as exc:
-                raise StateConflict(f"session {session_id} changed while saving") from exc
-        return expected_frame_index + 1
+        result = int(await self._save(keys=[key], args=[expected_frame_index, state, ttl_s]))
+        if result == -1:
+            raise SessionNotFound(session_id)
+        if result == -2:
+            raise StateConflict(
+                f"session {session_id} moved past frame {expected_frame_index} (another writer)"
+            )
+        return result
 
     async def delete(self, session_id: str) -> bool:
         return bool(await self._client.delete(SESSION_KEY.format(session_id=session_id)))

@@ -259,7 +259,7 @@ def train(
     start = 0
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is not None:
-        start = _restore(ckpt, model, optimizer, scheduler, scaler, env)
+        start = _restore(ckpt, model, optimizer, scheduler, scaler, env, cfg.optim.grad_accum)
     wrapped: nn.Module = model
     if env.world_size > 1:
         ids = [env.device.index] if env.device.type == "cuda" else None
@@ -374,6 +374,7 @@ def _save(
     if env.main:
         state = {
             "iteration": iteration,
+            "data_position": iteration * max(1, cfg.optim.grad_accum),  # micro-batches read
             "world_size": env.world_size,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -394,6 +395,7 @@ def _restore(
     scheduler: Any,
     scaler: torch.amp.GradScaler,
     env: _Dist,
+    accum: int,
 ) -> int:
     """Load weights, optimiser, scheduler, scaler and this rank's RNG; returns the iteration."""
     from safetensors.torch import load_file
@@ -406,6 +408,8 @@ def _restore(
             f"{path} was written by {state['world_size']} ranks; resuming with "
             f"{env.world_size} would change the data order"
         )
+    if int(state["data_position"]) != int(state["iteration"]) * max(1, accum):
+        raise ValueError(f"{path} was written with another optim.grad_accum")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
