@@ -84,7 +84,14 @@ def run(args: argparse.Namespace) -> int:
             f"stream {settings.frames_stream}",
             flush=True,
         )
-        frames = run_worker(
+
+        async def frames_until_stop() -> int:
+            try:
+                return await frames_loop
+            finally:
+                stop.set()  # if the frame loop ends for any reason, stop the job loop too
+
+        frames_loop = run_worker(
             settings.redis_url or "",
             Engine(served, FaultInjection.parse(settings.fault_inject)),
             served.model_id,
@@ -106,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             faults=FaultInjection.parse(settings.fault_inject),
             metrics=metrics,
         )
-        done = await asyncio.gather(frames, run_job_worker(jobs_worker, stop))
+        done = await asyncio.gather(frames_until_stop(), run_job_worker(jobs_worker, stop))
         return done[0], done[1]
 
     frames_done, jobs_done = asyncio.run(main())

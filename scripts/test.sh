@@ -6,6 +6,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh
 bash scripts/ensure_redis.sh
+bash scripts/ensure_chromium.sh
 VENV="${CTVIS_VENV:-$ROOT/.venv}"
 export PATH="$VENV/bin:$PATH"
 # Tests find the Redis the script provides here (never through the service's own CTVIS_REDIS_URL).

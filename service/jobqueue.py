@@ -324,10 +324,14 @@ class JobWorker:
         """Run jobs until ``stop``; a job in progress at ``stop`` is left for another worker."""
         count = 0
         while not stop.is_set():
-            claimed = self.next_job(500)
-            if claimed is not None:
-                self.run_one(*claimed, stop)
-                count += 1
+            try:
+                claimed = self.next_job(500)
+                if claimed is not None:
+                    self.run_one(*claimed, stop)
+                    count += 1
+            except Exception as exc:  # noqa: BLE001 - Redis restarts etc.: retry, stay up
+                log.warning("job worker loop error (retrying): %r", exc)
+                stop.wait(0.5)
         self.client.close()
         return count
 
@@ -348,4 +352,5 @@ async def run_job_worker(worker: JobWorker, stop: asyncio.Event) -> int:
     try:
         return await asyncio.to_thread(worker.serve, flag)
     finally:
+        flag.set()  # also when cancelled: the thread must not outlive the loop
         relay_task.cancel()

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from service.api import page as page_routes
 from service.api import sessions as session_routes
 from service.api import videos as video_routes
 from service.api import ws as ws_routes
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(session_routes.router, dependencies=secured)
     app.include_router(video_routes.router, dependencies=secured)
     app.include_router(ws_routes.router)
+    app.include_router(page_routes.router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

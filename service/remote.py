@@ -226,7 +226,6 @@ async def run_worker(
     ``WorkerLost``. On ``stop`` the current batch is finished and acknowledged first.
     """
     from redis import asyncio as aioredis
-    from redis import exceptions as redis_errors
 
     client = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=30)
     consumer = f"{socket.gethostname()}-{os.getpid()}"
@@ -235,39 +234,71 @@ async def run_worker(
     ready = False
     try:
         while not stop.is_set():
-            if not ready:
-                ready = await _ensure_group(client, stream)
-                if not ready:
-                    await asyncio.sleep(0.1)  # no traffic yet (or the idle stream expired)
-                    continue
-            entries: list[tuple[bytes, dict[bytes, bytes]]] = []
-            lost: list[tuple[bytes, bytes]] = []
             try:
-                if time.monotonic() >= next_claim:
-                    entries, lost = await _claim_stale(
-                        client, stream, consumer, claim_idle_ms, max_batch_size
-                    )
-                    next_claim = time.monotonic() + claim_idle_ms / 2000
-                if len(entries) < max_batch_size:
-                    response = await client.xreadgroup(
-                        WORKER_GROUP, consumer, {stream: ">"},
-                        count=max_batch_size - len(entries), block=200,
-                    )  # fmt: skip
-                    if response:
-                        entries += response[0][1]
-            except redis_errors.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
+                if not ready:
+                    ready = await _ensure_group(client, stream)
+                    if not ready:
+                        await asyncio.sleep(0.1)  # no traffic yet (or the idle stream expired)
+                        continue
+                processed += await _poll_once(
+                    client, stream, consumer, engine, model_id, max_batch_size, claim_idle_ms,
+                    metrics, claim=time.monotonic() >= next_claim,
+                )  # fmt: skip
+            except _StreamGone:
                 ready = False  # the idle stream expired; wait for the API to recreate it
                 continue
-            if not entries and not lost:
+            except Exception as exc:  # noqa: BLE001 - Redis restarts etc.: retry, stay up
+                log.warning("frame worker loop error (retrying): %s: %s", type(exc).__name__, exc)
+                ready = False
+                await asyncio.sleep(0.5)
                 continue
-            processed += await _serve_entries(
-                client, stream, engine, model_id, entries, lost, metrics
-            )
+            if time.monotonic() >= next_claim:
+                next_claim = time.monotonic() + claim_idle_ms / 2000
     finally:
         await client.aclose()
     return processed
+
+
+class _StreamGone(Exception):
+    """The frames stream or its consumer group does not exist (any more)."""
+
+
+async def _poll_once(
+    client: Any,
+    stream: str,
+    consumer: str,
+    engine: Engine,
+    model_id: str,
+    max_batch_size: int,
+    claim_idle_ms: int,
+    metrics: Metrics | None,
+    claim: bool,
+) -> int:
+    """One read (stale claims first, then new entries) and its batch; returns frames run."""
+    from redis import exceptions as redis_errors
+
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = []
+    lost: list[tuple[bytes, bytes]] = []
+    try:
+        if claim:
+            entries, lost = await _claim_stale(
+                client, stream, consumer, claim_idle_ms, max_batch_size
+            )
+        if len(entries) < max_batch_size:
+            response = await client.xreadgroup(
+                WORKER_GROUP, consumer, {stream: ">"},
+                count=max_batch_size - len(entries), block=200,
+            )  # fmt: skip
+            if response:
+                entries += response[0][1]
+    except redis_errors.ResponseError as exc:
+        # NOGROUP: no stream yet; UNBLOCKED: the idle stream expired while we were blocked
+        if "NOGROUP" in str(exc) or "no longer exists" in str(exc):
+            raise _StreamGone from exc
+        raise
+    if not entries and not lost:
+        return 0
+    return await _serve_entries(client, stream, engine, model_id, entries, lost, metrics)
 
 
 async def _serve_entries(

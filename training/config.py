@@ -228,12 +228,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return tuple(
             _coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
         )
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return config_from_dict(tp, value, where)  # type: ignore[arg-type]
+        return config_from_dict(tp, value, where)
     if tp is bool:
         if isinstance(value, bool):
             return value

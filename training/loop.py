@@ -319,7 +319,7 @@ def _train_step(
         (weighted total loss, unweighted terms (micro-batch means), lr used, grad norm).
     """
     accum = max(1, cfg.optim.grad_accum)
-    total, terms = 0.0, {}
+    total, terms = 0.0, dict[str, float]()
     for micro in range(accum):
         batch = _to_device(collate_clips(next(clips), cfg.preprocess), env.device)
         sync = micro == accum - 1 or env.world_size == 1

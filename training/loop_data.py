@@ -102,7 +102,8 @@ def build_clip_loader(
     mixing = MixingConfig(
         weights=weights, num_groups=world_size, clips_per_group=cfg.clips_per_batch
     )
-    sampler = MixedClipSampler([len(s) for s in sources], mixing, seed, start_iteration)
+    sizes = [len(s) for s in sources]  # type: ignore[arg-type]  # map-style datasets
+    sampler = MixedClipSampler(sizes, mixing, seed, start_iteration)
     loader = torch.utils.data.DataLoader(
         MixedClipDataset(sources),
         batch_sampler=RankBatchSampler(sampler, rank, cfg.clips_per_batch),

@@ -63,7 +63,12 @@ def test_key_census_after_sessions_end(tmp_path: Path, video_frames: list[np.nda
         assert _our_keys(client) == {}
     finally:
         worker.terminate()
-        worker.communicate(timeout=60)
+        try:
+            worker.communicate(timeout=60)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
         client.close()
         server.terminate()
         server.wait(timeout=30)

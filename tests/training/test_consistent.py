@@ -219,3 +219,16 @@ def test_cl_matching_recovers_slots_including_dummies() -> None:
         )
     s2q = cl_slot_to_query(logits, mask_logits, labels, masks, MatchCosts(num_points=256))
     assert s2q.tolist() == [perm.tolist()] * t_len
+
+
+def test_fusion_window_limits_the_similarity_average() -> None:
+    """``fusion_window=K`` = the inference cache: beta averages the K latest raw embeddings."""
+    embeds, s2q = _clip(7)
+    bank = build_clip_bank(embeds, s2q, VALID, ClConfig(fusion_window=2))
+    raws = [embeds[t, s2q[t, 0]] for t in range(7) if VALID[t, 0]]
+    ma = raws[0]
+    for k in range(1, len(raws)):
+        window = raws[max(0, k - 2) : k]
+        cos = torch.stack([F.cosine_similarity(r, raws[k], dim=0) for r in window]).mean()
+        ma = (1 - cos.clamp_min(0)) * ma + cos.clamp_min(0) * raws[k]
+    torch.testing.assert_close(bank.fused[-1, 0], ma, atol=1e-5, rtol=1e-5)

@@ -114,3 +114,20 @@ def test_gradient_accumulation(tmp_path: Path) -> None:
     cfg = small_config("optim.max_iter=2", "optim.grad_accum=2", "data.clips_per_batch=1")
     result = train(cfg, tmp_path / "accum")
     assert result.iteration == 2 and all(np.isfinite(result.losses))
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [
+        ("cl.cl_match=criterion_padded", "cl.positive_mode=latest", "cl.detach_memory=true"),
+        ("cl.noise_prob=0.5", "cl.noise_source=other_instances", "cl.negative_major=memory_ma"),
+        ("cl.negative_supplementary=global", "cl.num_negatives=4", "cl.fix_future_guard=true"),
+        ("cl.enabled=false", "loss.deep_supervision=false"),
+    ],
+)
+def test_ablation_switches_train(tmp_path: Path, switches: tuple[str, ...]) -> None:
+    result = train(small_config("optim.max_iter=1", *switches), tmp_path / "ablation")
+    assert result.iteration == 1 and np.isfinite(result.losses[0])
+    record = _log(tmp_path / "ablation")[0]
+    assert ("loss_reid" in record) == ("cl.enabled=false" not in switches)
+    assert ("loss_ce_0" in record) == ("loss.deep_supervision=false" not in switches)
