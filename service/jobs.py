@@ -53,7 +53,8 @@ def validate_upload(input_path: Path, options: JobOptions, max_frames: int) -> i
         source = FrameSource(input_path, options.frame_stride, limit)
         full = FrameSource(input_path, options.frame_stride, None).num_frames
     except VideoReadError as exc:
-        raise ApiError(415, "unsupported_video", f"cannot read the video: {exc}") from exc
+        reason = str(exc).replace(str(input_path), "the upload")  # never leak server paths
+        raise ApiError(415, "unsupported_video", f"cannot read the video: {reason}") from exc
     if options.max_frames is None and full is not None and full > max_frames:
         raise ApiError(
             422,
