@@ -168,7 +168,7 @@ def build_clip_bank(
             noise[s] = rows[-1] is not None
         present = torch.tensor([r is not None for r in rows], dtype=torch.bool)
         zero = embeds.new_zeros(d)
-        frame_raw = torch.stack([zero if r is None else r for r in rows])
+        frame_raw = torch.stack([zero if r is None else r for r in rows] or [zero])[:s_len]
         slots = torch.nonzero(present).flatten().to(embeds.device)
         written = frame_raw[present.to(embeds.device)]
         if cfg.detach_memory:

@@ -62,13 +62,13 @@ def test_key_census_after_sessions_end(tmp_path: Path, video_frames: list[np.nda
         time.sleep(1.0)  # a running worker must not bring the expired stream back
         assert _our_keys(client) == {}
     finally:
-        worker.terminate()
         try:
+            worker.terminate()
             worker.communicate(timeout=60)
         finally:
             if worker.poll() is None:
                 worker.kill()
                 worker.communicate()
-        client.close()
-        server.terminate()
-        server.wait(timeout=30)
+            client.close()
+            server.terminate()
+            server.wait(timeout=30)

@@ -193,3 +193,36 @@ def test_metrics_count_frames(client: TestClient, video_frames: list[np.ndarray]
     text = client.get("/metrics").text
     assert 'ctvis_frames_total{path="http"} 1.0' in text
     assert "ctvis_batch_size_count 1.0" in text
+
+
+def test_expired_session_is_404(video_frames: list[np.ndarray]) -> None:
+    import time
+
+    with TestClient(create_app(Settings(session_ttl_s=1))) as c:
+        sid, token = _session(c)
+        time.sleep(1.3)
+        resp = c.post(
+            f"/v1/sessions/{sid}/frames",
+            content=png_bytes(video_frames[0]),
+            headers={"X-Session-Token": token},
+        )
+        assert resp.status_code == 404 and resp.json()["code"] == "session_not_found"
+
+
+def test_disconnect_mid_frame_leaves_a_consistent_session(
+    client: TestClient, video_frames: list[np.ndarray]
+) -> None:
+    sid, token = _session(client)
+    url = f"/v1/sessions/{sid}/stream?token={token}"
+    with client.websocket_connect(url) as ws:
+        ws.send_bytes(png_bytes(video_frames[0]))
+        # leave without reading the reply: the frame may or may not have been applied
+    hdr = {"X-Session-Token": token}
+    done = client.get(f"/v1/sessions/{sid}", headers=hdr).json()["frame_index"]
+    assert done in (0, 1)
+    with client.websocket_connect(url) as ws:
+        for f in video_frames[done:3]:
+            ws.send_bytes(png_bytes(f))
+            assert ws.receive_json()["frame_index"] == done
+            done += 1
+    assert client.get(f"/v1/sessions/{sid}", headers=hdr).json()["frame_index"] == 3

@@ -232,3 +232,11 @@ def test_fusion_window_limits_the_similarity_average() -> None:
         cos = torch.stack([F.cosine_similarity(r, raws[k], dim=0) for r in window]).mean()
         ma = (1 - cos.clamp_min(0)) * ma + cos.clamp_min(0) * raws[k]
     torch.testing.assert_close(bank.fused[-1, 0], ma, atol=1e-5, rtol=1e-5)
+
+
+def test_clip_without_instances_has_no_items() -> None:
+    embeds = torch.randn(3, Q, D)
+    empty = torch.zeros(3, 0, dtype=torch.int64)
+    bank = build_clip_bank(embeds, empty, empty.bool(), ClConfig(noise_prob=1.0))
+    assert bank.raw.shape == (3, 0, D) and bank.fused.shape == (3, 0, D)
+    assert clip_items(embeds, empty, empty.bool(), ClConfig()) == []
