@@ -29,10 +29,15 @@ class SemSegHead(nn.Module):
         self.pixel_decoder = pixel_decoder
         self.predictor = predictor
 
-    def forward(self, features: dict[str, torch.Tensor]) -> list[Prediction]:
-        """Args: features backbone maps res2..res5. Returns: the decoder's predictions."""
+    def forward(
+        self, features: dict[str, torch.Tensor], final_only: bool = False
+    ) -> list[Prediction]:
+        """Args: features backbone maps res2..res5; final_only: see the predictor.
+
+        Returns: the decoder's predictions.
+        """
         mask_features, multi_scale = self.pixel_decoder(features)
-        return self.predictor(multi_scale, mask_features)
+        return self.predictor(multi_scale, mask_features, final_only=final_only)
 
 
 class Segmenter(nn.Module):
@@ -69,7 +74,7 @@ class Segmenter(nn.Module):
             pred_embeds BxQxD, pred_queries BxQxC and, if requested, the ``dec_layers``
             earlier predictions (learnable queries first).
         """
-        predictions = self.sem_seg_head(self.backbone(pixels))
+        predictions = self.sem_seg_head(self.backbone(pixels), final_only=not return_aux)
         return self._to_outputs(predictions, return_aux)
 
     def forward_intermediates(self, pixels: torch.Tensor) -> dict[str, Any]:

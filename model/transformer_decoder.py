@@ -7,6 +7,8 @@ Parameter names match ``sem_seg_head.predictor.*`` of the official
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -193,19 +195,91 @@ class MaskedTransformerDecoder(nn.Module):
         blocked = blocked.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1)
         return blocked.detach()
 
+    def low_res_attention_mask(
+        self, output: torch.Tensor, features_at: torch.Tensor
+    ) -> torch.Tensor:
+        """``attention_mask`` computed at the target size directly (inference shortcut).
+
+        Bilinear resizing is linear, so resizing the mask features first and taking the
+        per-query product there equals resizing the full-resolution mask logits, up to float
+        rounding, at a fraction of the cost (the 1/4-resolution product is skipped).
+
+        Args:
+            output: QxBxC query features.
+            features_at: BxMxH_lxW_l mask features resized to the next level's size.
+
+        Returns:
+            (B*heads)xQx(H_l*W_l) bool, True = blocked.
+        """
+        mask_embed = self.mask_embed(self.decoder_norm(output).transpose(0, 1))
+        logits = torch.einsum("bqc,bchw->bqhw", mask_embed, features_at)
+        blocked = logits.sigmoid().flatten(2) < 0.5
+        blocked = blocked & ~blocked.all(-1, keepdim=True)
+        blocked = blocked.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1)
+        return blocked.detach()
+
     def forward(
-        self, features: list[torch.Tensor], mask_features: torch.Tensor
+        self, features: list[torch.Tensor], mask_features: torch.Tensor, final_only: bool = False
     ) -> list[Prediction]:
         """Run the decoder.
 
         Args:
             features: three BxCxH_lxW_l maps ordered /32, /16, /8.
             mask_features: BxMx(H/4)x(W/4).
+            final_only: skip the earlier predictions (inference without deep supervision):
+                attention masks are computed at the level sizes directly.
 
         Returns:
             ``dec_layers + 1`` predictions (see ``prediction_heads``); the first comes from the
-            learnable queries alone, the last is the final output.
+            learnable queries alone, the last is the final output. With ``final_only`` only
+            the final prediction.
         """
+        if final_only:
+            return self._forward_final_only(features, mask_features)
+        srcs, poses, sizes, query_pos, output = self._inputs(features)
+        predictions = [self.prediction_heads(output, mask_features)]
+        attn_mask = self.attention_mask(predictions[0]["pred_masks"], sizes[0])
+        for i in range(self.num_layers):
+            output = self._layer(i, output, srcs, poses, query_pos, attn_mask)
+            predictions.append(self.prediction_heads(output, mask_features))
+            if i + 1 < self.num_layers:
+                next_size = sizes[(i + 1) % self.num_feature_levels]
+                attn_mask = self.attention_mask(predictions[-1]["pred_masks"], next_size)
+        return predictions
+
+    def _forward_final_only(
+        self, features: list[torch.Tensor], mask_features: torch.Tensor
+    ) -> list[Prediction]:
+        srcs, poses, sizes, query_pos, output = self._inputs(features)
+        resized = [
+            F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False)
+            for size in sizes
+        ]
+        attn_mask = self.low_res_attention_mask(output, resized[0])
+        for i in range(self.num_layers):
+            output = self._layer(i, output, srcs, poses, query_pos, attn_mask)
+            if i + 1 < self.num_layers:
+                level = (i + 1) % self.num_feature_levels
+                attn_mask = self.low_res_attention_mask(output, resized[level])
+        return [self.prediction_heads(output, mask_features)]
+
+    def _layer(
+        self,
+        i: int,
+        output: torch.Tensor,
+        srcs: list[torch.Tensor],
+        poses: list[torch.Tensor],
+        query_pos: torch.Tensor,
+        attn_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        level = i % self.num_feature_levels
+        output = self.transformer_cross_attention_layers[i](
+            output, srcs[level], attn_mask, poses[level], query_pos
+        )
+        output = self.transformer_self_attention_layers[i](output, query_pos)
+        return self.transformer_ffn_layers[i](output)
+
+    def _inputs(self, features: list[torch.Tensor]) -> tuple[Any, Any, Any, Any, Any]:
         srcs, poses, sizes = [], [], []
         for level, x in enumerate(features):
             sizes.append((x.shape[-2], x.shape[-1]))  # no int(): keeps ONNX H/W dynamic
@@ -217,17 +291,4 @@ class MaskedTransformerDecoder(nn.Module):
         batch = srcs[0].shape[1]
         query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, batch, 1)
         output = self.query_feat.weight.unsqueeze(1).repeat(1, batch, 1)
-        predictions = [self.prediction_heads(output, mask_features)]
-        attn_mask = self.attention_mask(predictions[0]["pred_masks"], sizes[0])
-        for i in range(self.num_layers):
-            level = i % self.num_feature_levels
-            output = self.transformer_cross_attention_layers[i](
-                output, srcs[level], attn_mask, poses[level], query_pos
-            )
-            output = self.transformer_self_attention_layers[i](output, query_pos)
-            output = self.transformer_ffn_layers[i](output)
-            predictions.append(self.prediction_heads(output, mask_features))
-            if i + 1 < self.num_layers:
-                next_size = sizes[(i + 1) % self.num_feature_levels]
-                attn_mask = self.attention_mask(predictions[-1]["pred_masks"], next_size)
-        return predictions
+        return srcs, poses, sizes, query_pos, output
