@@ -67,25 +67,36 @@ def assign_greedy(
     out = np.full(n, -1, dtype=np.int64)
     if n == 0 or m == 0:
         return out
-    scores = np.array(match, dtype=np.float32, copy=True)
+    scores = np.asarray(match, dtype=np.float32)
     weights = exist_frames.astype(np.float32)
-    # Zeroing columns only lowers values, so a row whose initial max is not above the
-    # threshold can never match; skip it.
-    for i in np.flatnonzero(scores.max(axis=1) > threshold):
-        row = scores[i]
-        above = row > threshold
-        if frame_weight and np.count_nonzero(above) > 1:
-            w_above = weights[above]
-            weighted = row * np.float32(w_above.mean(dtype=np.float32))
-            weighted[above] = row[above] * w_above
-            j = int(weighted.argmax())
-            conf = weighted[j]
-        else:
-            j = int(row.argmax())
-            conf = row[j]
-        if conf > threshold:
+    above_all = scores > threshold
+    taken = np.zeros(m, dtype=bool)
+    # Zeroing claimed columns only lowers values, so a row with no entry above the threshold
+    # among unclaimed columns can never match, and a row with exactly one matches it (it is
+    # the row's unique maximum). Only rows with several candidates need the weighting, which
+    # runs on the row with claimed columns zeroed, exactly as the reference mutates it.
+    for i in np.flatnonzero(above_all.any(axis=1)).tolist():
+        cols = [j for j in np.flatnonzero(above_all[i]).tolist() if not taken[j]]
+        if not cols:
+            continue
+        if len(cols) == 1 or not frame_weight:
+            if len(cols) == 1:
+                j = cols[0]
+            else:
+                row = np.where(taken, np.float32(0.0), scores[i])
+                j = int(row.argmax())
             out[i] = j
-            scores[:, j] = 0.0
+            taken[j] = True
+            continue
+        row = np.where(taken, np.float32(0.0), scores[i])
+        above = row > threshold
+        w_above = weights[above]
+        weighted = row * np.float32(w_above.mean(dtype=np.float32))
+        weighted[above] = row[above] * w_above
+        j = int(weighted.argmax())
+        if weighted[j] > threshold:
+            out[i] = j
+            taken[j] = True
     return out
 
 

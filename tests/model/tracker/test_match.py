@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from model.config import TrackerConfig
@@ -66,3 +67,42 @@ def test_hungarian_maximises_total() -> None:
         -1,
         -1,
     ]
+
+
+def _reference_greedy(
+    match: np.ndarray, exist_frames: np.ndarray, threshold: float, frame_weight: bool
+) -> np.ndarray:
+    """Line-by-line transcription of the official loop (column zeroing in place)."""
+    scores = np.array(match, dtype=np.float32, copy=True)
+    weights = exist_frames.astype(np.float32)
+    out = np.full(scores.shape[0], -1, dtype=np.int64)
+    for i in range(scores.shape[0]):
+        row = scores[i]
+        above = row > threshold
+        if frame_weight and np.count_nonzero(above) > 1:
+            w_above = weights[above]
+            weighted = row * np.float32(w_above.mean(dtype=np.float32))
+            weighted[above] = row[above] * w_above
+            j = int(weighted.argmax())
+            conf = weighted[j]
+        else:
+            j = int(row.argmax())
+            conf = row[j]
+        if conf > threshold:
+            out[i] = j
+            scores[:, j] = 0.0
+    return out
+
+
+@pytest.mark.parametrize("frame_weight", [True, False])
+def test_fast_greedy_equals_the_reference_loop(frame_weight: bool) -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        n, m = int(rng.integers(1, 30)), int(rng.integers(1, 30))
+        match = rng.random((n, m), dtype=np.float32) ** float(rng.uniform(0.5, 4))
+        if trial % 3 == 0:  # many ties and near-threshold values
+            match = np.round(match * 4) / 4
+        frames = rng.integers(1, 60, size=m)
+        got = assign_greedy(match, frames, 0.3, frame_weight)
+        want = _reference_greedy(match, frames, 0.3, frame_weight)
+        np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}")
