@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,16 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start uvicorn with ``service.main.create_app``; returns when the server stops."""
-    import logging
-
     import uvicorn
 
+    from cli.common import load_settings
     from service.main import create_app
-    from service.settings import Settings
 
-    overrides = {
-        key: value
-        for key, value in {
+    settings = load_settings(
+        "serve",
+        {
             "host": args.host,
             "port": args.port,
             "checkpoint": args.checkpoint,
@@ -42,17 +39,10 @@ def run(args: argparse.Namespace) -> int:
             "device": args.device,
             "log_level": args.log_level,
             "worker": False if args.no_worker else None,
-        }.items()
-        if value is not None
-    }
-    try:
-        settings = Settings(**overrides)
-    except ValueError as exc:
-        print(f"ctvis serve: invalid settings: {exc}", file=sys.stderr)
-        return 1
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+        },
     )
+    if settings is None:
+        return 1
     store = settings.redis_url or "in-process store"
     model = settings.checkpoint or "bundled tiny preset (random weights)"
     url = f"http://{settings.host}:{settings.port}"

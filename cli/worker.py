@@ -32,19 +32,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve frames until SIGTERM / SIGINT, then finish the current batch and exit 0."""
     import asyncio
-    import logging
     import signal
 
+    from cli.common import load_settings
     from service.engine import Engine, FaultInjection
     from service.jobqueue import JobWorker, run_job_worker
     from service.metrics import Metrics
     from service.models import load_served_model
     from service.remote import run_worker
-    from service.settings import Settings, job_dir
+    from service.settings import job_dir
 
-    overrides = {
-        key: value
-        for key, value in {
+    settings = load_settings(
+        "worker",
+        {
             "redis_url": args.redis_url,
             "checkpoint": args.checkpoint,
             "device": args.device,
@@ -53,20 +53,13 @@ def run(args: argparse.Namespace) -> int:
             "job_dir": args.job_dir,
             "claim_idle_ms": args.claim_idle_ms,
             "log_level": args.log_level,
-        }.items()
-        if value is not None
-    }
-    try:
-        settings = Settings(**overrides)
-    except ValueError as exc:
-        print(f"ctvis worker: invalid settings: {exc}", file=sys.stderr)
+        },
+    )
+    if settings is None:
         return 1
     if not settings.redis_url:
         print("ctvis worker: --redis-url (or CTVIS_REDIS_URL) is required", file=sys.stderr)
         return 1
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
     served = load_served_model(settings.checkpoint, settings.device)
     metrics = Metrics()
     if args.metrics_port:

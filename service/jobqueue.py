@@ -35,7 +35,7 @@ from service.jobs import (
     new_job_dir,
     run_video_job,
     status_payload,
-    validate_upload,
+    validate_or_discard,
     write_atomic,
 )
 from service.metrics import Metrics
@@ -98,13 +98,7 @@ class RedisJobManager:
     async def create(
         self, job_id: str, workdir: Path, options: JobOptions, owner: str | None
     ) -> dict[str, Any]:
-        try:
-            total = await asyncio.to_thread(
-                validate_upload, workdir / "input", options, self.max_frames
-            )
-        except ApiError:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
+        total = await validate_or_discard(workdir, options, self.max_frames)
         fields = {"state": "queued", "frames_total": total, "frames_done": 0,
                   "options": asdict(options), "owner": owner or "", "attempts": 0,
                   "created_at": time.time(), "cancel": 0, "error": None}  # fmt: skip

@@ -66,6 +66,16 @@ def validate_upload(input_path: Path, options: JobOptions, max_frames: int) -> i
     return source.num_frames
 
 
+async def validate_or_discard(workdir: Path, options: JobOptions, max_frames: int) -> int | None:
+    """``validate_upload`` of ``workdir/input`` off the event loop; unusable uploads are
+    deleted with their directory before the error propagates."""
+    try:
+        return await asyncio.to_thread(validate_upload, workdir / "input", options, max_frames)
+    except ApiError:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
 def run_video_job(
     served: ServedModel,
     workdir: Path,
@@ -194,13 +204,7 @@ class LocalJobManager:
         self, job_id: str, workdir: Path, options: JobOptions, owner: str | None
     ) -> dict[str, Any]:
         """Validate the upload in ``workdir/input`` and start the job."""
-        try:
-            total = await asyncio.to_thread(
-                validate_upload, workdir / "input", options, self.max_frames
-            )
-        except ApiError:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
+        total = await validate_or_discard(workdir, options, self.max_frames)
         job = _LocalJob(job_id, owner, options, workdir)
         job.fields = {"state": "queued", "frames_total": total, "options": asdict(options),
                       "created_at": time.time(), "attempts": 0}  # fmt: skip
