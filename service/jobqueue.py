@@ -4,7 +4,8 @@ The API stores the upload under ``job_dir/<job>/input`` (a directory every API r
 worker shares), records the job in the Redis hash ``ctvis:job:<job>`` (with a TTL) and appends
 its id to the jobs stream. A worker claims it through the consumer group, runs
 ``service.jobs.run_video_job`` and, every few clips, writes a progress checkpoint
-(``progress.bin``: tracker state + accumulated tracks) and heart-beats its claim. If the worker
+(the ``progress`` field of the job hash: frame cursor, tracker state and the tracks
+accumulated so far) and heart-beats its claim. If the worker
 dies, another claims the job after ``job_claim_idle_ms`` and resumes from the checkpoint; the
 result equals an uninterrupted run's exactly. A job that fails ``max_job_attempts`` times moves
 to ``dead_letter`` with its error. Results are written once, atomically.
@@ -36,7 +37,6 @@ from service.jobs import (
     run_video_job,
     status_payload,
     validate_or_discard,
-    write_atomic,
 )
 from service.metrics import Metrics
 from service.models import ServedModel
@@ -47,11 +47,15 @@ JOB_KEY = "ctvis:job:{job_id}"
 JOBS_STREAM = "ctvis:jobs"
 JOB_GROUP = "ctvis-job-workers"
 _JSON_FIELDS = ("options", "error")
+_STATUS_FIELDS = ("state", "frames_total", "frames_done", "options", "owner", "attempts",
+                  "created_at", "started_at", "finished_at", "error", "cancel")  # fmt: skip
 
 
 def _decode(raw: dict[bytes, bytes]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in raw.items():
+        if k == b"progress":
+            continue  # binary checkpoint, read on its own
         key, text = k.decode(), v.decode()
         if key in _JSON_FIELDS:
             out[key] = json.loads(text)
@@ -112,7 +116,11 @@ class RedisJobManager:
         return status_payload(job_id, fields)
 
     async def _fields(self, job_id: str, owner: str | None) -> dict[str, Any]:
-        raw = await self._call(self._client.hgetall(JOB_KEY.format(job_id=job_id)))
+        # HMGET the small fields only: the hash also holds the (large) progress checkpoint
+        values = await self._call(
+            self._client.hmget(JOB_KEY.format(job_id=job_id), list(_STATUS_FIELDS))
+        )
+        raw = {k.encode(): v for k, v in zip(_STATUS_FIELDS, values, strict=True) if v is not None}
         fields = _decode(raw) if raw else None
         if fields is None or (fields.get("owner") or None) != owner:
             raise ApiError(404, "job_not_found", f"video job {job_id} not found")
@@ -240,8 +248,7 @@ class JobWorker:
             error = fields.get("error") or {"code": "job_failed", "message": "too many attempts"}
             return self._final(entry_id, job_id, "dead_letter", error)
         workdir = self.root / job_id
-        progress_file = workdir / "progress.bin"
-        resume = progress_file.read_bytes() if progress_file.exists() else None
+        resume = self.client.hget(key, "progress")
         self._update(
             job_id,
             state="running",
@@ -265,7 +272,10 @@ class JobWorker:
                 )
 
         def checkpoint(done: int, payload: bytes) -> None:
-            write_atomic(progress_file, payload)
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(key, "progress", payload)
+            pipe.expire(key, self.ttl_s)
+            pipe.execute()
 
         def should_stop() -> bool:
             if stop.is_set():
@@ -308,7 +318,7 @@ class JobWorker:
     def _final(self, entry_id: bytes, job_id: str, state: str, error: Any) -> str:
         self._update(job_id, state=state, error=error, finished_at=time.time())
         (self.root / job_id / "input").unlink(missing_ok=True)
-        (self.root / job_id / "progress.bin").unlink(missing_ok=True)
+        self.client.hdel(JOB_KEY.format(job_id=job_id), "progress")
         self._done(entry_id)
         if self.metrics is not None:
             self.metrics.jobs.labels(state).inc()

@@ -117,8 +117,12 @@ def test_job_resumes_exactly_after_its_worker_dies(tmp_path: Path, long_video: P
             key = f"ctvis:job:{job_id}"
             import redis
 
-            resumed = int(redis.Redis.from_url(REDIS_URL).hget(key, "resumed_from") or 0)
+            client = redis.Redis.from_url(REDIS_URL)
+            resumed = int(client.hget(key, "resumed_from") or 0)
             assert resumed >= 10  # continued from a checkpoint, did not start over
+            assert client.hget(key, "progress") is None  # checkpoint dropped once done
+            assert client.ttl(key) > 0
+            client.close()
     finally:
         workers.stop()
 
