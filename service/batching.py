@@ -61,6 +61,7 @@ class BatchQueue(Generic[In, Out]):
         self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._last_size = 0
 
     @property
     def depth(self) -> int:
@@ -95,6 +96,12 @@ class BatchQueue(Generic[In, Out]):
 
     async def _collect(self) -> list[_Pending[In, Out]]:
         batch = [await self._queue.get()]
+        if self._last_size <= 1 and self._queue.empty():
+            # A lone caller (the last batch had one item and nobody else is waiting) runs at
+            # once instead of paying max_wait for company that is not coming. Under
+            # concurrent load batches are larger than one, so waiting resumes.
+            self._last_size = 1
+            return batch
         deadline = time.monotonic() + self.max_wait_s
         while len(batch) < self.max_batch_size:
             remaining = deadline - time.monotonic()
@@ -106,6 +113,7 @@ class BatchQueue(Generic[In, Out]):
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
             except TimeoutError:
                 break
+        self._last_size = len(batch)
         return [p for p in batch if not p.future.cancelled()]
 
     async def _consume(self) -> None:

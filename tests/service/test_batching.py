@@ -71,3 +71,18 @@ def test_rejects_bad_batch_size() -> None:
 
     with pytest.raises(ValueError):
         BatchQueue(ident, max_batch_size=0)
+
+
+async def test_lone_caller_does_not_wait_for_company() -> None:
+    import time
+
+    async def ident(items: list[int]) -> list[int]:
+        return items
+
+    q: BatchQueue[int, int] = BatchQueue(ident, max_batch_size=8, max_wait_s=0.5)
+    q.start()
+    t0 = time.monotonic()
+    for i in range(5):
+        assert await q.submit(i) == i
+    await q.close()
+    assert time.monotonic() - t0 < 0.5  # five sequential calls, none waited max_wait
