@@ -199,11 +199,13 @@ class MSDeformAttnPixelDecoder(nn.Module):
         for name in self.encoder_features:
             conv = nn.Conv2d(in_channels[name], conv_dim, kernel_size=1)
             nn.init.xavier_uniform_(conv.weight, gain=1)
+            assert conv.bias is not None  # Conv2d(bias=True) default
             nn.init.constant_(conv.bias, 0)
             self.input_proj.append(nn.Sequential(conv, nn.GroupNorm(32, conv_dim)))
         self.transformer = DeformableEncoder(conv_dim, ffn_dim, num_layers, num_heads, num_points)
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, kernel_size=1)
         nn.init.kaiming_uniform_(self.mask_features.weight, a=1)
+        assert self.mask_features.bias is not None  # Conv2d(bias=True) default
         nn.init.constant_(self.mask_features.bias, 0)
         # one FPN level (res2, stride 4)
         self.adapter_1 = ConvGroupNorm(in_channels["res2"], conv_dim, 1)

@@ -148,6 +148,7 @@ class MaskedTransformerDecoder(nn.Module):
             if in_channels != hidden_dim:
                 conv = nn.Conv2d(in_channels, hidden_dim, kernel_size=1)
                 nn.init.kaiming_uniform_(conv.weight, a=1)
+                assert conv.bias is not None  # Conv2d(bias=True) default
                 nn.init.constant_(conv.bias, 0)
                 self.input_proj.append(conv)
             else:

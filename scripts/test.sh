@@ -18,6 +18,8 @@ echo "[test] ruff format --check"
 ruff format --check .
 echo "[test] import contracts"
 lint-imports
+echo "[test] mypy"
+mypy model/tracker service
 echo "[test] pytest"
 set +e
 python -m pytest "$@"

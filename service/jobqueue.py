@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from model.runner import Cancelled, progress_frames
 from model.video_io import VideoReadError
@@ -40,6 +40,9 @@ from service.jobs import (
 )
 from service.metrics import Metrics
 from service.models import ServedModel
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
 
 log = logging.getLogger("ctvis.jobs")
 
@@ -68,7 +71,7 @@ def _decode(raw: dict[bytes, bytes]) -> dict[str, Any]:
     return out
 
 
-def _encode(fields: dict[str, Any]) -> dict[str, str]:
+def _encode(fields: dict[str, Any]) -> dict[FieldT, EncodableT]:
     return {
         k: json.dumps(v) if k in _JSON_FIELDS else ("" if v is None else str(v))
         for k, v in fields.items()
@@ -206,13 +209,20 @@ class JobWorker:
             time.sleep(block_ms / 1000)
             return None
         try:
-            claimed = self.client.xautoclaim(
-                self.stream, JOB_GROUP, self.consumer, self.claim_idle_ms, "0-0", count=1
+            # decode_responses is off: ids and fields are bytes
+            claimed = cast(
+                "list[Any]",
+                self.client.xautoclaim(
+                    self.stream, JOB_GROUP, self.consumer, self.claim_idle_ms, "0-0", count=1
+                ),
             )
-            entries = [e for e in claimed[1] if e[1]]
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = [e for e in claimed[1] if e[1]]
             if not entries:
-                got = self.client.xreadgroup(
-                    JOB_GROUP, self.consumer, {self.stream: ">"}, count=1, block=block_ms
+                got = cast(
+                    "list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]",
+                    self.client.xreadgroup(
+                        JOB_GROUP, self.consumer, {self.stream: ">"}, count=1, block=block_ms
+                    ),
                 )
                 entries = got[0][1] if got else []
         except redis.ResponseError as exc:
@@ -238,7 +248,7 @@ class JobWorker:
     def run_one(self, entry_id: bytes, job_id: str, stop: threading.Event) -> str:
         """Run (or resume) one claimed job; returns its new state."""
         key = JOB_KEY.format(job_id=job_id)
-        raw = self.client.hgetall(key)
+        raw = cast("dict[bytes, bytes]", self.client.hgetall(key))  # bytes: no decode_responses
         if not raw or _decode(raw)["state"] in FINAL_STATES:
             self._done(entry_id)  # expired, finished or deleted: nothing to do
             return "gone"
@@ -248,7 +258,7 @@ class JobWorker:
             error = fields.get("error") or {"code": "job_failed", "message": "too many attempts"}
             return self._final(entry_id, job_id, "dead_letter", error)
         workdir = self.root / job_id
-        resume = self.client.hget(key, "progress")
+        resume = cast("bytes | None", self.client.hget(key, "progress"))
         self._update(
             job_id,
             state="running",

@@ -18,7 +18,7 @@ import socket
 import struct
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from service.auth import new_id
 from service.engine import Engine, FrameItem, FrameOutcome
 from service.errors import ApiError
 from service.metrics import Metrics
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
 
 log = logging.getLogger("ctvis.worker")
 
@@ -45,7 +48,7 @@ class WorkerLost(RuntimeError):
     """The frame's worker died and the one retry on another worker died too (retryable)."""
 
 
-def encode_item(item: FrameItem, model_id: str, request_id: str) -> dict[str, bytes | str]:
+def encode_item(item: FrameItem, model_id: str, request_id: str) -> dict[FieldT, EncodableT]:
     """Stream fields of one frame request."""
     h, w = item.frame.shape[:2]
     return {
@@ -149,8 +152,12 @@ class RedisFrameQueue:
                 await pipe.execute()
             self.depth += 1
             try:
-                reply = await self._client.blpop(
-                    [REPLY_KEY.format(request_id=request_id)], timeout=self.timeout_s
+                # decode_responses is off: (key, value) as bytes, or None on timeout
+                reply = cast(
+                    "tuple[bytes, bytes] | None",
+                    await self._client.blpop(
+                        [REPLY_KEY.format(request_id=request_id)], timeout=self.timeout_s
+                    ),
                 )
             finally:
                 self.depth -= 1
@@ -199,7 +206,8 @@ async def _claim_stale(
         stream, WORKER_GROUP, consumer, min_idle_time=idle_ms, start_id="0-0", count=count
     )
     entries = [(eid, fields) for eid, fields in claimed[1] if fields]
-    retry, lost = [], []
+    retry: list[tuple[bytes, dict[bytes, bytes]]] = []
+    lost: list[tuple[bytes, dict[bytes, bytes]]] = []
     for eid, fields in entries:
         info = await client.xpending_range(stream, WORKER_GROUP, min=eid, max=eid, count=1)
         deliveries = int(info[0]["times_delivered"]) if info else 1

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -267,7 +267,10 @@ class SessionService:
                 category_name=cfg.class_name(inst.label),
                 score=inst.score,
                 bbox=inst.bbox,
-                segmentation=RLE(size=tuple(inst.rle["size"]), counts=str(inst.rle["counts"])),
+                segmentation=RLE(
+                    size=tuple(cast("list[int]", inst.rle["size"])),
+                    counts=str(inst.rle["counts"]),
+                ),
             )
             for inst in outcome.instances
         ]

@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 KEY_PREFIX = "ctvis:"
 SESSION_KEY = KEY_PREFIX + "session:{session_id}"  # hash: meta, state, frame_index
@@ -176,7 +176,11 @@ class RedisStore:
             await pipe.execute()
 
     async def load(self, session_id: str) -> SessionRecord | None:
-        raw = await self._client.hgetall(SESSION_KEY.format(session_id=session_id))
+        # decode_responses is off: the client returns bytes
+        raw = cast(
+            "dict[bytes, bytes]",
+            await self._client.hgetall(SESSION_KEY.format(session_id=session_id)),
+        )
         if not raw:
             return None
         return SessionRecord(

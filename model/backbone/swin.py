@@ -138,6 +138,8 @@ class Mlp(nn.Module):
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside a window, with a learned relative position bias."""
 
+    relative_position_index: Tensor  # registered buffer (typed for mypy)
+
     def __init__(self, dim: int, window_size: int, num_heads: int) -> None:
         super().__init__()
         self.window_size = window_size

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
@@ -13,7 +13,9 @@ from service.frames import decode_image, decode_raw_rgb
 from service.schemas import ErrorOut, FrameResult, SessionCreate, SessionCreated, SessionInfo
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
-ERRORS = {code: {"model": ErrorOut} for code in (401, 404, 409, 413, 415, 422, 429, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (401, 404, 409, 413, 415, 422, 429, 503)
+}
 
 TokenHeader = Annotated[
     str | None, Header(alias="X-Session-Token", description="token from POST /v1/sessions")

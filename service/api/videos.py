@@ -17,7 +17,9 @@ from service.jobs import FINAL_STATES, JobOptions
 from service.schemas import ErrorOut
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
-ERRORS = {code: {"model": ErrorOut} for code in (401, 404, 409, 413, 415, 422)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (401, 404, 409, 413, 415, 422)
+}
 CHUNK = 1 << 20
 
 
