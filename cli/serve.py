@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,9 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start uvicorn with ``service.main.create_app``; returns when the server stops."""
+    import asyncio
+
     import uvicorn
 
     from cli.common import load_settings
+    from service.api.ws import close_all_for_restart
     from service.main import create_app
 
     settings = load_settings(
@@ -48,13 +52,25 @@ def run(args: argparse.Namespace) -> int:
     url = f"http://{settings.host}:{settings.port}"
     print(f"ctvis serve: {url}  (model: {model}; sessions: {store})")
     print(f"ctvis serve: API docs at {url}/docs", flush=True)
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        # On SIGTERM uvicorn stops accepting, closes WebSockets with 1012 (service restart:
-        # reconnect) and gives in-flight requests this long to finish.
+        # On SIGTERM uvicorn stops accepting and gives in-flight requests this long to finish.
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
     )
+
+    class GracefulServer(uvicorn.Server):
+        """On SIGTERM/SIGINT, first close live WebSockets with 1012 and a reconnect hint."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            sockets = app.state.websockets
+            if sockets and not self.should_exit:
+                loop = asyncio.get_event_loop()
+                loop.call_soon_threadsafe(lambda: loop.create_task(close_all_for_restart(sockets)))
+            super().handle_exit(sig, frame)
+
+    GracefulServer(config).run()
     return 0

@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.state.api_key_digests = parse_api_keys(settings.api_keys)
+    app.state.websockets = set()
     secured = [Depends(require_api_key)]
     app.include_router(session_routes.router, dependencies=secured)
     app.include_router(video_routes.router, dependencies=secured)

@@ -29,6 +29,15 @@ from service.sessions import SessionService
 
 router = APIRouter()
 _END = object()
+RESTART_CODE = 1012  # "service restart": reconnect (to any replica) and continue
+RESTART_REASON = "server restarting; reconnect to continue this session"
+
+
+async def close_all_for_restart(open_sockets: set[WebSocket]) -> None:
+    """Close every live stream with 1012 and a reconnect hint (called on SIGTERM)."""
+    for ws in list(open_sockets):
+        with contextlib.suppress(Exception):
+            await ws.close(code=RESTART_CODE, reason=RESTART_REASON)
 
 
 @dataclass
@@ -59,8 +68,24 @@ async def stream(ws: WebSocket, session_id: str) -> None:
         await ws.close(code=1008 if exc.status in (401, 404, 409) else 1011, reason=exc.code)
         return
     await ws.accept()
-    policy = record.meta.get("backpressure", "block")
-    queue: asyncio.Queue[_Queued | object] = asyncio.Queue(int(record.meta.get("queue_size", 4)))
+    open_sockets: set[WebSocket] = ws.app.state.websockets
+    open_sockets.add(ws)
+    try:
+        await _serve(ws, sessions, session_id, token, record.meta)
+    finally:
+        open_sockets.discard(ws)
+
+
+async def _serve(
+    ws: WebSocket,
+    sessions: SessionService,
+    session_id: str,
+    token: str | None,
+    meta: dict[str, Any],
+) -> None:
+    record_meta = meta
+    policy = record_meta.get("backpressure", "block")
+    queue: asyncio.Queue[_Queued | object] = asyncio.Queue(int(record_meta.get("queue_size", 4)))
     counters = {"frames": 0, "dropped": 0}
     worker = asyncio.create_task(_process(ws, sessions, session_id, token, queue, counters))
     try:

@@ -41,7 +41,7 @@ def test_sigterm_closes_websockets_1012_and_session_continues(
         created = httpx.post(f"{base_a}/v1/sessions", timeout=30).json()
         sid, token = created["session_id"], created["token"]
 
-        async def first_part() -> tuple[list[dict], int | None]:
+        async def first_part() -> tuple[list[dict], tuple[int, str] | None]:
             url = base_a.replace("http", "ws") + f"/v1/sessions/{sid}/stream?token={token}"
             got: list[dict] = []
             async with websockets.connect(url, max_size=None) as ws:
@@ -53,11 +53,13 @@ def test_sigterm_closes_websockets_1012_and_session_continues(
                     while True:
                         got.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
                 except websockets.ConnectionClosed as closed:
-                    return got, closed.rcvd.code if closed.rcvd else None
+                    rcvd = closed.rcvd
+                    return got, (rcvd.code, rcvd.reason) if rcvd else None
             return got, None
 
-        answered, code = asyncio.run(first_part())
-        assert code == 1012
+        answered, close = asyncio.run(first_part())
+        assert close is not None and close[0] == 1012
+        assert "reconnect" in close[1]  # the hint tells clients what to do
         # uvicorn finishes its graceful shutdown, then re-raises SIGTERM to report it.
         assert a.wait(timeout=60) in (0, -signal.SIGTERM)
         b = _start_server(port_b, REDIS_URL)
