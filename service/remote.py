@@ -85,6 +85,7 @@ def encode_outcome(outcome: FrameOutcome, model_id: str) -> bytes:
         "error": None
         if outcome.error is None
         else f"{type(outcome.error).__name__}: {outcome.error}",
+        "worker_lost": isinstance(outcome.error, WorkerLost),
     }
     state = b"" if outcome.state is None else codec.dumps(outcome.state, model_id, compact=False)
     head = json.dumps(header).encode()

@@ -133,3 +133,28 @@ def test_worker_killed_mid_frame_is_retried_on_another(video_frames: list[np.nda
         assert [r["instances"] for r in interrupted] == [r["instances"] for r in straight]
     finally:
         _stop(dying, *([survivor] if survivor else []))
+
+
+@pytest.mark.redis
+def test_frame_lost_twice_answers_worker_lost(video_frames: list[np.ndarray]) -> None:
+    stream = f"ctvis:test-frames:{uuid.uuid4().hex}"
+    procs = [_worker(stream, fault="crash_after_frames=0")]
+    try:
+        settings = Settings(redis_url=REDIS_URL, worker=False, frames_stream=stream)
+        with ThreadPoolExecutor(1) as pool, TestClient(create_app(settings)) as api:
+            sid, hdr = _session(api)
+            url = f"/v1/sessions/{sid}/frames"
+            body = png_bytes(video_frames[0])
+            pending = pool.submit(api.post, url, content=body, headers=hdr)
+            procs[0].wait(timeout=60)  # first delivery: the worker dies
+            procs.append(_worker(stream, "--claim-idle-ms", "300", fault="crash_after_frames=0"))
+            procs[1].wait(timeout=60)  # the one retry: dies too
+            procs.append(_worker(stream, "--claim-idle-ms", "300"))
+            resp = pending.result(timeout=60)
+            assert resp.status_code == 503, resp.text
+            assert resp.json()["code"] == "worker_lost"
+            assert api.get(f"/v1/sessions/{sid}", headers=hdr).json()["frame_index"] == 0
+            again = api.post(url, content=body, headers=hdr)  # retryable: the next try works
+            assert again.status_code == 200 and again.json()["frame_index"] == 0
+    finally:
+        _stop(*procs)

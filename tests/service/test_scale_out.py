@@ -18,7 +18,13 @@ from fastapi.testclient import TestClient
 from model.tracker import init_state
 from service.engine import FrameItem, FrameOutcome
 from service.main import create_app
-from service.remote import decode_item, decode_outcome, encode_item, encode_outcome
+from service.remote import (
+    WorkerLost,
+    decode_item,
+    decode_outcome,
+    encode_item,
+    encode_outcome,
+)
 from service.settings import Settings
 from tests.service.conftest import png_bytes
 
@@ -59,6 +65,9 @@ def test_wire_codecs_round_trip(video_frames: list[np.ndarray]) -> None:
     again = decode_outcome(encode_outcome(outcome, "m1"))
     assert again.model_ms == 3.5 and again.batch_size == 2
     assert "bad frame" in str(again.error) and again.state is not None
+    assert not isinstance(again.error, WorkerLost)
+    lost = decode_outcome(encode_outcome(FrameOutcome(None, [], 0.0, 0, WorkerLost("x")), "m1"))
+    assert isinstance(lost.error, WorkerLost) and lost.state is None
 
 
 @pytest.mark.redis
