@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -34,7 +35,7 @@ class ServedModel:
     warnings: list[str] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def model_id(self) -> str:
         """Identifies the weights + config; a session's state is only valid for this id."""
         blob = json.dumps(

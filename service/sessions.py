@@ -126,19 +126,31 @@ class SessionService:
         self.metrics.live_sessions.set(len(self._locks))
         return session_id, token, time.time() + self.settings.session_ttl_s
 
-    async def authorize(self, session_id: str, token: str | None) -> SessionRecord:
-        """Load a session and check its token (404 unknown/expired, 401 bad token)."""
-        record = await self._store_call(self.store.load(session_id))
-        if record is None:
+    def _check(self, session_id: str, meta: dict[str, Any] | None, token: str | None) -> None:
+        """404 unknown/expired, 401 bad token, 409 session pinned to another model."""
+        if meta is None:
             self._locks.pop(session_id, None)
             raise ApiError(404, "session_not_found", f"session {session_id} not found or expired")
-        if not token_matches(token, record.meta["token_sha256"]):
+        if not token_matches(token, meta["token_sha256"]):
             raise ApiError(401, "invalid_token", "missing or wrong session token")
-        if record.meta.get("model_id") != self.model_id:
+        if meta.get("model_id") != self.model_id:
             raise ApiError(
                 409, "model_mismatch", "session was started with a model not served here"
             )
+
+    async def authorize(self, session_id: str, token: str | None) -> SessionRecord:
+        """Load a session (with its tracker state) and check access (see ``_check``)."""
+        record = await self._store_call(self.store.load(session_id))
+        self._check(session_id, None if record is None else record.meta, token)
+        assert record is not None
         return record
+
+    async def check_access(self, session_id: str, token: str | None) -> dict[str, Any]:
+        """Check access reading only the session's metadata; returns that metadata."""
+        meta = await self._store_call(self.store.load_meta(session_id))
+        self._check(session_id, meta, token)
+        assert meta is not None
+        return meta
 
     async def info(self, session_id: str, token: str | None) -> SessionInfo:
         record = await self.authorize(session_id, token)
@@ -154,7 +166,7 @@ class SessionService:
         )
 
     async def delete(self, session_id: str, token: str | None) -> None:
-        await self.authorize(session_id, token)
+        await self.check_access(session_id, token)
         await self._store_call(self.store.delete(session_id))
         self._locks.pop(session_id, None)
         self.metrics.live_sessions.set(len(self._locks))

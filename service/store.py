@@ -65,6 +65,8 @@ class SessionStore(Protocol):
 
     async def load(self, session_id: str) -> SessionRecord | None: ...
 
+    async def load_meta(self, session_id: str) -> dict[str, Any] | None: ...
+
     async def save_state(
         self, session_id: str, expected_frame_index: int, state: bytes, ttl_s: int
     ) -> int: ...
@@ -107,6 +109,10 @@ class MemoryStore:
     async def load(self, session_id: str) -> SessionRecord | None:
         return self._get(session_id)
 
+    async def load_meta(self, session_id: str) -> dict[str, Any] | None:
+        record = self._get(session_id)
+        return None if record is None else record.meta
+
     async def save_state(
         self, session_id: str, expected_frame_index: int, state: bytes, ttl_s: int
     ) -> int:
@@ -145,7 +151,7 @@ class MemoryStore:
 
 
 class RedisStore:
-    """Store backed by ``redis.asyncio``; state saves are WATCH/MULTI compare-and-set."""
+    """Store backed by ``redis.asyncio``; state saves are a one-round-trip Lua compare-and-set."""
 
     kind = "redis"
 
@@ -189,6 +195,11 @@ class RedisStore:
             state=bytes(raw[b"state"]),
             frame_index=int(raw[b"frame_index"]),
         )
+
+    async def load_meta(self, session_id: str) -> dict[str, Any] | None:
+        # only the small JSON field, not the (large) tracker state
+        raw = await self._client.hget(SESSION_KEY.format(session_id=session_id), "meta")
+        return None if raw is None else cast("dict[str, Any]", json.loads(raw))
 
     async def save_state(
         self, session_id: str, expected_frame_index: int, state: bytes, ttl_s: int

@@ -77,7 +77,8 @@ async def post_frame(
 ) -> FrameResult:
     """Track one frame: JPEG/PNG/WebP bytes, or raw RGB bytes with ``height`` and ``width``."""
     received = time.perf_counter()
-    await sessions.authorize(session_id, x_token or token)
+    # 401/404 before reading the body; reads only the session's metadata, not its state
+    await sessions.check_access(session_id, x_token or token)
     body = await request.body()
     if height is not None or width is not None:
         if height is None or width is None:

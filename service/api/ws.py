@@ -63,7 +63,7 @@ async def stream(ws: WebSocket, session_id: str) -> None:
         await ws.close(code=1008, reason="unauthorized")
         return
     try:
-        record = await sessions.authorize(session_id, token)
+        meta = await sessions.check_access(session_id, token)
     except ApiError as exc:
         await ws.close(code=1008 if exc.status in (401, 404, 409) else 1011, reason=exc.code)
         return
@@ -71,7 +71,7 @@ async def stream(ws: WebSocket, session_id: str) -> None:
     open_sockets: set[WebSocket] = ws.app.state.websockets
     open_sockets.add(ws)
     try:
-        await _serve(ws, sessions, session_id, token, record.meta)
+        await _serve(ws, sessions, session_id, token, meta)
     finally:
         open_sockets.discard(ws)
 
@@ -83,9 +83,8 @@ async def _serve(
     token: str | None,
     meta: dict[str, Any],
 ) -> None:
-    record_meta = meta
-    policy = record_meta.get("backpressure", "block")
-    queue: asyncio.Queue[_Queued | object] = asyncio.Queue(int(record_meta.get("queue_size", 4)))
+    policy = meta.get("backpressure", "block")
+    queue: asyncio.Queue[_Queued | object] = asyncio.Queue(int(meta.get("queue_size", 4)))
     counters = {"frames": 0, "dropped": 0}
     worker = asyncio.create_task(_process(ws, sessions, session_id, token, queue, counters))
     try:

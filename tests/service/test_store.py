@@ -36,8 +36,10 @@ async def test_create_load_delete(store: SessionStore) -> None:
     rec = _record()
     await store.create(rec, ttl_s=30)
     assert await store.load(rec.session_id) == rec
+    assert await store.load_meta(rec.session_id) == rec.meta
     assert await store.delete(rec.session_id) is True
     assert await store.load(rec.session_id) is None
+    assert await store.load_meta(rec.session_id) is None
     assert await store.delete(rec.session_id) is False
 
 
