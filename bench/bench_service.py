@@ -15,7 +15,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,9 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _proc import free_port, rss_mb  # noqa: E402
 
 from model.tracker import codec, init_state  # noqa: E402
 from model.tracker.state import TrackState  # noqa: E402
@@ -106,12 +108,6 @@ async def redis_round_trip(url: str, n: int = 300) -> dict:
             "codec_p50_ms": pct(with_codec, 50), "state_bytes": len(payload)}  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _jpeg(frame: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(frame).save(buf, format="JPEG", quality=90)
@@ -163,17 +159,6 @@ async def ws_load(base: str, sessions: int, frames: int) -> dict:
     }
 
 
-def _rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sessions", type=int, default=8)
@@ -185,7 +170,7 @@ def main() -> None:
 
     gain = asyncio.run(batching_gain(8, 20, a_ms=40.0, b_ms=2.0))
     rt = asyncio.run(redis_round_trip(args.redis_url))
-    port = _free_port()
+    port = free_port()
     exe = shutil.which("ctvis") or str(Path(sys.executable).parent / "ctvis")
     server = subprocess.Popen(
         [exe, "serve", "--port", str(port), "--log-level", "error"],
@@ -200,9 +185,9 @@ def main() -> None:
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
-        rss_before = _rss_mb(server.pid)
+        rss_before = rss_mb(server.pid)
         load = asyncio.run(ws_load(f"http://127.0.0.1:{port}", args.sessions, args.frames))
-        rss_after = _rss_mb(server.pid)
+        rss_after = rss_mb(server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)

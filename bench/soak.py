@@ -17,7 +17,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _proc import free_port, rss_mb  # noqa: E402
 
 from model.video_io import OverlayWriter  # noqa: E402
 from training.data.synthetic import config_for, render_video  # noqa: E402
@@ -60,23 +62,6 @@ class SoakReport:
         return sum(n for code, n in self.errors.items() if code not in RETRYABLE)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
 def _redis_mb(client: Any) -> float:
     return int(client.info("memory")["used_memory"]) / 2**20
 
@@ -99,7 +84,7 @@ class Cluster:
                     "CTVIS_JOB_CLAIM_IDLE_MS": "2000", "CTVIS_JOB_CHECKPOINT_CLIPS": "1",
                     "CTVIS_MAX_SESSION_FPS": "1000", "CTVIS_LOG_LEVEL": "error"}  # fmt: skip
         self.exe = shutil.which("ctvis") or str(Path(sys.executable).parent / "ctvis")
-        self.port = _free_port()
+        self.port = free_port()
         self.api = subprocess.Popen(
             [self.exe, "serve", "--no-worker", "--port", str(self.port)],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -240,7 +225,7 @@ def run_soak(redis_url: str, sessions: int, duration_s: float, kill_every_s: flo
                           "p99_ms": float(np.percentile(window, 99)) if window else None,
                           "errors": errors,
                           "redis_used_mb": _redis_mb(rclient)}  # fmt: skip
-                sample.update({f"rss_{k}_mb": _rss_mb(pid) for k, pid in cluster.pids().items()})
+                sample.update({f"rss_{k}_mb": rss_mb(pid) for k, pid in cluster.pids().items()})
                 report.samples.append(sample)
                 last_frames, next_sample = frames_now, next_sample + sample_s
         stop.set()

@@ -15,7 +15,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import pytest
 from PIL import Image
 
 from model.video_io import OverlayWriter
+from tests.service.conftest import free_port
 from training.data.synthetic import config_for, render_video
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,12 +37,6 @@ CHROMIUM = os.environ.get("CTVIS_TEST_CHROMIUM", "/usr/bin/chromium")
 VIDEO_FPS = 10
 SEED = 7
 README_SHOTS = ("video", "live")  # the screenshots the README shows (docs/)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:

@@ -13,8 +13,9 @@ import httpx
 import redis
 from websockets.sync.client import connect
 
-from tests.browser.conftest import API_KEY, Server, free_port, open_page, wait_for
+from tests.browser.conftest import API_KEY, Server, open_page, wait_for
 from tests.browser.conftest import save_screenshot as shoot
+from tests.service.conftest import free_port
 
 REDIS_URL = os.environ.get("CTVIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +13,30 @@ from PIL import Image
 from training.data.synthetic import config_for, render_video
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for server processes in tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def png_bytes(frame: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(frame).save(buf, format="PNG")
     return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def mp4_file(tmp_path_factory: pytest.TempPathFactory, video_frames: list[np.ndarray]) -> Path:
+    """``video_frames`` encoded as an MP4 at 10 fps."""
+    from model.video_io import OverlayWriter
+
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    h, w = video_frames[0].shape[:2]
+    with OverlayWriter(path, 10, (w, h)) as writer:
+        for frame in video_frames:
+            writer.write(frame)
+    return path
 
 
 @pytest.fixture(scope="session")

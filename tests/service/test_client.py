@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.video_io import FrameSource, OverlayWriter
+from model.video_io import FrameSource
 from service.client import (
     ApiError,
     CtvisClient,
@@ -25,21 +24,15 @@ from service.client import (
     camera_frames,
 )
 from service.client.__main__ import main as client_main
-from tests.service.conftest import png_bytes
+from tests.service.conftest import free_port, png_bytes
 
 API_KEY = "client-test-key"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     """Base URL of a ``ctvis serve`` process with an API key and the in-process store."""
-    port = _free_port()
+    port = free_port()
     exe = shutil.which("ctvis") or str(Path(sys.executable).parent / "ctvis")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CTVIS_")}
     env.update(CTVIS_API_KEYS=API_KEY, CTVIS_MAX_VIDEO_FRAMES="50")
@@ -68,16 +61,6 @@ def server() -> Iterator[str]:
 def client(server: str) -> Iterator[CtvisClient]:
     with CtvisClient(server, API_KEY) as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def mp4_file(tmp_path_factory: pytest.TempPathFactory, video_frames: list[np.ndarray]) -> Path:
-    path = tmp_path_factory.mktemp("client") / "clip.mp4"
-    h, w = video_frames[0].shape[:2]
-    with OverlayWriter(path, 10, (w, h)) as writer:
-        for frame in video_frames:
-            writer.write(frame)
-    return path
 
 
 def _tracks(results: list) -> list[list[tuple[int, str]]]:
@@ -168,7 +151,7 @@ def test_command_line_job(server: str, mp4_file: Path, tmp_path: Path) -> None:
 
 
 def test_unreachable_server_and_missing_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
-    with CtvisClient(f"http://127.0.0.1:{_free_port()}", timeout=2) as client:
+    with CtvisClient(f"http://127.0.0.1:{free_port()}", timeout=2) as client:
         with pytest.raises(ServiceUnreachableError):
             client.models()
         assert client.ready() is False

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from model.runner import track_frames
 from model.video_io import FrameSource, OverlayWriter
 from service.main import create_app
 from service.settings import Settings
+from tests.service.conftest import free_port
 from training.data.synthetic import config_for, render_video
 
 pytestmark = pytest.mark.redis
@@ -34,12 +34,6 @@ def long_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for f in frames:
             writer.write(f)
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Workers:
@@ -129,7 +123,7 @@ def test_job_resumes_exactly_after_its_worker_dies(tmp_path: Path, long_video: P
 
 def test_failing_job_goes_to_dead_letter(tmp_path: Path, long_video: Path) -> None:
     workers = Workers(tmp_path)
-    port = _free_port()
+    port = free_port()
     try:
         workers.start("--metrics-port", str(port), CTVIS_FAULT_INJECT="fail_job_video_id=99")
         with TestClient(create_app(workers.settings())) as api:

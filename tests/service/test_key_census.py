@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 
 from service.main import create_app
 from service.settings import Settings
-from tests.service.conftest import png_bytes
-from tests.service.test_redis_processes import _free_port, _redis_server
+from tests.service.conftest import free_port, png_bytes
+from tests.service.test_redis_processes import _redis_server
 
 pytestmark = pytest.mark.redis
 
@@ -26,7 +26,7 @@ def _our_keys(client: redis.Redis) -> dict[str, int]:
 
 
 def test_key_census_after_sessions_end(tmp_path: Path, video_frames: list[np.ndarray]) -> None:
-    port = _free_port()
+    port = free_port()
     server = _redis_server(port, tmp_path)
     url = f"redis://127.0.0.1:{port}/0"
     exe = shutil.which("ctvis") or str(Path(sys.executable).parent / "ctvis")

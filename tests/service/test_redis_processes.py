@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,16 +19,10 @@ from fastapi.testclient import TestClient
 
 from service.main import create_app
 from service.settings import Settings
-from tests.service.conftest import png_bytes
+from tests.service.conftest import free_port, png_bytes
 
 pytestmark = pytest.mark.redis
 REDIS_URL = os.environ.get("CTVIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start_server(port: int, redis_url: str) -> subprocess.Popen[str]:
@@ -69,7 +62,7 @@ def _ids(result: dict) -> list[tuple[int, str]]:
 
 
 def test_session_survives_sigkill_of_its_replica(video_frames: list[np.ndarray]) -> None:
-    port_a, port_b = _free_port(), _free_port()
+    port_a, port_b = free_port(), free_port()
     a = _start_server(port_a, REDIS_URL)
     b = _start_server(port_b, REDIS_URL)
     try:
@@ -123,7 +116,7 @@ def _redis_server(port: int, workdir: Path) -> subprocess.Popen[bytes]:
 def test_redis_outage_gives_503_and_recovers(
     tmp_path: Path, video_frames: list[np.ndarray]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     server = _redis_server(port, tmp_path)
     url = f"redis://127.0.0.1:{port}/0"
     try:

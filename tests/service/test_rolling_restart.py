@@ -22,8 +22,7 @@ from model.runner import track_frames
 from model.video_io import FrameSource, OverlayWriter
 from service.main import create_app
 from service.settings import Settings
-from tests.service.conftest import assert_same_instances, png_bytes
-from tests.service.test_redis_processes import _free_port
+from tests.service.conftest import assert_same_instances, free_port, png_bytes
 
 pytestmark = pytest.mark.redis
 REDIS_URL = os.environ.get("CTVIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -37,7 +36,7 @@ class Cluster:
                     "CTVIS_JOBS_STREAM": f"ctvis:test-jobs:{tag}", "CTVIS_JOB_DIR": str(tmp),
                     "CTVIS_CLAIM_IDLE_MS": "1000", "CTVIS_JOB_CHECKPOINT_CLIPS": "1"}  # fmt: skip
         self.exe = shutil.which("ctvis") or str(Path(sys.executable).parent / "ctvis")
-        self.ports = [_free_port(), _free_port()]
+        self.ports = [free_port(), free_port()]
         self.apis = [self.start_api(p) for p in self.ports]
         self.workers = [self.start_worker() for _ in range(2)]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -11,15 +10,11 @@ from pathlib import Path
 
 import httpx
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.service.conftest import free_port
 
 
 def test_ctvis_serve_answers_healthz() -> None:
-    port = _free_port()
+    port = free_port()
     exe = shutil.which("ctvis") or str(Path(sys.executable).parent / "ctvis")
     proc = subprocess.Popen(
         [exe, "serve", "--port", str(port), "--log-level", "warning"],

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import websockets
 
-from tests.service.conftest import png_bytes
-from tests.service.test_redis_processes import _free_port, _start_server
+from tests.service.conftest import free_port, png_bytes
+from tests.service.test_redis_processes import _start_server
 
 pytestmark = pytest.mark.redis
 REDIS_URL = os.environ.get("CTVIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -33,7 +33,7 @@ def test_sigterm_closes_websockets_1012_and_session_continues(
 ) -> None:
     import httpx
 
-    port_a, port_b = _free_port(), _free_port()
+    port_a, port_b = free_port(), free_port()
     a = _start_server(port_a, REDIS_URL)
     b = None
     try:

@@ -7,24 +7,13 @@ import time
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from model.runner import track_frames
-from model.video_io import FrameSource, OverlayWriter
+from model.video_io import FrameSource
 from service.main import create_app
 from service.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def mp4_file(tmp_path_factory: pytest.TempPathFactory, video_frames: list[np.ndarray]) -> Path:
-    path = tmp_path_factory.mktemp("video") / "clip.mp4"
-    h, w = video_frames[0].shape[:2]
-    with OverlayWriter(path, 10, (w, h)) as writer:
-        for f in video_frames:
-            writer.write(f)
-    return path
 
 
 @pytest.fixture()
