@@ -16,13 +16,12 @@ import torch
 
 from model.config import ModelConfig, PreprocessConfig, TrackerConfig
 from model.postprocess import MaskSizes, TrackEntry, VideoAccumulator, video_results
-from model.structures import FrameBatch, FrameOutputs
+from model.structures import FrameOutputs
 from model.tracker.select import select_candidates
 from model.tracker.state import TrackState, init_state
 from model.tracker.step import track_step
 
 ProgressFn = Callable[[int, int | None], None]
-PrepareFn = Callable[[Sequence[np.ndarray] | np.ndarray, PreprocessConfig], FrameBatch]
 
 
 @dataclass(frozen=True)
@@ -138,14 +137,6 @@ def track_video(
     return VideoResult(results=results, entries=entries, trace=trace, state=state)
 
 
-def _default_prepare(
-    frames: Sequence[np.ndarray] | np.ndarray, cfg: PreprocessConfig
-) -> FrameBatch:
-    from model.preprocess import prepare_frames  # written concurrently; imported lazily
-
-    return prepare_frames(frames, cfg)
-
-
 def segment_video(
     forward_fn: Callable[[torch.Tensor], FrameOutputs],
     frames: Sequence[np.ndarray] | np.ndarray,
@@ -154,9 +145,8 @@ def segment_video(
     tracker_cfg: TrackerConfig,
     video_id: Any = 0,
     progress: ProgressFn | None = None,
-    prepare_fn: PrepareFn | None = None,
 ) -> VideoResult:
-    """Segment and track a whole video offline.
+    """Segment and track a whole video held in memory (see ``model.runner.track_frames``).
 
     Frames go through ``forward_fn`` in clips of ``preprocess_cfg.clip_frames`` (frames never
     interact, so the clip size changes nothing but memory) under ``torch.inference_mode``.
@@ -169,30 +159,15 @@ def segment_video(
         tracker_cfg: tracker settings.
         video_id: id written into the results entries.
         progress: called as ``progress(frames_done, T)`` after every frame.
-        prepare_fn: override of ``model.preprocess.prepare_frames``.
 
     Returns:
         The ``VideoResult`` (results entries in the official order).
     """
-    prepare = prepare_fn or _default_prepare
-    total = len(frames)
-    if total == 0:
+    from model.runner import track_frames  # the one clip loop; it builds on track_video
+
+    if len(frames) == 0:
         raise ValueError("segment_video got no frames")
-    clip = max(1, preprocess_cfg.clip_frames)
-    first = prepare(frames[:1], preprocess_cfg)
-    sizes = MaskSizes(
-        image_size=first.image_sizes[0],
-        padded_size=first.padded_size,
-        original_size=first.original_sizes[0],
-    )
-
-    def chunks() -> Iterable[FrameOutputs]:
-        for start in range(0, total, clip):
-            batch = prepare(frames[start : start + clip], preprocess_cfg)
-            with torch.inference_mode():
-                yield forward_fn(batch.pixels)
-
-    with torch.inference_mode():
-        return track_video(
-            chunks(), sizes, model_cfg, tracker_cfg, video_id, total, progress=progress
-        )
+    return track_frames(
+        iter(frames), forward_fn, model_cfg, preprocess_cfg, tracker_cfg,
+        video_id=video_id, num_frames=len(frames), progress=progress,
+    )  # fmt: skip
