@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.training.helpers import erode
 from training.data.augment import (
     AugmentConfig,
     augment_clip,
@@ -29,14 +30,6 @@ def _painted(height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
         masks[k, y0:y1, x0:x1] = True
         image[y0:y1, x0:x1] = colours[k]
     return image, masks, colours
-
-
-def _erode(mask: np.ndarray, r: int) -> np.ndarray:
-    out = mask.copy()
-    for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
-            out &= np.roll(np.roll(mask, dy, axis=0), dx, axis=1)
-    return out
 
 
 def test_scaled_shape_rounding_and_cap() -> None:
@@ -103,11 +96,11 @@ def test_every_frame_gets_the_same_transform_and_masks_stay_aligned() -> None:
         assert all(np.array_equal(frames[0], f) for f in frames)
         assert all(np.array_equal(out_masks[0], m) for m in out_masks)
         for k in range(3):
-            inner = _erode(out_masks[0, k], 2)
+            inner = erode(out_masks[0, k], 2)
             if inner.any():
                 diff = np.abs(frames[0][inner].astype(int) - colours[k].astype(int))
                 assert diff.max() <= 2, f"seed {seed}: mask {k} is not on its colour"
-        background = _erode(~out_masks[0].any(axis=0), 2)
+        background = erode(~out_masks[0].any(axis=0), 2)
         assert frames[0][background].max() <= 2
 
 

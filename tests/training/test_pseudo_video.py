@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from tests.training.helpers import erode
 from training.data.augment import boxes_from_masks
 from training.data.batch import Clip
 from training.data.coco import (
@@ -123,14 +124,6 @@ def _painted() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return image, masks, colours
 
 
-def _erode(mask: np.ndarray, r: int) -> np.ndarray:
-    out = mask.copy()
-    for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
-            out &= np.roll(np.roll(mask, dy, axis=0), dx, axis=1)
-    return out
-
-
 @pytest.mark.parametrize("generator", ["rotation", "crop-shift", "crop-zoom", "all"])
 def test_masks_stay_on_their_pixels(generator: str) -> None:
     image, masks, colours = _painted()
@@ -146,7 +139,7 @@ def test_masks_stay_on_their_pixels(generator: str) -> None:
         clip = generate_pseudo_clip(image, masks, [0, 1, 2], cfg, np.random.default_rng(seed))
         for t in range(cfg.num_frames):
             for k in range(3):
-                inner = _erode(clip.masks[t, k], 2)
+                inner = erode(clip.masks[t, k], 2)
                 if inner.any():
                     diff = np.abs(clip.frames[t][inner].astype(int) - colours[k].astype(int))
                     assert diff.max() <= 3, f"{generator} seed {seed}: mask {k} off its colour"
