@@ -72,7 +72,8 @@ RUN apt-get update \
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /opt/ctvis/demo /opt/ctvis/demo
 COPY deploy/healthcheck.py /opt/ctvis/healthcheck.py
-# CTVIS_CHECKPOINT is empty (bundled tiny preset) unless a demo checkpoint was baked in.
+# CTVIS_CHECKPOINT is empty (the package's bundled demo model: synthetic shapes) unless a
+# checkpoint was baked in from DEMO_CHECKPOINT_URL.
 # /var/lib/ctvis/jobs: video jobs (mount one volume there in every API replica and worker).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

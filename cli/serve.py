@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if settings is None:
         return 1
     store = settings.redis_url or "in-process store"
-    model = settings.checkpoint or "bundled tiny preset (random weights)"
+    model = settings.checkpoint or "bundled demo checkpoint (synthetic shapes)"
     url = f"http://{settings.host}:{settings.port}"
     print(f"ctvis serve: {url}  (model: {model}; sessions: {store})")
     print(f"ctvis serve: API docs at {url}/docs", flush=True)

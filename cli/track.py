@@ -2,12 +2,14 @@
 
 Single input::
 
-    ctvis track INPUT --checkpoint DIR --out results.json [--overlay out.mp4]
+    ctvis track INPUT [--checkpoint DIR] --out results.json [--overlay out.mp4]
         [--frame-stride N] [--max-frames N] [--video-id N] [--backend torch|onnx] [--device D]
 
 Dataset (YouTube-VIS json; frames under ``--frames-root``, usually its ``JPEGImages/``)::
 
-    ctvis track --dataset GT.json --frames-root DIR --checkpoint DIR --out results.json
+    ctvis track --dataset GT.json --frames-root DIR [--checkpoint DIR] --out results.json
+
+Without ``--checkpoint`` the bundled demo checkpoint (``model.demo``) is used.
 
 Frames stream through the network in clips of ``PreprocessConfig.clip_frames`` and through the
 tracker one at a time, so memory holds RLE masks, not decoded frames. The results file is a
@@ -44,7 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", nargs="?", help="video file or folder of frames (sorted by name)")
     parser.add_argument("--dataset", help="YouTube-VIS json: track every video it lists")
     parser.add_argument("--frames-root", help="with --dataset: folder holding its file_names")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    parser.add_argument(
+        "--checkpoint",
+        help="checkpoint directory (default: the bundled demo checkpoint, trained on the "
+        "synthetic benchmark)",
+    )
     parser.add_argument("--out", required=True, help="results JSON to write")
     parser.add_argument("--overlay", help="also write an MP4 with masks, boxes and track ids")
     parser.add_argument(
@@ -95,6 +101,13 @@ def _load(args: argparse.Namespace) -> tuple[LoadedCheckpoint, Callable[[Any], F
     from model.checkpoint import CheckpointError, load_checkpoint
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not args.checkpoint:
+        from model.demo import demo_checkpoint
+
+        bundled = demo_checkpoint()
+        if bundled is None:
+            raise TrackError("no --checkpoint given and this installation has no demo checkpoint")
+        args.checkpoint = str(bundled)
     try:
         ckpt = load_checkpoint(args.checkpoint, device=device if args.backend == "torch" else "cpu")
     except CheckpointError as exc:

@@ -58,13 +58,21 @@ BackboneKind = Literal["resnet", "swin"]
 
 @dataclass(frozen=True)
 class ResNetConfig:
-    """detectron2 ResNet (FrozenBN, stride in the 3x3 conv)."""
+    """detectron2 ResNet (stride in the 3x3 conv).
+
+    ``norm`` is detectron2's ``RESNETS.NORM``: ``"FrozenBN"`` (the released checkpoints) or
+    ``"GN"`` (32 groups, capped by the channel count; trainable, for training from scratch, where
+    frozen identity statistics would leave the trunk without normalisation).
+    """
 
     depth: int = 50
     stem_out_channels: int = 64
     res2_out_channels: int = 256
     width_per_group: int = 64
     num_groups: int = 1
+    norm: Literal["FrozenBN", "GN"] = "FrozenBN"
+    stage_blocks: tuple[int, ...] = ()
+    """Bottleneck blocks of res2..res5; empty: detectron2's for ``depth`` (50: 3, 4, 6, 3)."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Loading the served model: a checkpoint directory, or the bundled tiny preset."""
+"""Loading the served model: a checkpoint directory, or the bundled demo checkpoint."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ from model.config import ModelConfig, PreprocessConfig, TrackerConfig, to_dict
 log = logging.getLogger("ctvis.service")
 
 RANDOM_WEIGHTS_WARNING = (
-    "NO CHECKPOINT CONFIGURED: serving the bundled 'tiny' preset with RANDOM WEIGHTS. "
-    "Its outputs are meaningless. Set CTVIS_CHECKPOINT (or --checkpoint) to a checkpoint "
-    "directory made by `ctvis convert` or by training."
+    "NO CHECKPOINT CONFIGURED and this installation has no bundled demo checkpoint: serving "
+    "the 'tiny' preset with RANDOM WEIGHTS. Its outputs are meaningless. Set CTVIS_CHECKPOINT "
+    "(or --checkpoint) to a checkpoint directory made by `ctvis convert` or by training."
 )
+RANDOM_CHECKPOINT = "tiny-random"
+"""``checkpoint`` value that asks for the random-weight tiny preset explicitly (tests, benches)."""
 
 
 @dataclass
@@ -67,18 +69,26 @@ class ServedModel:
 
 
 def load_served_model(checkpoint: str | None, device: str = "cpu") -> ServedModel:
-    """Load ``checkpoint`` (a directory in our format) or, when None, the tiny preset.
+    """Load ``checkpoint`` (a directory in our format); when None, the bundled demo checkpoint.
 
-    The tiny preset has random weights; a loud warning goes to the log and into the
-    model description so that nobody mistakes its output for a real model's.
+    ``"tiny-random"`` (or None in an installation without the demo weights) gives the tiny
+    preset with random weights; a loud warning then goes to the log and into the model
+    description so that nobody mistakes its output for a real model's.
     """
-    if checkpoint:
+    name = None
+    if not checkpoint:
+        from model.demo import demo_checkpoint
+
+        bundled = demo_checkpoint()
+        if bundled is not None:
+            checkpoint, name = str(bundled), "ctvis-demo"
+    if checkpoint and checkpoint != RANDOM_CHECKPOINT:
         from model.checkpoint import load_checkpoint
 
         loaded = load_checkpoint(checkpoint, device=device)
         loaded.segmenter.eval()
         return ServedModel(
-            name=str(checkpoint).rstrip("/").rsplit("/", 1)[-1],
+            name=name or str(checkpoint).rstrip("/").rsplit("/", 1)[-1],
             segmenter=loaded.segmenter,
             model_cfg=loaded.model_cfg,
             preprocess_cfg=loaded.pre_cfg,

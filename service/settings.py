@@ -25,7 +25,8 @@ class Settings(BaseSettings):
     checkpoint: str | None = Field(
         None,
         description="Checkpoint directory (ours, from `ctvis convert` or training). "
-        "Unset: the bundled tiny preset with random weights (outputs are meaningless).",
+        "Unset: the bundled demo checkpoint (a tiny model trained on the synthetic benchmark); "
+        "`tiny-random`: the tiny preset with random weights (for tests).",
     )
     redis_url: str | None = Field(
         None, description="Redis URL for session state. Unset: in-process store (one replica)."

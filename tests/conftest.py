@@ -39,7 +39,13 @@ def real_sample_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolate_service_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Service settings in tests come from the test, never from the caller's ``CTVIS_*``."""
+    """Service settings in tests come from the test, never from the caller's ``CTVIS_*``.
+
+    The served model defaults to the random-weight tiny preset (``tiny-random``): service tests
+    exercise plumbing and must not depend on the bundled demo weights; tests of the demo model
+    delete ``CTVIS_CHECKPOINT`` to get the real default.
+    """
     for name in list(os.environ):
         if name.startswith("CTVIS_") and not name.startswith(("CTVIS_TEST_", "CTVIS_SHARED")):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("CTVIS_CHECKPOINT", "tiny-random")

@@ -1,10 +1,12 @@
-"""ResNet trunk with detectron2 semantics (FrozenBN, stride in the 3x3 conv).
+"""ResNet trunk with detectron2 semantics (FrozenBN or GN, stride in the 3x3 conv).
 
 Module names follow detectron2 (``stem.conv1``, ``res2.0.conv1.norm``, ``res2.0.shortcut``) so
 that official checkpoints load with the ``backbone.`` prefix only.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -69,22 +71,31 @@ class ConvNorm(nn.Conv2d):
         stride: int = 1,
         padding: int = 0,
         groups: int = 1,
+        norm: str = "FrozenBN",
     ):
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False
         )
-        self.norm = FrozenBatchNorm2d(out_channels)
+        self.norm: FrozenBatchNorm2d | nn.GroupNorm
+        if norm == "FrozenBN":
+            self.norm = FrozenBatchNorm2d(out_channels)
+        elif norm == "GN":
+            self.norm = nn.GroupNorm(math.gcd(32, out_channels), out_channels)
+        else:
+            raise ValueError(f"unknown ResNet norm {norm!r}; use 'FrozenBN' or 'GN'")
         # c2_msra_fill: Kaiming normal, fan_out, ReLU gain
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Conv then FrozenBN. Args: x BxCinxHxW. Returns: BxCoutxH'xW'.
+        """Conv then the norm. Args: x BxCinxHxW. Returns: BxCoutxH'xW'.
 
-        The frozen affine is folded into the conv (weight * scale, bias = shift): one op
+        A FrozenBN affine is folded into the conv (weight * scale, bias = shift): one op
         instead of three full-size passes over the output (about 10% of an R50 forward on
         CPU), equal up to float rounding. The buffers stay as they are in the state dict.
         """
         norm = self.norm
+        if isinstance(norm, nn.GroupNorm):
+            return norm(super().forward(x))
         scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
         shift = norm.bias - norm.running_mean * scale
         weight = self.weight * scale.reshape(-1, 1, 1, 1).to(self.weight.dtype)
@@ -96,9 +107,9 @@ class ConvNorm(nn.Conv2d):
 class BasicStem(nn.Module):
     """7x7 stride-2 conv + FrozenBN + ReLU + 3x3 stride-2 max-pool (output stride 4)."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "FrozenBN"):
         super().__init__()
-        self.conv1 = ConvNorm(in_channels, out_channels, 7, stride=2, padding=3)
+        self.conv1 = ConvNorm(in_channels, out_channels, 7, stride=2, padding=3, norm=norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x Bx3xHxW. Returns: BxCx(H/4)x(W/4)."""
@@ -115,6 +126,8 @@ class BottleneckBlock(nn.Module):
         bottleneck_channels: width of the 3x3 conv.
         stride: spatial stride of the block.
         num_groups: groups of the 3x3 conv.
+        norm: "FrozenBN" or "GN"; with GN the last norm of the residual branch starts at zero
+            (the block starts as its shortcut), which lets a trunk train from scratch.
     """
 
     def __init__(
@@ -124,16 +137,25 @@ class BottleneckBlock(nn.Module):
         bottleneck_channels: int,
         stride: int = 1,
         num_groups: int = 1,
+        norm: str = "FrozenBN",
     ):
         super().__init__()
         self.shortcut: ConvNorm | None = None
         if in_channels != out_channels:
-            self.shortcut = ConvNorm(in_channels, out_channels, 1, stride=stride)
-        self.conv1 = ConvNorm(in_channels, bottleneck_channels, 1)
+            self.shortcut = ConvNorm(in_channels, out_channels, 1, stride=stride, norm=norm)
+        self.conv1 = ConvNorm(in_channels, bottleneck_channels, 1, norm=norm)
         self.conv2 = ConvNorm(
-            bottleneck_channels, bottleneck_channels, 3, stride=stride, padding=1, groups=num_groups
+            bottleneck_channels,
+            bottleneck_channels,
+            3,
+            stride=stride,
+            padding=1,
+            groups=num_groups,
+            norm=norm,
         )
-        self.conv3 = ConvNorm(bottleneck_channels, out_channels, 1)
+        self.conv3 = ConvNorm(bottleneck_channels, out_channels, 1, norm=norm)
+        if isinstance(self.conv3.norm, nn.GroupNorm):
+            nn.init.zeros_(self.conv3.norm.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x BxCinxHxW. Returns: BxCoutx(H/stride)x(W/stride)."""
@@ -157,22 +179,27 @@ class ResNet(nn.Module):
 
     def __init__(self, cfg: ResNetConfig):
         super().__init__()
-        if cfg.depth not in _STAGE_BLOCKS:
+        stage_blocks = tuple(cfg.stage_blocks) or _STAGE_BLOCKS.get(cfg.depth, ())
+        if not stage_blocks:
             raise ValueError(f"unsupported ResNet depth {cfg.depth}; use one of 50/101/152")
-        self.stem = BasicStem(3, cfg.stem_out_channels)
+        if len(stage_blocks) != 4 or min(stage_blocks) < 1:
+            raise ValueError(f"stage_blocks must be 4 positive counts, got {stage_blocks}")
+        self.stem = BasicStem(3, cfg.stem_out_channels, cfg.norm)
         self.stage_names: list[str] = []
         self.out_channels: dict[str, int] = {}
         self.out_strides: dict[str, int] = {}
         in_channels = cfg.stem_out_channels
         out_channels = cfg.res2_out_channels
         bottleneck = cfg.num_groups * cfg.width_per_group
-        for index, num_blocks in enumerate(_STAGE_BLOCKS[cfg.depth]):
+        for index, num_blocks in enumerate(stage_blocks):
             name = f"res{index + 2}"
             blocks = []
             for block_index in range(num_blocks):
                 stride = 2 if (block_index == 0 and index > 0) else 1
                 blocks.append(
-                    BottleneckBlock(in_channels, out_channels, bottleneck, stride, cfg.num_groups)
+                    BottleneckBlock(
+                        in_channels, out_channels, bottleneck, stride, cfg.num_groups, cfg.norm
+                    )
                 )
                 in_channels = out_channels
             self.add_module(name, nn.Sequential(*blocks))

@@ -29,11 +29,25 @@ def test_readyz_embedded_store(client: TestClient) -> None:
 
 
 def test_models_warns_about_random_weights(client: TestClient) -> None:
+    # the test suite serves the explicit random-weight preset (tests/conftest.py)
     models = client.get("/v1/models").json()["models"]
     assert len(models) == 1
+    assert models[0]["name"] == "tiny-random"
     assert models[0]["random_weights"] is True
     assert RANDOM_WEIGHTS_WARNING in models[0]["warnings"]
     assert len(models[0]["classes"]) == models[0]["num_classes"]
+
+
+def test_embedded_default_is_the_bundled_demo_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CTVIS_CHECKPOINT")
+    with TestClient(create_app(Settings())) as c:
+        model = c.get("/v1/models").json()["models"][0]
+    assert model["name"] == "ctvis-demo"
+    assert model["random_weights"] is False and model["warnings"] == []
+    assert [k["name"] for k in model["classes"]] == [
+        "circle", "square", "triangle", "star", "hexagon", "cross"
+    ]  # fmt: skip
+    assert model["provenance"]["provenance"]["trainer"] == "training.loop.train"
 
 
 def test_unknown_route_is_json_error(client: TestClient) -> None:

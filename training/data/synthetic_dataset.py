@@ -16,7 +16,9 @@ annotation ids from a directory).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch.utils.data
@@ -70,6 +72,7 @@ class SyntheticClipDataset(torch.utils.data.Dataset[Clip]):
         sampling: ClipSamplingConfig = ClipSamplingConfig(),
         augment: AugmentConfig | None = SYNTHETIC_AUGMENT,
         synth: SynthConfig | None = None,
+        cache_videos: int = 256,
     ) -> None:
         """Describe the videos (nothing is rendered yet).
 
@@ -80,6 +83,12 @@ class SyntheticClipDataset(torch.utils.data.Dataset[Clip]):
             sampling: T and R of the clip sampler.
             augment: clip augmentation, or None.
             synth: generator settings overriding the split's (e.g. fewer frames).
+            cache_videos: rendered videos kept in memory (least recently used first out);
+                rendering is most of the data cost, and a clip re-uses 4-10 of 24 frames.
+                Only used when ``num_videos <= cache_videos`` (with more videos than that,
+                clips rarely revisit a video; generalisation wants many distinct videos, see
+                ``docs/experiments.md``). 0 renders every clip afresh. Each worker process
+                holds its own cache.
         """
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLITS)}")
@@ -90,6 +99,20 @@ class SyntheticClipDataset(torch.utils.data.Dataset[Clip]):
         self.seed = seed
         self.sampling = sampling
         self.augment = augment
+        self.cache_videos = cache_videos
+        self._cache: OrderedDict[int, tuple[list[np.ndarray], list[dict[str, Any]]]] = OrderedDict()
+
+    def _render(self, video: int) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+        hit = self._cache.get(video)
+        if hit is not None:
+            self._cache.move_to_end(video)
+            return hit
+        rendered = render_video(video_seed(self.seed, video), self.synth)
+        if 0 < self.num_videos <= self.cache_videos:
+            self._cache[video] = rendered
+            while len(self._cache) > self.cache_videos:
+                self._cache.popitem(last=False)
+        return rendered
 
     def __len__(self) -> int:
         return self.num_videos
@@ -99,7 +122,7 @@ class SyntheticClipDataset(torch.utils.data.Dataset[Clip]):
             raise IndexError(f"negative clip index {index}")
         rng = np.random.default_rng((self.seed, index))
         video = index % self.num_videos
-        frames, tracks = render_video(video_seed(self.seed, video), self.synth)
+        frames, tracks = self._render(video)
         frame_indices = sample_frame_indices(len(frames), self.sampling, rng)
         present = np.array(
             [[m is not None for m in track["masks"]] for track in tracks], dtype=bool
