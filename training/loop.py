@@ -198,6 +198,17 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested record as ``a/b/c`` keys (e.g. ``eval/AP``)."""
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
 class _Logger:
     """JSONL log (+ TensorBoard when the package is importable), rank 0 only."""
 
@@ -217,8 +228,8 @@ class _Logger:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
             step = int(record["iteration"])
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "iteration":
+            for key, value in _flatten(record).items():
+                if key != "iteration":
                     self.tb.add_scalar(key, value, step)
 
     def close(self) -> None:

@@ -35,7 +35,7 @@ def server() -> Iterator[str]:
     port = free_port()
     exe = shutil.which("ctvis") or str(Path(sys.executable).parent / "ctvis")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CTVIS_")}
-    env.update(CTVIS_API_KEYS=API_KEY, CTVIS_MAX_VIDEO_FRAMES="50")
+    env.update(CTVIS_API_KEYS=API_KEY, CTVIS_MAX_VIDEO_FRAMES="50", CTVIS_CHECKPOINT="tiny-random")
     proc = subprocess.Popen(
         [exe, "serve", "--port", str(port), "--log-level", "warning"],
         env=env,

@@ -110,6 +110,22 @@ def test_cli_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "optim.lr" in capsys.readouterr().err
 
 
+def test_tensorboard_gets_losses_and_eval_metrics(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = small_config(
+        "optim.max_iter=2", "eval.period=2", "eval.synth_videos=1", "eval.max_videos=1"
+    )
+    train(cfg, tmp_path / "tb")
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "lr", "loss_ce", "loss_reid", "eval/AP", "eval/IDSW"} <= tags, tags
+    assert [e.step for e in events.Scalars("loss")] == [1, 2]
+    logged = [r for r in _log(tmp_path / "tb") if "eval" in r]
+    assert events.Scalars("eval/AP")[0].value == pytest.approx(logged[0]["eval"]["AP"])
+
+
 def test_gradient_accumulation(tmp_path: Path) -> None:
     cfg = small_config("optim.max_iter=2", "optim.grad_accum=2", "data.clips_per_batch=1")
     result = train(cfg, tmp_path / "accum")
