@@ -12,7 +12,7 @@ every number to ``OUT/table3.json``.
 
 Usage::
 
-    python scripts/table3.py --init CHECKPOINT_DIR --out runs/table3 [--iters 600]
+    python scripts/table3.py --init CHECKPOINT_DIR --out runs/table3 [--iters 600] [--lr 3e-4]
         [--seeds 1 2] [--jobs 2] [--videos 16] [--config training/configs/synth_demo.yaml]
 
 ``--jobs`` runs that many trainings at once, each with one torch thread (on small models one
@@ -104,6 +104,7 @@ def train_one(args: argparse.Namespace, variant: str, seed: int) -> Path:
         f"init.path={args.init}",
         f"seed={seed}",
         f"optim.max_iter={args.iters}",
+        f"optim.lr={args.lr}",
         f"optim.steps=[{int(args.iters * 0.8)}]",
         "optim.warmup_iters=0",
         "eval.period=0",
@@ -140,6 +141,7 @@ def main() -> int:
     parser.add_argument("--init", type=Path, required=True, help="checkpoint to start from")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--iters", type=int, default=600)
+    parser.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--videos", type=int, default=16, help="videos per evaluation split")
@@ -175,7 +177,7 @@ def main() -> int:
         spread = statistics.stdev(values) * scale if len(values) > 1 else 0.0
         return f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
-    print(f"\n{args.iters} iterations from {args.init}, seeds {args.seeds}, "
+    print(f"\n{args.iters} iterations at lr {args.lr} from {args.init}, seeds {args.seeds}, "
           f"{args.videos} videos per split\n")  # fmt: skip
     print("| variant | val AP | val IDSW | hard AP | hard IDSW |")
     print("|---|---|---|---|---|")
