@@ -172,9 +172,11 @@ def main() -> None:
     rt = asyncio.run(redis_round_trip(args.redis_url))
     port = free_port()
     exe = shutil.which("ctvis") or str(Path(sys.executable).parent / "ctvis")
+    # the recorded numbers use the random-weight tiny preset; CTVIS_CHECKPOINT overrides
+    env = {**os.environ, "CTVIS_CHECKPOINT": os.environ.get("CTVIS_CHECKPOINT") or "tiny-random"}
     server = subprocess.Popen(
         [exe, "serve", "--port", str(port), "--log-level", "error"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )  # fmt: skip
     try:
         import httpx

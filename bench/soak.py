@@ -77,7 +77,9 @@ class Cluster:
 
     def __init__(self, redis_url: str, workers: int, workdir: Path) -> None:
         tag = uuid.uuid4().hex[:8]
+        # the recorded numbers use the random-weight tiny preset; CTVIS_CHECKPOINT overrides
         self.env = {**os.environ, "CTVIS_REDIS_URL": redis_url,
+                    "CTVIS_CHECKPOINT": os.environ.get("CTVIS_CHECKPOINT") or "tiny-random",
                     "CTVIS_FRAMES_STREAM": f"ctvis:soak-frames:{tag}",
                     "CTVIS_JOBS_STREAM": f"ctvis:soak-jobs:{tag}",
                     "CTVIS_JOB_DIR": str(workdir / "jobs"), "CTVIS_CLAIM_IDLE_MS": "1000",
