@@ -17,7 +17,8 @@ Usage::
 
 ``--jobs`` runs that many trainings at once, each with one torch thread (on small models one
 thread per run is the most efficient use of a core). A finished run (its final checkpoint
-exists) is not trained again, so an interrupted study resumes where it stopped.
+exists) is not trained again and a scored one not scored again, so an interrupted study
+resumes where it stopped and more ``--seeds`` can be added later.
 """
 
 from __future__ import annotations
@@ -123,6 +124,9 @@ def score(args: argparse.Namespace, checkpoint: Path, split: str) -> dict[str, A
     """Track and evaluate ``checkpoint`` on the written ``split``; returns the metrics."""
     data = args.out / f"data_{split}"
     out = checkpoint.parent.parent / f"results_{split}.json"
+    saved = checkpoint.parent.parent / f"metrics_{split}.json"
+    if saved.is_file():  # scored by an earlier invocation
+        return dict(json.loads(saved.read_text()))
     cmd = [
         sys.executable, "-m", "cli.main", "track", "--dataset", str(data / "instances.json"),
         "--frames-root", str(data / "frames"), "--checkpoint", str(checkpoint),
@@ -131,7 +135,9 @@ def score(args: argparse.Namespace, checkpoint: Path, split: str) -> dict[str, A
     _run(cmd, checkpoint.parent.parent / f"track_{split}.log")
     from training.ytvis_eval import evaluate_files
 
-    return evaluate_files(data / "instances.json", out).to_dict()
+    metrics = evaluate_files(data / "instances.json", out).to_dict()
+    saved.write_text(json.dumps(metrics))
+    return metrics
 
 
 def main() -> int:
