@@ -34,6 +34,19 @@ def test_on_the_fly_equals_the_written_directory(tmp_path: Path) -> None:
         assert len({x for x, _ in pairs}) == len({y for _, y in pairs}) == len(pairs)
 
 
+def test_cached_renders_give_the_same_clips() -> None:
+    cached = SyntheticClipDataset("val", num_videos=2, seed=4, sampling=SAMPLING)
+    fresh = SyntheticClipDataset("val", num_videos=2, seed=4, sampling=SAMPLING, cache_videos=0)
+    assert cached._cache == {} and fresh._cache is None
+    for index in (0, 1, 2, 3, 2):  # 2 and 3 revisit cached videos; 2 twice
+        a, b = cached[index], fresh[index]
+        for field in ("frames", "masks", "labels", "ids"):
+            assert np.array_equal(getattr(a, field), getattr(b, field)), (index, field)
+    assert sorted(cached._cache) == [0, 1]
+    big = SyntheticClipDataset("val", num_videos=300, seed=4, sampling=SAMPLING)
+    assert big._cache is None  # more videos than the cache holds: render every clip
+
+
 def test_clips_follow_the_contract_and_collate() -> None:
     ds = SyntheticClipDataset("hard", num_videos=3, seed=1, sampling=SAMPLING)
     clips = [ds[i] for i in range(3)]

@@ -16,7 +16,6 @@ annotation ids from a directory).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +82,12 @@ class SyntheticClipDataset(torch.utils.data.Dataset[Clip]):
             sampling: T and R of the clip sampler.
             augment: clip augmentation, or None.
             synth: generator settings overriding the split's (e.g. fewer frames).
-            cache_videos: rendered videos kept in memory (least recently used first out);
-                rendering is most of the data cost, and a clip re-uses 4-10 of 24 frames.
-                Only used when ``num_videos <= cache_videos`` (with more videos than that,
-                clips rarely revisit a video; generalisation wants many distinct videos, see
-                ``docs/experiments.md``). 0 renders every clip afresh. Each worker process
-                holds its own cache.
+            cache_videos: when ``num_videos`` is at most this, every rendered video is kept
+                in memory for the dataset's lifetime (rendering is most of the data cost, and
+                a clip re-uses 4-10 of 24 frames); with more videos clips rarely revisit one
+                (generalisation wants many distinct videos, see ``docs/experiments.md``), so
+                every clip renders afresh, as it does with 0. Each worker process holds its
+                own cache.
         """
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLITS)}")
@@ -99,20 +98,16 @@ class SyntheticClipDataset(torch.utils.data.Dataset[Clip]):
         self.seed = seed
         self.sampling = sampling
         self.augment = augment
-        self.cache_videos = cache_videos
-        self._cache: OrderedDict[int, tuple[list[np.ndarray], list[dict[str, Any]]]] = OrderedDict()
+        self._cache: dict[int, tuple[list[np.ndarray], list[dict[str, Any]]]] | None = (
+            {} if num_videos <= cache_videos else None
+        )
 
     def _render(self, video: int) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
-        hit = self._cache.get(video)
-        if hit is not None:
-            self._cache.move_to_end(video)
-            return hit
-        rendered = render_video(video_seed(self.seed, video), self.synth)
-        if 0 < self.num_videos <= self.cache_videos:
-            self._cache[video] = rendered
-            while len(self._cache) > self.cache_videos:
-                self._cache.popitem(last=False)
-        return rendered
+        if self._cache is None:
+            return render_video(video_seed(self.seed, video), self.synth)
+        if video not in self._cache:
+            self._cache[video] = render_video(video_seed(self.seed, video), self.synth)
+        return self._cache[video]
 
     def __len__(self) -> int:
         return self.num_videos
