@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -349,7 +350,12 @@ def _train_step(
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     lr = float(optimizer.param_groups[0]["lr"])
-    scheduler.step()
+    with warnings.catch_warnings():
+        # With AMP the scaler skips the optimiser step when gradients overflowed (the first
+        # iterations, while it finds its scale); the schedule still counts iterations, as in
+        # detectron2's AMP trainer, so torch's "scheduler before optimizer" notice is expected.
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        scheduler.step()
     return total, terms, lr, float(grad_norm)
 
 

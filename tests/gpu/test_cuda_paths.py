@@ -128,7 +128,9 @@ def _track_case(case: dict[str, Any], device: str) -> tuple[list[list[int]], lis
     cfg = dataclasses.replace(TrackerConfig(), **case["tracker_overrides"])
     inputs = {k: v.to(device) for k, v in case["inputs"].items() if torch.is_tensor(v)}
     num_frames, _, num_logits = inputs["pred_logits"].shape
-    state = init_state(inputs["pred_embeds"].shape[-1], num_logits - 1, cfg.cache_size)
+    state = init_state(
+        inputs["pred_embeds"].shape[-1], num_logits - 1, cfg.cache_size, device=device
+    )
     acc = VideoAccumulator(cfg, sizes=None, keep_mask_logits=True)
     ids = []
     for f in range(num_frames):
@@ -138,6 +140,7 @@ def _track_case(case: dict[str, Any], device: str) -> tuple[list[list[int]], lis
         state, assignment = track_step(state, det, cfg)
         acc.add_frame(det, assignment)
         ids.append(assignment.track_ids[assignment.kept].cpu().tolist())
+        assert state.track_ids.device.type == torch.device(device).type
     return ids, [e.logits.cpu() for e in acc.finalize()]
 
 
