@@ -1,7 +1,7 @@
 """Service benchmarks (loopback only, bounded): batching gain, Redis state round trip,
 service overhead and a WebSocket load run.
 
-    python bench/bench_service.py [--sessions 8] [--frames 40] [--redis-url URL]
+    python bench/bench_service.py [--sessions 8] [--frames 40] [--redis-url URL] [--store-only]
 
 Prints a markdown report. Every measurement is bounded in count and time and talks only to
 127.0.0.1.
@@ -31,7 +31,7 @@ from _proc import free_port, rss_mb  # noqa: E402
 from model.tracker import codec, init_state  # noqa: E402
 from model.tracker.state import TrackState  # noqa: E402
 from service.batching import BatchQueue  # noqa: E402
-from service.store import RedisStore, SessionRecord  # noqa: E402
+from service.store import _RELEASE_LUA, RedisStore, SessionRecord  # noqa: E402
 from training.data.synthetic import config_for, render_video  # noqa: E402
 
 
@@ -81,31 +81,75 @@ def _state(tracks: int, dim: int = 256, classes: int = 40) -> TrackState:
     return dataclasses.replace(s, frame_index=5, next_track_id=tracks, **fields)
 
 
+# The protocol before the staged save (kept here only to measure against, in the same run): a
+# frame read the whole record (HGETALL, state inside the hash) and saved through a Lua
+# compare-and-set that received the state bytes as a script argument.
+_LEGACY_SAVE_LUA = """
+local current = redis.call('hget', KEYS[1], 'frame_index')
+if not current then return -1 end
+if tonumber(current) ~= tonumber(ARGV[1]) then return -2 end
+redis.call('hset', KEYS[1], 'state', ARGV[2], 'frame_index', tonumber(ARGV[1]) + 1)
+redis.call('expire', KEYS[1], ARGV[3])
+return tonumber(ARGV[1]) + 1
+"""
+
+
 async def redis_round_trip(url: str, n: int = 300) -> dict:
-    """Per frame: load the session (1 round trip) and compare-and-set the new state (1 Lua
-    round trip), with the lossless 10-track state the service stores; then the same plus the
-    codec decode/encode."""
+    """Store time of one live-session frame with the lossless 10-track state, interleaved:
+
+    * ``hit``: the replica saved the previous frame itself (the steady state): lease + meta
+      (one Lua call), then the staged compare-and-set save that releases the lease;
+    * ``miss``: another replica saved it: the same plus reading the state;
+    * ``legacy``: the earlier protocol's load + save (HGETALL, big-argument Lua CAS), the
+      number reported before; ``legacy_frame``: the same with its separate lease acquire and
+      release, i.e. the store time of a frame then;
+    * ``codec``: ``hit`` plus the codec encode the service does per frame.
+    """
+    import redis.asyncio as redis
+
     store = RedisStore(url)
+    raw = redis.Redis.from_url(url)
+    legacy = raw.register_script(_LEGACY_SAVE_LUA)
     state = _state(10)
     payload = codec.dumps(state, compact=False)
-    await store.create(SessionRecord("bench-rt", {"k": 1}, payload, 0), 60)
-    redis_only, with_codec = [], []
+    sid, legacy_key = "bench-rt", "ctvis:bench-legacy"
+    await store.create(SessionRecord(sid, {"k": 1}, payload, 0), 60)
+    await raw.hset(legacy_key, mapping={"meta": "{}", "state": payload, "frame_index": 0})
+    times: dict[str, list[float]] = {
+        k: [] for k in ("hit", "miss", "legacy", "legacy_frame", "codec")
+    }
+
+    async def frame(kind: str, owner: str) -> None:
+        t0 = time.perf_counter()
+        lease = await store.acquire_frame(sid, owner, 10_000)
+        assert lease is not None and lease.acquired
+        if kind == "miss":
+            assert await store.load_state(sid) is not None
+        data = codec.dumps(state, compact=False) if kind == "codec" else payload
+        await store.save_state(sid, lease.frame_index, data, 60, release_owner=owner)
+        times[kind].append((time.perf_counter() - t0) * 1000)
+
     for i in range(n):
+        await frame("hit", f"o{i}a")
+        await frame("miss", f"o{i}b")
         t0 = time.perf_counter()
-        record = await store.load("bench-rt")
-        assert record is not None
-        await store.save_state("bench-rt", 2 * i, payload, 60)
-        redis_only.append((time.perf_counter() - t0) * 1000)
-        t0 = time.perf_counter()
-        record = await store.load("bench-rt")
-        assert record is not None
-        codec.loads(record.state)
-        await store.save_state("bench-rt", 2 * i + 1, codec.dumps(state, compact=False), 60)
-        with_codec.append((time.perf_counter() - t0) * 1000)
-    await store.delete("bench-rt")
+        assert await raw.set("ctvis:bench-legacy-lease", f"o{i}", nx=True, px=10_000)
+        t1 = time.perf_counter()
+        assert await raw.hgetall(legacy_key)
+        assert int(await legacy(keys=[legacy_key], args=[i, payload, 60])) == i + 1
+        t2 = time.perf_counter()
+        await raw.eval(_RELEASE_LUA, 1, "ctvis:bench-legacy-lease", f"o{i}")
+        times["legacy"].append((t2 - t1) * 1000)
+        times["legacy_frame"].append((time.perf_counter() - t0) * 1000)
+        await frame("codec", f"o{i}c")
+    await store.delete(sid)
+    await raw.delete(legacy_key, "ctvis:bench-legacy-lease")
     await store.close()
-    return {"p50_ms": pct(redis_only, 50), "p99_ms": pct(redis_only, 99),
-            "codec_p50_ms": pct(with_codec, 50), "state_bytes": len(payload)}  # fmt: skip
+    await raw.aclose()
+    out = {f"{k}_p50_ms": pct(v, 50) for k, v in times.items()}
+    out.update({f"{k}_p99_ms": pct(v, 99) for k, v in times.items()})
+    out["state_bytes"] = len(payload)
+    return out
 
 
 def _jpeg(frame: np.ndarray) -> bytes:
@@ -166,10 +210,15 @@ def main() -> None:
     parser.add_argument(
         "--redis-url", default=os.environ.get("CTVIS_REDIS_URL", "redis://127.0.0.1:6379/0")
     )
+    parser.add_argument("--store-only", action="store_true", help="only the Redis store timing")
     args = parser.parse_args()
 
-    gain = asyncio.run(batching_gain(8, 20, a_ms=40.0, b_ms=2.0))
     rt = asyncio.run(redis_round_trip(args.redis_url))
+    if args.store_only:
+        for kind in ("hit", "miss", "legacy", "legacy_frame", "codec"):
+            print(f"{kind}: p50 {rt[kind + '_p50_ms']:.3f} ms, p99 {rt[kind + '_p99_ms']:.3f} ms")
+        return
+    gain = asyncio.run(batching_gain(8, 20, a_ms=40.0, b_ms=2.0))
     port = free_port()
     exe = shutil.which("ctvis") or str(Path(sys.executable).parent / "ctvis")
     # the recorded numbers use the random-weight tiny preset; CTVIS_CHECKPOINT overrides
@@ -199,9 +248,15 @@ def main() -> None:
     print(f"| stub backend a=40 ms, b=2 ms: unbatched | {gain['unbatched_fps']:.1f} frames/s |")
     print(f"| stub backend, 8 sessions batched | {gain['batched_fps']:.1f} frames/s |")
     print(f"| batching gain | {gain['gain']:.2f}x |")
-    print(f"| Redis state round trip (load + CAS save), 10 tracks, p50 / p99 | "
-          f"{rt['p50_ms']:.3f} / {rt['p99_ms']:.3f} ms ({rt['state_bytes']} B) |")  # fmt: skip
-    print(f"| same incl. codec decode + encode, p50 | {rt['codec_p50_ms']:.3f} ms |")
+    for kind, what in (
+        ("hit", "steady state: lease + meta, staged CAS save + release"),
+        ("miss", "another replica saved last: + state read"),
+        ("legacy", "earlier protocol: HGETALL + big-argument Lua CAS, leases not counted"),
+        ("legacy_frame", "earlier protocol incl. its lease acquire + release"),
+        ("codec", "steady state + codec encode"),
+    ):
+        print(f"| Redis store time per frame, {what}, {rt['state_bytes']} B state, p50 / p99 | "
+              f"{rt[kind + '_p50_ms']:.3f} / {rt[kind + '_p99_ms']:.3f} ms |")  # fmt: skip
     print(f"| WS load: {args.sessions} sessions x {args.frames} frames (tiny, 160x120 JPEG) | "
           f"{load['frames_per_s']:.1f} frames/s |")  # fmt: skip
     print(f"| latency p50 / p95 / p99 | {load['p50_ms']:.1f} / {load['p95_ms']:.1f} / "

@@ -20,6 +20,11 @@ class Metrics:
         self.frames = Counter("ctvis_frames_total", "Frames processed", ["path"], registry=r)
         self.dropped = Counter("ctvis_frames_dropped_total", "Frames dropped", registry=r)
         self.errors = Counter("ctvis_errors_total", "Errors by code", ["code"], registry=r)
+        self.state_cache_misses = Counter(
+            "ctvis_state_cache_misses_total",
+            "Frames whose session state was read from the store (not saved by this replica)",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "ctvis_batch_size",
             "Frames per model batch",

@@ -1,9 +1,12 @@
 """Live sessions: create, process one frame (REST and WebSocket share this), delete.
 
-Every frame: load the record, check the token, decode the state, run the frame through the
-batch queue, then save the new state with a compare-and-set on the frame index. One process
-serialises a session's frames with a per-session lock; across replicas the compare-and-set
-turns a race into a 409 ``state_conflict`` instead of a forked track history.
+Every frame: take the session's lease and read its metadata (one store round trip), check the
+token, get the state (from this replica's cache when it saved that version itself, else from
+the store), run the frame through the batch queue, then save the new state with a
+compare-and-set on the frame index that also releases the lease (one round trip). One process
+serialises a session's frames with a per-session lock, the lease does so across replicas, and
+the compare-and-set turns any remaining race into a 409 ``state_conflict`` instead of a forked
+track history.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ import asyncio
 import contextlib
 import dataclasses
 import time
+from collections import OrderedDict
 from typing import Any, cast
 
 import numpy as np
 
 from model.config import TrackerConfig, to_dict
-from model.tracker import codec, init_state
+from model.tracker import TrackState, codec, init_state
 from service.auth import hash_secret, new_id, new_token, token_matches
 from service.batching import BatchQueue
 from service.engine import FrameItem, FrameOutcome
@@ -27,7 +31,13 @@ from service.models import ServedModel
 from service.remote import RedisFrameQueue, WorkerLost
 from service.schemas import RLE, FrameResult, InstanceOut, SessionCreate, SessionInfo, Timings
 from service.settings import Settings
-from service.store import SessionNotFound, SessionRecord, SessionStore, StateConflict
+from service.store import (
+    FrameLease,
+    SessionNotFound,
+    SessionRecord,
+    SessionStore,
+    StateConflict,
+)
 
 
 def tracker_with_overrides(base: TrackerConfig, overrides: dict[str, Any]) -> TrackerConfig:
@@ -83,6 +93,9 @@ class SessionService:
         self.metrics = metrics
         self._locks: dict[str, asyncio.Lock] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
+        # (version, state) of the sessions this replica saved last: the next frame of such a
+        # session skips reading the ~100 KB state back (see service/store.py)
+        self._states: OrderedDict[str, tuple[int, TrackState]] = OrderedDict()
 
     @property
     def model_id(self) -> str:
@@ -168,6 +181,7 @@ class SessionService:
     async def delete(self, session_id: str, token: str | None) -> None:
         await self.check_access(session_id, token)
         await self._store_call(self.store.delete(session_id))
+        self._forget(session_id)
         self._locks.pop(session_id, None)
         self.metrics.live_sessions.set(len(self._locks))
 
@@ -188,19 +202,50 @@ class SessionService:
             )
         self._buckets[session_id] = (tokens - 1.0, now)
 
-    async def _acquire_lease(self, session_id: str, owner: str) -> None:
+    async def _acquire_frame(self, session_id: str, owner: str) -> FrameLease:
+        """Take the session's lease (waiting up to ``lease_wait_ms`` for another replica)."""
         deadline = time.monotonic() + self.settings.lease_wait_ms / 1000
         while True:
-            got = await self._store_call(
-                self.store.acquire_lease(session_id, owner, self.settings.lease_ms)
+            lease = await self._store_call(
+                self.store.acquire_frame(session_id, owner, self.settings.lease_ms)
             )
-            if got:
-                return
+            if lease is None:
+                self._forget(session_id)
+                self._check(session_id, None, None)  # raises 404
+            assert lease is not None
+            if lease.acquired:
+                return lease
             if time.monotonic() >= deadline:
                 raise ApiError(
                     409, "session_busy", "another replica is processing this session's frame"
                 )
             await asyncio.sleep(0.01)
+
+    def _forget(self, session_id: str) -> None:
+        self._states.pop(session_id, None)
+
+    def _remember(self, session_id: str, frame_index: int, state: TrackState) -> None:
+        """Keep the state this replica just saved (as version ``frame_index``), LRU-bounded."""
+        if self.settings.state_cache_sessions <= 0:
+            return
+        self._states[session_id] = (frame_index, state)
+        self._states.move_to_end(session_id)
+        while len(self._states) > self.settings.state_cache_sessions:
+            self._states.popitem(last=False)
+
+    async def _state_at(self, session_id: str, frame_index: int) -> TrackState:
+        """The session's state of version ``frame_index``: from this replica's cache when it
+        saved that version itself, else from the store."""
+        cached = self._states.get(session_id)
+        if cached is not None and cached[0] == frame_index:
+            self._states.move_to_end(session_id)
+            return cached[1]
+        self.metrics.state_cache_misses.inc()
+        raw = await self._store_call(self.store.load_state(session_id))
+        if raw is None:
+            self._forget(session_id)
+            self._check(session_id, None, None)  # raises 404
+        return codec.loads(raw, expected_model_id=self.model_id)
 
     async def process_frame(
         self,
@@ -217,25 +262,29 @@ class SessionService:
         lock = self._locks.setdefault(session_id, asyncio.Lock())
         async with lock:
             owner = new_token()
-            await self._acquire_lease(session_id, owner)
+            lease = await self._acquire_frame(session_id, owner)
+            released = False
             try:
-                record, outcome, queue_ms = await self._run_locked(session_id, token, frame)
+                self._check(session_id, lease.meta, token)
+                outcome, queue_ms = await self._run_locked(session_id, lease, frame, owner)
+                released = True  # the state save released the lease
             finally:
-                with contextlib.suppress(Exception):
-                    await self.store.release_lease(session_id, owner)
+                if not released:
+                    with contextlib.suppress(Exception):
+                        await self.store.release_lease(session_id, owner)
         total_ms = (time.perf_counter() - received_at) * 1000
         self.metrics.frames.labels(path).inc()
         self.metrics.frame_seconds.observe(total_ms / 1000)
         return self._result(
-            session_id, record.frame_index, frame, outcome, queue_ms, total_ms, lag, dropped
+            session_id, lease.frame_index, frame, outcome, queue_ms, total_ms, lag, dropped
         )
 
     async def _run_locked(
-        self, session_id: str, token: str | None, frame: np.ndarray
-    ) -> tuple[SessionRecord, FrameOutcome, float]:
-        record = await self.authorize(session_id, token)
-        cfg = TrackerConfig(**_tracker_kwargs(record.meta["tracker"]))
-        state = codec.loads(record.state, expected_model_id=self.model_id)
+        self, session_id: str, lease: FrameLease, frame: np.ndarray, owner: str
+    ) -> tuple[FrameOutcome, float]:
+        assert lease.meta is not None
+        cfg = TrackerConfig(**_tracker_kwargs(lease.meta["tracker"]))
+        state = await self._state_at(session_id, lease.frame_index)
         queued_at = time.perf_counter()
         outcome = await self.queue.submit(FrameItem(frame, state, cfg))
         queue_ms = (time.perf_counter() - queued_at) * 1000 - outcome.model_ms
@@ -248,17 +297,24 @@ class SessionService:
         # Lossless: a float16 cache could flip a near-tie and break equality with `ctvis track`.
         payload = codec.dumps(outcome.state, self.model_id, compact=False)
         try:
-            await self._store_call(
+            saved = await self._store_call(
                 self.store.save_state(
-                    session_id, record.frame_index, payload, self.settings.session_ttl_s
+                    session_id,
+                    lease.frame_index,
+                    payload,
+                    self.settings.session_ttl_s,
+                    release_owner=owner,
                 )
             )
         except StateConflict as exc:
+            self._forget(session_id)
             self.metrics.errors.labels("state_conflict").inc()
             raise ApiError(409, "state_conflict", str(exc)) from exc
         except SessionNotFound as exc:
+            self._forget(session_id)
             raise ApiError(404, "session_not_found", "session expired while running") from exc
-        return record, outcome, queue_ms
+        self._remember(session_id, saved, outcome.state)
+        return outcome, queue_ms
 
     def _result(
         self,

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     lease_wait_ms: int = Field(
         2_000, ge=0, description="How long a frame waits for another replica's lease."
     )
+    state_cache_sessions: int = Field(
+        256,
+        ge=0,
+        description="Sessions whose last saved tracker state a replica keeps in memory, so "
+        "their next frame skips reading it back from the store (0 = always read).",
+    )
     worker: bool = Field(
         True,
         description="Run the model in this process. False (`ctvis serve --no-worker`): send "

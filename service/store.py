@@ -1,9 +1,21 @@
 """Session stores: in-process (embedded default) and Redis (any replica continues any session).
 
-A session is one record: JSON metadata, the tracker state bytes (``model.tracker.codec``), and
-the index of the next frame it expects. Saving a new state is a compare-and-set on that frame
-index (one Lua script, so one round trip), so two replicas racing on one session get a conflict
-instead of silently forking its track history. Key names live in this one block.
+A session is JSON metadata, the tracker state bytes (``model.tracker.codec``) and the index of
+the next frame it expects. A frame is one short protocol of two round trips:
+
+1. ``acquire_frame``: take the session's lease (a short-lived owner token that serialises one
+   session's frames across replicas) and read its metadata and frame index, in one Lua call.
+   The state itself is read only when the replica does not already hold that version
+   (``load_state``; a state is identified by (session, frame index), since the index only
+   ever grows).
+2. ``save_state``: a compare-and-set on the frame index that installs the new state and
+   releases the lease. Two replicas racing on one session get a conflict instead of silently
+   forking its track history. The state bytes are not passed through Lua (Redis copies a
+   script argument into a Lua string and back, which costs more than the network for a
+   100 KB state): they are written to a writer-private staging key in the same pipeline, and
+   the script ``RENAME``s that key into place, which moves no bytes.
+
+Key names live in this one block.
 """
 
 from __future__ import annotations
@@ -15,18 +27,42 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 KEY_PREFIX = "ctvis:"
-SESSION_KEY = KEY_PREFIX + "session:{session_id}"  # hash: meta, state, frame_index
+SESSION_KEY = KEY_PREFIX + "session:{session_id}"  # hash: meta, frame_index
+STATE_KEY = KEY_PREFIX + "state:{session_id}"  # str: tracker state bytes
+STAGING_KEY = KEY_PREFIX + "staging:{session_id}:{owner}"  # str: a state being saved
 LEASE_KEY = KEY_PREFIX + "lease:{session_id}"  # str: owner token, short PX expiry
+STAGING_TTL_MS = 30_000  # a staging key outlives its save only if the writer died mid-save
 
-# Compare-and-set of a session's state in one round trip: returns the new frame index,
-# -1 when the session is gone, -2 when another writer advanced it first.
+# Lease + metadata in one round trip: {-1} no session, {0} busy, {1, meta, frame_index}.
+_ACQUIRE_LUA = """
+local fields = redis.call('hmget', KEYS[1], 'meta', 'frame_index')
+if not fields[2] then return {-1} end
+if not redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0} end
+return {1, fields[1], fields[2]}
+"""
+
+# Compare-and-set of a session's state: returns the new frame index, -1 when the session is
+# gone, -2 when another writer advanced it first, -3 when the staged bytes are missing. The
+# staging key is always consumed, and the caller's lease (ARGV[3], if given) released.
 _SAVE_LUA = """
 local current = redis.call('hget', KEYS[1], 'frame_index')
-if not current then return -1 end
-if tonumber(current) ~= tonumber(ARGV[1]) then return -2 end
-redis.call('hset', KEYS[1], 'state', ARGV[2], 'frame_index', tonumber(ARGV[1]) + 1)
-redis.call('expire', KEYS[1], ARGV[3])
-return tonumber(ARGV[1]) + 1
+local result
+if not current then
+  result = -1
+elseif tonumber(current) ~= tonumber(ARGV[1]) then
+  result = -2
+elseif redis.call('exists', KEYS[2]) == 0 then
+  result = -3
+else
+  redis.call('rename', KEYS[2], KEYS[3])
+  redis.call('hset', KEYS[1], 'frame_index', tonumber(ARGV[1]) + 1)
+  redis.call('expire', KEYS[1], ARGV[2])
+  redis.call('expire', KEYS[3], ARGV[2])
+  result = tonumber(ARGV[1]) + 1
+end
+redis.call('del', KEYS[2])
+if ARGV[3] ~= '' and redis.call('get', KEYS[4]) == ARGV[3] then redis.call('del', KEYS[4]) end
+return result
 """
 
 # Delete the lease only if we still own it (it may have expired and been taken over).
@@ -44,6 +80,22 @@ class SessionRecord:
     meta: dict[str, Any]
     state: bytes
     frame_index: int
+
+
+@dataclass(frozen=True)
+class FrameLease:
+    """The outcome of ``acquire_frame`` for a session that exists.
+
+    Attributes:
+        acquired: whether this caller now holds the session's lease (False: another frame of
+            this session is running somewhere; ``meta`` and ``frame_index`` are then unset).
+        meta: the session's metadata.
+        frame_index: the index of the frame to process, i.e. the stored state's version.
+    """
+
+    acquired: bool
+    meta: dict[str, Any] | None = None
+    frame_index: int = -1
 
 
 class StateConflict(RuntimeError):
@@ -67,13 +119,22 @@ class SessionStore(Protocol):
 
     async def load_meta(self, session_id: str) -> dict[str, Any] | None: ...
 
+    async def load_state(self, session_id: str) -> bytes | None: ...
+
+    async def acquire_frame(
+        self, session_id: str, owner: str, lease_ms: int
+    ) -> FrameLease | None: ...
+
     async def save_state(
-        self, session_id: str, expected_frame_index: int, state: bytes, ttl_s: int
+        self,
+        session_id: str,
+        expected_frame_index: int,
+        state: bytes,
+        ttl_s: int,
+        release_owner: str | None = None,
     ) -> int: ...
 
     async def delete(self, session_id: str) -> bool: ...
-
-    async def acquire_lease(self, session_id: str, owner: str, ttl_ms: int) -> bool: ...
 
     async def release_lease(self, session_id: str, owner: str) -> None: ...
 
@@ -113,33 +174,49 @@ class MemoryStore:
         record = self._get(session_id)
         return None if record is None else record.meta
 
+    async def load_state(self, session_id: str) -> bytes | None:
+        record = self._get(session_id)
+        return None if record is None else record.state
+
+    async def acquire_frame(self, session_id: str, owner: str, lease_ms: int) -> FrameLease | None:
+        record = self._get(session_id)
+        if record is None:
+            return None
+        now = time.monotonic()
+        holder = self._leases.get(session_id)
+        if holder is not None and holder[1] > now and holder[0] != owner:
+            return FrameLease(acquired=False)
+        self._leases[session_id] = (owner, now + lease_ms / 1000)
+        return FrameLease(True, record.meta, record.frame_index)
+
     async def save_state(
-        self, session_id: str, expected_frame_index: int, state: bytes, ttl_s: int
+        self,
+        session_id: str,
+        expected_frame_index: int,
+        state: bytes,
+        ttl_s: int,
+        release_owner: str | None = None,
     ) -> int:
         async with self._lock:
-            current = self._get(session_id)
-            if current is None:
-                raise SessionNotFound(session_id)
-            if current.frame_index != expected_frame_index:
-                raise StateConflict(
-                    f"session {session_id} is at frame {current.frame_index}, "
-                    f"not {expected_frame_index}"
-                )
-            new = SessionRecord(session_id, current.meta, state, expected_frame_index + 1)
-            self._data[session_id] = (new, time.monotonic() + ttl_s)
-            return new.frame_index
+            try:
+                current = self._get(session_id)
+                if current is None:
+                    raise SessionNotFound(session_id)
+                if current.frame_index != expected_frame_index:
+                    raise StateConflict(
+                        f"session {session_id} is at frame {current.frame_index}, "
+                        f"not {expected_frame_index}"
+                    )
+                new = SessionRecord(session_id, current.meta, state, expected_frame_index + 1)
+                self._data[session_id] = (new, time.monotonic() + ttl_s)
+                return new.frame_index
+            finally:
+                if release_owner is not None:
+                    await self.release_lease(session_id, release_owner)
 
     async def delete(self, session_id: str) -> bool:
         async with self._lock:
             return self._data.pop(session_id, None) is not None
-
-    async def acquire_lease(self, session_id: str, owner: str, ttl_ms: int) -> bool:
-        now = time.monotonic()
-        holder = self._leases.get(session_id)
-        if holder is not None and holder[1] > now and holder[0] != owner:
-            return False
-        self._leases[session_id] = (owner, now + ttl_ms / 1000)
-        return True
 
     async def release_lease(self, session_id: str, owner: str) -> None:
         holder = self._leases.get(session_id)
@@ -151,7 +228,7 @@ class MemoryStore:
 
 
 class RedisStore:
-    """Store backed by ``redis.asyncio``; state saves are a one-round-trip Lua compare-and-set."""
+    """Store backed by ``redis.asyncio``: a frame costs two round trips (see the module doc)."""
 
     kind = "redis"
 
@@ -159,7 +236,23 @@ class RedisStore:
         import redis.asyncio as redis
 
         self._client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
-        self._save = self._client.register_script(_SAVE_LUA)
+        self._shas: dict[str, str] = {}
+
+    async def _sha(self, script: str) -> str:
+        sha = self._shas.get(script)
+        if sha is None:
+            sha = self._shas[script] = str(await self._client.script_load(script))
+        return sha
+
+    async def _evalsha(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, loading the script on first use and again after a Redis restart."""
+        from redis.exceptions import NoScriptError
+
+        try:
+            return await self._client.evalsha(await self._sha(script), len(keys), *keys, *args)
+        except NoScriptError:
+            self._shas.pop(script, None)
+            return await self._client.evalsha(await self._sha(script), len(keys), *keys, *args)
 
     async def ping(self) -> bool:
         try:
@@ -171,28 +264,24 @@ class RedisStore:
         key = SESSION_KEY.format(session_id=record.session_id)
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.hset(
-                key,
-                mapping={
-                    "meta": json.dumps(record.meta),
-                    "state": record.state,
-                    "frame_index": record.frame_index,
-                },
+                key, mapping={"meta": json.dumps(record.meta), "frame_index": record.frame_index}
             )
             pipe.expire(key, ttl_s)
+            pipe.set(STATE_KEY.format(session_id=record.session_id), record.state, ex=ttl_s)
             await pipe.execute()
 
     async def load(self, session_id: str) -> SessionRecord | None:
         # decode_responses is off: the client returns bytes
-        raw = cast(
-            "dict[bytes, bytes]",
-            await self._client.hgetall(SESSION_KEY.format(session_id=session_id)),
-        )
-        if not raw:
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(SESSION_KEY.format(session_id=session_id))
+            pipe.get(STATE_KEY.format(session_id=session_id))
+            raw, state = cast("tuple[dict[bytes, bytes], bytes | None]", await pipe.execute())
+        if not raw or state is None:
             return None
         return SessionRecord(
             session_id=session_id,
             meta=json.loads(raw[b"meta"]),
-            state=bytes(raw[b"state"]),
+            state=bytes(state),
             frame_index=int(raw[b"frame_index"]),
         )
 
@@ -201,31 +290,79 @@ class RedisStore:
         raw = await self._client.hget(SESSION_KEY.format(session_id=session_id), "meta")
         return None if raw is None else cast("dict[str, Any]", json.loads(raw))
 
+    async def load_state(self, session_id: str) -> bytes | None:
+        raw = cast("bytes | None", await self._client.get(STATE_KEY.format(session_id=session_id)))
+        return None if raw is None else bytes(raw)
+
+    async def acquire_frame(self, session_id: str, owner: str, lease_ms: int) -> FrameLease | None:
+        keys = [SESSION_KEY.format(session_id=session_id), LEASE_KEY.format(session_id=session_id)]
+        reply = await self._evalsha(_ACQUIRE_LUA, keys, [owner, lease_ms])
+        if int(reply[0]) < 0:
+            return None
+        if int(reply[0]) == 0:
+            return FrameLease(acquired=False)
+        return FrameLease(True, json.loads(reply[1]), int(reply[2]))
+
     async def save_state(
-        self, session_id: str, expected_frame_index: int, state: bytes, ttl_s: int
+        self,
+        session_id: str,
+        expected_frame_index: int,
+        state: bytes,
+        ttl_s: int,
+        release_owner: str | None = None,
     ) -> int:
-        key = SESSION_KEY.format(session_id=session_id)
-        result = int(await self._save(keys=[key], args=[expected_frame_index, state, ttl_s]))
+        from redis.exceptions import NoScriptError
+
+        owner = release_owner or ""
+        staging = STAGING_KEY.format(session_id=session_id, owner=owner or _staging_token())
+        keys = [
+            SESSION_KEY.format(session_id=session_id),
+            staging,
+            STATE_KEY.format(session_id=session_id),
+            LEASE_KEY.format(session_id=session_id),
+        ]
+        args: list[int | str] = [expected_frame_index, ttl_s, owner]
+        for attempt in range(2):
+            # one round trip: stage the bytes, then install them by RENAME in the script
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.set(staging, state, px=STAGING_TTL_MS)
+                pipe.evalsha(await self._sha(_SAVE_LUA), len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
+            if isinstance(replies[1], NoScriptError) and attempt == 0:
+                self._shas.pop(_SAVE_LUA, None)  # Redis restarted: load the script again
+                continue
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            break
+        result = int(replies[1])
         if result == -1:
             raise SessionNotFound(session_id)
         if result == -2:
             raise StateConflict(
                 f"session {session_id} moved past frame {expected_frame_index} (another writer)"
             )
+        if result == -3:
+            raise StateConflict(f"session {session_id}: the staged state expired before saving")
         return result
 
     async def delete(self, session_id: str) -> bool:
-        return bool(await self._client.delete(SESSION_KEY.format(session_id=session_id)))
-
-    async def acquire_lease(self, session_id: str, owner: str, ttl_ms: int) -> bool:
-        key = LEASE_KEY.format(session_id=session_id)
-        return bool(await self._client.set(key, owner, nx=True, px=ttl_ms))
+        removed = await self._client.delete(
+            SESSION_KEY.format(session_id=session_id), STATE_KEY.format(session_id=session_id)
+        )
+        return bool(removed)
 
     async def release_lease(self, session_id: str, owner: str) -> None:
-        await self._client.eval(_RELEASE_LUA, 1, LEASE_KEY.format(session_id=session_id), owner)
+        await self._evalsha(_RELEASE_LUA, [LEASE_KEY.format(session_id=session_id)], [owner])
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _staging_token() -> str:
+    import secrets
+
+    return secrets.token_hex(16)
 
 
 def make_store(redis_url: str | None) -> SessionStore:

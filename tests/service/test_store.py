@@ -75,3 +75,64 @@ async def test_ttl_expiry_memory() -> None:
     await s.create(rec, ttl_s=0)
     await asyncio.sleep(0.01)
     assert await s.load(rec.session_id) is None
+
+
+async def test_acquire_frame_reads_meta_and_serialises_owners(store: SessionStore) -> None:
+    rec = _record(frame_index=3)
+    await store.create(rec, ttl_s=30)
+    assert await store.acquire_frame("missing-" + rec.session_id, "a", 5_000) is None
+    lease = await store.acquire_frame(rec.session_id, "a", 5_000)
+    assert lease is not None and lease.acquired
+    assert (lease.meta, lease.frame_index) == (rec.meta, 3)
+    busy = await store.acquire_frame(rec.session_id, "b", 5_000)
+    assert busy is not None and not busy.acquired
+    # the save that ends the frame releases the lease: the next owner gets it at once
+    assert await store.save_state(rec.session_id, 3, b"s4", 30, release_owner="a") == 4
+    nxt = await store.acquire_frame(rec.session_id, "b", 5_000)
+    assert nxt is not None and nxt.acquired and nxt.frame_index == 4
+    assert await store.load_state(rec.session_id) == b"s4"
+    # a save by someone else never releases b's lease; a failed save by b still does
+    await store.save_state(rec.session_id, 4, b"s5", 30, release_owner="not-b")
+    assert not (await store.acquire_frame(rec.session_id, "c", 5_000)).acquired  # type: ignore[union-attr]
+    with pytest.raises(StateConflict):
+        await store.save_state(rec.session_id, 4, b"late", 30, release_owner="b")
+    assert (await store.acquire_frame(rec.session_id, "c", 5_000)).acquired  # type: ignore[union-attr]
+    assert (await store.load(rec.session_id)) == SessionRecord(rec.session_id, rec.meta, b"s5", 5)
+    await store.delete(rec.session_id)
+    assert await store.load_state(rec.session_id) is None
+
+
+async def test_lease_expires(store: SessionStore) -> None:
+    rec = _record()
+    await store.create(rec, ttl_s=30)
+    assert (await store.acquire_frame(rec.session_id, "a", 100)).acquired  # type: ignore[union-attr]
+    assert not (await store.acquire_frame(rec.session_id, "b", 100)).acquired  # type: ignore[union-attr]
+    await asyncio.sleep(0.25)
+    assert (await store.acquire_frame(rec.session_id, "b", 100)).acquired  # type: ignore[union-attr]
+    await store.delete(rec.session_id)
+
+
+@pytest.mark.redis
+async def test_redis_save_leaves_no_staging_keys_and_survives_script_flush() -> None:
+    import redis.asyncio as redis
+
+    store = RedisStore(REDIS_URL)
+    raw = redis.Redis.from_url(REDIS_URL)
+    rec = _record()
+    try:
+        await store.create(rec, ttl_s=30)
+        state = os.urandom(128 * 1024)
+        assert await store.save_state(rec.session_id, 0, state, 30, release_owner="x") == 1
+        with pytest.raises(StateConflict):
+            await store.save_state(rec.session_id, 0, b"stale", 30, release_owner="y")
+        assert [k async for k in raw.scan_iter(f"ctvis:staging:{rec.session_id}:*")] == []
+        assert await store.load_state(rec.session_id) == state
+        assert 0 < await raw.ttl(f"ctvis:state:{rec.session_id}") <= 30
+        await raw.script_flush()  # as after a Redis restart: scripts are loaded again
+        assert await store.save_state(rec.session_id, 1, b"s2", 30) == 2
+        lease = await store.acquire_frame(rec.session_id, "z", 1_000)
+        assert lease is not None and lease.acquired and lease.frame_index == 2
+    finally:
+        await store.delete(rec.session_id)
+        await raw.aclose()
+        await store.close()
