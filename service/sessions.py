@@ -135,6 +135,7 @@ class SessionService:
             session_id, meta, codec.dumps(state, self.model_id, compact=False), 0
         )
         await self._store_call(self.store.create(record, self.settings.session_ttl_s))
+        self._remember(session_id, 0, state)
         self._locks[session_id] = asyncio.Lock()
         self.metrics.live_sessions.set(len(self._locks))
         return session_id, token, time.time() + self.settings.session_ttl_s
