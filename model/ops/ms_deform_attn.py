@@ -1,8 +1,14 @@
 """Multi-scale deformable attention (Deformable DETR) in pure PyTorch.
 
 The official Mask2Former code calls a compiled CUDA kernel and falls back to a ``grid_sample``
-formulation when that kernel is unavailable; this module implements that fallback only. It runs on
-any device and exports to ONNX (``grid_sample`` needs opset >= 16).
+formulation when that kernel is unavailable. Both compute, per query and head, a weighted sum of
+bilinear samples: with ``L`` levels, ``P`` points and 4 bilinear corners that is a sum of
+``4 L P`` rows of the value table, with weights = bilinear weight x attention weight. Here that
+sum is one ``F.embedding_bag`` call (a fused gather + weighted sum), which never materialises
+the per-point samples ``grid_sample`` writes out and reads back; on the CPU it is about 2.7x
+faster, and it is differentiable in the values, locations and weights. The ``grid_sample``
+formulation runs on GPUs (faster there) and in the ONNX export (``grid_sample`` needs opset
+>= 16; ``embedding_bag`` exports poorly).
 """
 
 from __future__ import annotations
@@ -13,7 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MSDeformAttn", "ms_deform_attn_core"]
+__all__ = [
+    "MSDeformAttn",
+    "ms_deform_attn_core",
+    "ms_deform_attn_gather",
+    "ms_deform_attn_grid_sample",
+]
 
 
 def ms_deform_attn_core(
@@ -23,6 +34,90 @@ def ms_deform_attn_core(
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
     """Sample every level's value map at the given locations and take the weighted sum.
+
+    Bilinear sampling with zero padding and ``align_corners=False`` (pixel ``loc * size - 0.5``).
+    Runs ``ms_deform_attn_gather`` on the CPU and ``ms_deform_attn_grid_sample`` on GPUs and
+    while exporting to ONNX; the two agree up to float rounding. (At an R50 encoder layer of
+    480x864 the gather takes 93-101 ms against 252-269 ms for grid_sample on 2 CPU threads,
+    but 1.71 ms against 0.84 ms on an H200, where cuDNN's grid_sample wins.)
+
+    Args:
+        value: NxSxMxD per-head values of all levels, flattened level-major, row-major
+            (S = sum of H_l * W_l).
+        spatial_shapes: (H_l, W_l) of each of the L levels, in the order of ``value``.
+        sampling_locations: NxLqxMxLxPx2 locations in [0, 1] (x first), per query, head, level
+            and point.
+        attention_weights: NxLqxMxLxP weights (softmax over L*P per head).
+
+    Returns:
+        NxLqx(M*D) attended values.
+    """
+    exporting = torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+    if value.device.type == "cpu" and not exporting:
+        return ms_deform_attn_gather(value, spatial_shapes, sampling_locations, attention_weights)
+    return ms_deform_attn_grid_sample(value, spatial_shapes, sampling_locations, attention_weights)
+
+
+def ms_deform_attn_gather(
+    value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """``ms_deform_attn_core`` as one weighted ``embedding_bag`` over the value rows.
+
+    Each (image, query, head) is a bag of the 4 L P rows its bilinear corners read, weighted by
+    bilinear x attention weight; corners outside a map get weight 0 (zero padding). Shapes as
+    in ``ms_deform_attn_core``.
+    """
+    n, total, heads, dim = value.shape
+    _, num_queries, _, levels, points, _ = sampling_locations.shape
+    dtype, device = value.dtype, value.device
+    # the value table: row ((n * M + m) * S + s) holds value[n, s, m]
+    table = value.permute(0, 2, 1, 3).reshape(n * heads * total, dim)
+    sizes = torch.tensor(spatial_shapes, device=device, dtype=torch.int64)  # (L, 2) as (H, W)
+    height, width = sizes[:, 0], sizes[:, 1]
+    starts = torch.cumsum(height * width, 0) - height * width  # (L,)
+    wh = sizes.flip(-1).to(sampling_locations.dtype)  # (L, 2) as (W, H)
+    pixel = sampling_locations * wh[:, None, :] - 0.5  # (N, Lq, M, L, P, 2)
+    corner0 = pixel.floor()
+    frac = pixel - corner0
+    x0 = corner0[..., 0].to(torch.int64)
+    y0 = corner0[..., 1].to(torch.int64)
+    fx, fy = frac[..., 0], frac[..., 1]
+    base = (
+        torch.arange(n, device=device)[:, None, None] * heads
+        + torch.arange(heads, device=device)[None, None, :]
+    ) * total  # (N, 1, M): first row of each image's head in the table
+    base = base[..., None, None] + starts[:, None]  # (N, 1, M, L, 1)
+    w_l, h_l = width[:, None], height[:, None]  # (L, 1) broadcast over points
+    indices, weights = [], []
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            x, y = x0 + dx, y0 + dy
+            inside = (x >= 0) & (x < w_l) & (y >= 0) & (y < h_l)
+            indices.append(base + (y.clamp(0) * w_l + x.clamp(0)) * inside)
+            weights.append(wx * wy * inside.to(wx.dtype))
+    index = torch.stack(indices, -1).reshape(n * num_queries * heads, levels * points * 4)
+    weight = (torch.stack(weights, -1) * attention_weights[..., None]).to(dtype)
+    # in the values' dtype whatever autocast would pick (it needs table and weights alike)
+    with torch.autocast(device.type, enabled=False):
+        out = F.embedding_bag(
+            index,
+            table,
+            mode="sum",
+            per_sample_weights=weight.reshape(n * num_queries * heads, levels * points * 4),
+        )  # (N * Lq * M, D), bags in (n, q, m) order
+    return out.view(n, num_queries, heads * dim)
+
+
+def ms_deform_attn_grid_sample(
+    value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """``ms_deform_attn_core`` with one ``grid_sample`` per level (the reference formulation).
 
     Bilinear sampling with zero padding and ``align_corners=False`` (grid ``2 * loc - 1``),
     batched over images and heads; one ``grid_sample`` call per level because the levels have
