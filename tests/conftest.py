@@ -7,6 +7,7 @@ there), or from ``$CTVIS_SHARED``. They are never copied into the repository.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,18 @@ def _isolate_service_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         if name.startswith("CTVIS_") and not name.startswith(("CTVIS_TEST_", "CTVIS_SHARED")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("CTVIS_CHECKPOINT", "tiny-random")
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Iterator[None]:
+    """A test may pin torch to one thread; the next must not inherit it. Tests that compare
+    this process's outputs bit for bit with worker processes (which run torch's default thread
+    count) depend on it: float reductions round differently with another thread count."""
+    try:
+        import torch
+    except ImportError:  # the client-only install has no torch
+        yield
+        return
+    saved = torch.get_num_threads()
+    yield
+    torch.set_num_threads(saved)

@@ -4,9 +4,11 @@ actually trained (it finds and segments the shapes of unseen synthetic videos)."
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from cli.main import main
@@ -37,8 +39,18 @@ def test_bundled_checkpoint_is_small_and_loads() -> None:
     assert not loaded.segmenter.training
 
 
-def test_track_defaults_to_the_demo_and_it_segments_unseen_videos(tmp_path: Path) -> None:
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for the test, restored after: later tests compare this process's
+    outputs bit for bit with worker processes running torch's default thread count."""
+    saved = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_track_defaults_to_the_demo_and_it_segments_unseen_videos(tmp_path: Path) -> None:
     # seed 5: neither a training video (seed 1000) nor one of the reported val videos (seed 0)
     gt_path = write_dataset(tmp_path / "synth", "val", seed=5, num_videos=3)
     out = tmp_path / "results.json"

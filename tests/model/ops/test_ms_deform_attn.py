@@ -95,4 +95,5 @@ def test_core_uses_grid_sample_when_exporting(monkeypatch):
     import model.ops.ms_deform_attn as mod
 
     monkeypatch.setattr(mod, "ms_deform_attn_grid_sample", lambda *a: calls.append(1) or "ref")
-    assert ms_deform_attn_core(None, [], None, None) == "ref" and calls == [1]  # type: ignore[arg-type]
+    value = torch.zeros(1, 1, 1, 1)
+    assert ms_deform_attn_core(value, [(1, 1)], value, value) == "ref" and calls == [1]
