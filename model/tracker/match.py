@@ -6,6 +6,7 @@ inherently sequential and NumPy's per-op overhead is ~10x lower than torch's on 
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import numpy as np
@@ -75,8 +76,17 @@ def assign_greedy(
     # among unclaimed columns can never match, and a row with exactly one matches it (it is
     # the row's unique maximum). Only rows with several candidates need the weighting, which
     # runs on the row with claimed columns zeroed, exactly as the reference mutates it.
-    for i in np.flatnonzero(above_all.any(axis=1)).tolist():
-        cols = [j for j in np.flatnonzero(above_all[i]).tolist() if not taken[j]]
+    # The above-threshold columns of every row from one nonzero call (row-major, so grouped
+    # by row and ascending within a row), instead of one flatnonzero per row.
+    hit_rows, hit_cols = np.nonzero(above_all)
+    if hit_rows.size == 0:
+        return out
+    bounds = [0, *(np.flatnonzero(np.diff(hit_rows)) + 1).tolist(), hit_rows.size]
+    all_cols = hit_cols.tolist()
+    claimed: set[int] = set()
+    for lo, hi in itertools.pairwise(bounds):
+        i = int(hit_rows[lo])
+        cols = [j for j in all_cols[lo:hi] if j not in claimed]
         if not cols:
             continue
         if len(cols) == 1 or not frame_weight:
@@ -87,6 +97,7 @@ def assign_greedy(
                 j = int(row.argmax())
             out[i] = j
             taken[j] = True
+            claimed.add(j)
             continue
         row = np.where(taken, np.float32(0.0), scores[i])
         above = row > threshold
@@ -97,6 +108,7 @@ def assign_greedy(
         if weighted[j] > threshold:
             out[i] = j
             taken[j] = True
+            claimed.add(j)
     return out
 
 
