@@ -144,6 +144,7 @@ class SessionService:
         """404 unknown/expired, 401 bad token, 409 session pinned to another model."""
         if meta is None:
             self._locks.pop(session_id, None)
+            self._forget(session_id)
             raise ApiError(404, "session_not_found", f"session {session_id} not found or expired")
         if not token_matches(token, meta["token_sha256"]):
             raise ApiError(401, "invalid_token", "missing or wrong session token")
@@ -211,7 +212,6 @@ class SessionService:
                 self.store.acquire_frame(session_id, owner, self.settings.lease_ms)
             )
             if lease is None:
-                self._forget(session_id)
                 self._check(session_id, None, None)  # raises 404
             assert lease is not None
             if lease.acquired:
@@ -244,7 +244,6 @@ class SessionService:
         self.metrics.state_cache_misses.inc()
         raw = await self._store_call(self.store.load_state(session_id))
         if raw is None:
-            self._forget(session_id)
             self._check(session_id, None, None)  # raises 404
         return codec.loads(raw, expected_model_id=self.model_id)
 

@@ -121,18 +121,7 @@ def ms_deform_attn_grid_sample(
 
     Bilinear sampling with zero padding and ``align_corners=False`` (grid ``2 * loc - 1``),
     batched over images and heads; one ``grid_sample`` call per level because the levels have
-    different sizes.
-
-    Args:
-        value: NxSxMxD per-head values of all levels, flattened level-major, row-major
-            (S = sum of H_l * W_l).
-        spatial_shapes: (H_l, W_l) of each of the L levels, in the order of ``value``.
-        sampling_locations: NxLqxMxLxPx2 locations in [0, 1] (x first), per query, head, level
-            and point.
-        attention_weights: NxLqxMxLxP weights (softmax over L*P per head).
-
-    Returns:
-        NxLqx(M*D) attended values.
+    different sizes. Shapes as in ``ms_deform_attn_core``.
     """
     n, _, heads, dim = value.shape
     _, num_queries, _, levels, points, _ = sampling_locations.shape

@@ -71,7 +71,6 @@ def assign_greedy(
     scores = np.asarray(match, dtype=np.float32)
     weights = exist_frames.astype(np.float32)
     above_all = scores > threshold
-    taken = np.zeros(m, dtype=bool)
     # Zeroing claimed columns only lowers values, so a row with no entry above the threshold
     # among unclaimed columns can never match, and a row with exactly one matches it (it is
     # the row's unique maximum). Only rows with several candidates need the weighting, which
@@ -90,16 +89,11 @@ def assign_greedy(
         if not cols:
             continue
         if len(cols) == 1 or not frame_weight:
-            if len(cols) == 1:
-                j = cols[0]
-            else:
-                row = np.where(taken, np.float32(0.0), scores[i])
-                j = int(row.argmax())
+            j = cols[0] if len(cols) == 1 else int(_unclaimed_row(scores[i], claimed).argmax())
             out[i] = j
-            taken[j] = True
             claimed.add(j)
             continue
-        row = np.where(taken, np.float32(0.0), scores[i])
+        row = _unclaimed_row(scores[i], claimed)
         above = row > threshold
         w_above = weights[above]
         weighted = row * np.float32(w_above.mean(dtype=np.float32))
@@ -107,8 +101,15 @@ def assign_greedy(
         j = int(weighted.argmax())
         if weighted[j] > threshold:
             out[i] = j
-            taken[j] = True
             claimed.add(j)
+    return out
+
+
+def _unclaimed_row(row: np.ndarray, claimed: set[int]) -> np.ndarray:
+    """A copy of ``row`` with the claimed columns zeroed (the reference mutates its matrix)."""
+    out = row.copy()
+    if claimed:
+        out[list(claimed)] = np.float32(0.0)
     return out
 
 
