@@ -10,18 +10,19 @@ upsampling from 1/4-resolution logits).
 Each step allocates fresh ~1 MB tensors (pure functions over a 50-track state). glibc serves
 those with mmap and page-faults them in on every call; ``--malloc-tuned`` raises glibc's mmap
 and trim thresholds (the same as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``
-in the environment) so freed blocks are reused, which is what a long-running service wants.
+in the environment) so freed blocks are reused, which is what a long-running service wants
+and what ``ctvis serve`` / ``ctvis worker`` do by default (``CTVIS_MALLOC_TUNED``).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import time
 from collections.abc import Callable
 
 import torch
 
+from cli.common import tune_malloc
 from model import rle
 from model.config import TrackerConfig
 from model.postprocess import MaskSizes, encode_frame_masks
@@ -77,24 +78,13 @@ def _live_state(num_tracks: int, protos: torch.Tensor, cfg: TrackerConfig) -> Tr
     return state
 
 
-def _tune_malloc() -> bool:
-    """Raise glibc's mmap / trim thresholds to 64 / 256 MiB; False if not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    ok = libc.mallopt(m_mmap_threshold, 64 << 20) == 1
-    return ok and libc.mallopt(m_trim_threshold, 256 << 20) == 1
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--malloc-tuned", action="store_true", help="see the module docstring")
     args = parser.parse_args()
-    tuned = args.malloc_tuned and _tune_malloc()
+    tuned = args.malloc_tuned and tune_malloc()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = TrackerConfig()

@@ -80,6 +80,13 @@ def assign_greedy(
     hit_rows, hit_cols = np.nonzero(above_all)
     if hit_rows.size == 0:
         return out
+    if hit_rows.size == 1 or bool((np.diff(hit_rows) > 0).all()):
+        # No row has two candidates: the weighting never applies and each column goes to the
+        # first row (in candidate order) that has it above the threshold; later rows find it
+        # claimed and stay unmatched. One np.unique replaces the loop (same result).
+        won_cols, first = np.unique(hit_cols, return_index=True)
+        out[hit_rows[first]] = won_cols
+        return out
     bounds = [0, *(np.flatnonzero(np.diff(hit_rows)) + 1).tolist(), hit_rows.size]
     all_cols = hit_cols.tolist()
     claimed: set[int] = set()

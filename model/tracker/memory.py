@@ -228,23 +228,22 @@ def record_entries(
     Returns:
         The new state.
     """
-    matched = torch.zeros_like(state.entry_hits, dtype=torch.bool)
-    matched = matched.index_put((slots,), torch.ones_like(slots, dtype=torch.bool))
-    fresh = (state.entry_hits[slots] == 0)[:, None]
-    old_sum = state.logit_sum[slots]
-    old_max = state.logit_max[slots]
-    logits = logits.to(state.logit_sum.dtype)
-    hits = state.entry_hits.index_put((slots,), state.entry_hits[slots] + 1)
-    tail = torch.where(matched, torch.zeros_like(state.entry_tail), state.entry_tail + 1)
-    logit_sum = state.logit_sum.index_put((slots,), torch.where(fresh, logits, old_sum + logits))
-    logit_max = state.logit_max.index_put(
-        (slots,), torch.where(fresh, logits, torch.maximum(old_max, logits))
+    # Rows without an entry hold logit_sum == 0 and logit_max == -inf (spawn and the noise
+    # filter keep that invariant), so a fresh entry needs no special case: 0 + x == x and
+    # max(-inf, x) == x.
+    matched = torch.zeros_like(state.entry_hits).index_put(
+        (slots,), torch.ones_like(slots, dtype=state.entry_hits.dtype)
     )
+    logits = logits.to(state.logit_sum.dtype)
+    hits = state.entry_hits + matched
+    tail = torch.where(matched > 0, 0, state.entry_tail + 1)
+    logit_sum = state.logit_sum.index_put((slots,), logits, accumulate=True)
+    logit_max = state.logit_max.scatter_reduce(0, slots[:, None].expand_as(logits), logits, "amax")
     drop = noise_removed(hits, tail, frame_index, cfg)
     if bool(drop.any()):
-        hits = torch.where(drop, torch.zeros_like(hits), hits)
-        logit_sum = torch.where(drop[:, None], torch.zeros_like(logit_sum), logit_sum)
-        logit_max = torch.where(drop[:, None], torch.full_like(logit_max, float("-inf")), logit_max)
+        hits = torch.where(drop, 0, hits)
+        logit_sum = torch.where(drop[:, None], 0.0, logit_sum)
+        logit_max = torch.where(drop[:, None], float("-inf"), logit_max)
     return dataclasses.replace(
         state, entry_hits=hits, entry_tail=tail, logit_sum=logit_sum, logit_max=logit_max
     )

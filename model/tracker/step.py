@@ -47,24 +47,23 @@ def track_step(
     state, new_slots = memory.spawn(state, int(is_new.sum()))
     slots = cols.masked_scatter(is_new, new_slots)
     kept = slots >= 0
-    kept_slots = slots[kept]
+    rows = torch.nonzero(kept).squeeze(1)  # one nonzero for the four gathers below
+    kept_slots = slots[rows]
     state = memory.write(
         state,
         kept_slots,
-        detections.embeds[kept],
-        detections.scores[kept],
+        detections.embeds[rows],
+        detections.scores[rows],
         frame,
         cfg.momentum,
     )
-    state = memory.record_entries(state, kept_slots, detections.logits[kept], frame, cfg)
-    track_ids = torch.full_like(slots, -1)
-    track_ids[kept] = state.track_ids[kept_slots]
+    state = memory.record_entries(state, kept_slots, detections.logits[rows], frame, cfg)
+    track_ids = torch.full_like(slots, -1).masked_scatter(kept, state.track_ids[kept_slots])
     state, alive = memory.prune(state, frame, cfg.num_dead_frames, cfg.max_tracks)
     if not bool(alive.all()):
         # Matched tracks are alive (last_seen == frame); remap them to compacted rows.
-        new_row = torch.cumsum(alive.to(torch.int64), 0) - 1
-        slots = torch.full_like(slots, -1)
-        slots[kept] = new_row[kept_slots]
+        new_row = torch.cumsum(alive, 0) - 1
+        slots = torch.where(kept, new_row[slots.clamp_min(0)], -1)
     state = dataclasses.replace(state, frame_index=frame + 1)
     assignment = TrackAssignment(track_ids=track_ids, slots=slots, is_new=is_new, frame_index=frame)
     return state, assignment
