@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _proc import free_port, rss_mb  # noqa: E402
 
 from model.tracker import codec, init_state  # noqa: E402
-from model.tracker.state import TrackState  # noqa: E402
 from service.batching import BatchQueue  # noqa: E402
 from service.store import _RELEASE_LUA, RedisStore, SessionRecord  # noqa: E402
 from training.data.synthetic import config_for, render_video  # noqa: E402
@@ -63,22 +62,29 @@ async def batching_gain(sessions: int, frames: int, a_ms: float, b_ms: float) ->
     return {"unbatched_fps": out[1], "batched_fps": out[sessions], "gain": out[sessions] / out[1]}
 
 
-def _state(tracks: int, dim: int = 256, classes: int = 40) -> TrackState:
+def _state_sequence(frames: int, tracks: int = 10, dim: int = 256, classes: int = 40) -> list:
+    """Successive tracker states of one live session: ``tracks`` objects, every one matched
+    in every frame (the steady state of a stream), from ``track_step`` itself."""
     import torch
 
-    s = init_state(dim, classes, 10)
-    fields = {}
-    for name, value in s.tensors().items():
-        shape = (tracks, *value.shape[1:])
-        fields[name] = (
-            torch.randn(shape)
-            if value.is_floating_point()
-            else torch.ones(shape, dtype=value.dtype)
-        )
-    fields["track_ids"] = torch.arange(tracks)
-    import dataclasses
+    from model.config import TrackerConfig
+    from model.structures import Detections
+    from model.tracker import track_step
 
-    return dataclasses.replace(s, frame_index=5, next_track_id=tracks, **fields)
+    torch.manual_seed(0)
+    cfg = TrackerConfig()
+    protos = 6.0 * torch.nn.functional.normalize(torch.randn(tracks, dim), dim=1)
+    state = init_state(dim, classes, cfg.cache_size)
+    states = []
+    for _ in range(frames + 12):  # 12 warm-up frames fill the raw-embedding caches
+        embeds = protos + 0.1 * torch.randn_like(protos)
+        dets = Detections(
+            torch.arange(tracks), torch.linspace(0.9, 0.5, tracks),
+            torch.randn(tracks, classes + 1), torch.zeros(tracks, 4, 4), embeds,
+        )  # fmt: skip
+        state, _ = track_step(state, dets, cfg)
+        states.append(state)
+    return states[12:]
 
 
 # The protocol before the staged save (kept here only to measure against, in the same run): a
@@ -95,7 +101,11 @@ return tonumber(ARGV[1]) + 1
 
 
 async def redis_round_trip(url: str, n: int = 300) -> dict:
-    """Store time of one live-session frame with the lossless 10-track state, interleaved:
+    """Store time of one live-session frame with lossless 10-track states, n of each kind,
+    interleaved.
+
+    The states are the successive states of a real tracker run (10 tracks, all matched every
+    frame; ~128 KB each), so each save carries what a stream's frame really changes.
 
     * ``hit``: the replica saved the previous frame itself (the steady state): lease + meta
       (one Lua call), then the staged compare-and-set save that releases the lease;
@@ -111,22 +121,21 @@ async def redis_round_trip(url: str, n: int = 300) -> dict:
     store = RedisStore(url)
     raw = redis.Redis.from_url(url)
     legacy = raw.register_script(_LEGACY_SAVE_LUA)
-    state = _state(10)
-    payload = codec.dumps(state, compact=False)
+    states = _state_sequence(3 * n + 1)
+    payloads = [codec.dumps(s, compact=False) for s in states]
     sid, legacy_key = "bench-rt", "ctvis:bench-legacy"
-    await store.create(SessionRecord(sid, {"k": 1}, payload, 0), 60)
-    await raw.hset(legacy_key, mapping={"meta": "{}", "state": payload, "frame_index": 0})
-    times: dict[str, list[float]] = {
-        k: [] for k in ("hit", "hit_save", "miss", "legacy", "legacy_frame", "codec")
-    }
+    await store.create(SessionRecord(sid, {"k": 1}, payloads[0], 0), 60)
+    await raw.hset(legacy_key, mapping={"meta": "{}", "state": payloads[0], "frame_index": 0})
+    kinds = ("hit", "hit_save", "miss", "legacy", "legacy_frame", "codec")
+    times: dict[str, list[float]] = {k: [] for k in kinds}
 
-    async def frame(kind: str, owner: str) -> None:
+    async def frame(kind: str, owner: str, i: int) -> None:
         t0 = time.perf_counter()
         lease = await store.acquire_frame(sid, owner, 10_000)
         assert lease is not None and lease.acquired
         if kind == "miss":
             assert await store.load_state(sid) is not None
-        data = codec.dumps(state, compact=False) if kind == "codec" else payload
+        data = codec.dumps(states[i], compact=False) if kind == "codec" else payloads[i]
         t1 = time.perf_counter()
         await store.save_state(sid, lease.frame_index, data, 60, release_owner=owner)
         t2 = time.perf_counter()
@@ -134,26 +143,26 @@ async def redis_round_trip(url: str, n: int = 300) -> dict:
         if kind == "hit":
             times["hit_save"].append((t2 - t1) * 1000)
 
-    for i in range(n):
-        await frame("hit", f"o{i}a")
-        await frame("miss", f"o{i}b")
+    for i in range(1, n + 1):
+        await frame("hit", f"o{i}a", 3 * i - 2)
+        await frame("miss", f"o{i}b", 3 * i - 1)
         t0 = time.perf_counter()
         assert await raw.set("ctvis:bench-legacy-lease", f"o{i}", nx=True, px=10_000)
         t1 = time.perf_counter()
         assert await raw.hgetall(legacy_key)
-        assert int(await legacy(keys=[legacy_key], args=[i, payload, 60])) == i + 1
+        assert int(await legacy(keys=[legacy_key], args=[i - 1, payloads[i], 60])) == i
         t2 = time.perf_counter()
         await raw.eval(_RELEASE_LUA, 1, "ctvis:bench-legacy-lease", f"o{i}")
         times["legacy"].append((t2 - t1) * 1000)
         times["legacy_frame"].append((time.perf_counter() - t0) * 1000)
-        await frame("codec", f"o{i}c")
+        await frame("codec", f"o{i}c", 3 * i)
     await store.delete(sid)
     await raw.delete(legacy_key, "ctvis:bench-legacy-lease")
     await store.close()
     await raw.aclose()
     out = {f"{k}_p50_ms": pct(v, 50) for k, v in times.items()}
     out.update({f"{k}_p99_ms": pct(v, 99) for k, v in times.items()})
-    out["state_bytes"] = len(payload)
+    out["state_bytes"] = len(payloads[0])
     return out
 
 
