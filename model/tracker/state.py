@@ -186,3 +186,8 @@ def check_state(state: TrackState) -> None:
             raise ValueError("cache_len out of range [1, cache_size]")
         if int(state.last_seen.max()) >= state.frame_index:
             raise ValueError("a track was seen at or after frame_index")
+        idle = state.entry_hits == 0  # no output entry: its logit records must be empty
+        if bool((state.logit_sum[idle] != 0).any()) or bool(
+            (state.logit_max[idle] != float("-inf")).any()
+        ):
+            raise ValueError("a track without an output entry has logits recorded")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from model.config import TrackerConfig
@@ -147,3 +148,19 @@ def test_prune_caps_live_tracks_by_recency() -> None:
     assert keep.tolist() == [True, False, False, False, True]
     _, keep = memory.prune(state, 22, num_dead_frames=20, max_tracks=1)
     assert keep.tolist() == [False, False, False, False, True]  # tie: older slot goes
+
+
+def test_check_state_rejects_logits_recorded_without_an_entry() -> None:
+    # record_entries relies on it: a row with no output entry has logit_sum 0, logit_max -inf
+    state, _ = memory.spawn(init_state(4, 2), 2)
+    state = memory.write(state, torch.arange(2), torch.randn(2, 4), torch.rand(2), 0)
+    state = dataclasses.replace(state, frame_index=1)
+    check_state(state)
+    bad = dataclasses.replace(
+        state, logit_sum=state.logit_sum.index_fill(0, torch.tensor([1]), 0.5)
+    )
+    with pytest.raises(ValueError, match="output entry"):
+        check_state(bad)
+    bad = dataclasses.replace(state, logit_max=torch.zeros_like(state.logit_max))
+    with pytest.raises(ValueError, match="output entry"):
+        check_state(bad)
