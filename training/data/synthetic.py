@@ -47,7 +47,7 @@ class SynthConfig:
 
 
 SPLITS: dict[str, SynthConfig] = {
-    "val": SynthConfig(),
+    "val": SynthConfig(min_size=32.0, max_size=64.0),
     "hard": SynthConfig(
         num_frames=36,
         min_instances=3,
