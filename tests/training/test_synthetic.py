@@ -64,3 +64,17 @@ def test_cli_writes_ytvis(tmp_path: Path) -> None:
             if seg is not None:
                 rle = {"size": seg["size"], "counts": seg["counts"].encode()}
                 assert int(mask_utils.area(rle)) == area > 0
+
+
+def test_small_frames_cap_the_shape_size() -> None:
+    # val draws 32-64 px shapes for 256x192 frames; smaller frames (training smoke tests, the
+    # tiny config) cap the radius at a quarter of the shorter side instead of failing
+    cfg = config_for("val", height=48, width=64, num_frames=6)
+    for seed in range(20):
+        frames, tracks = render_video(seed, cfg)
+        assert frames[0].shape == (48, 64, 3)
+        for track in tracks:
+            areas = [int(m.sum()) for m in track["masks"] if m is not None]
+            # a capped shape fits a 24 px square (radius 12), + 1 px of rasterised outline per
+            # side; uncapped, a 64 px square would cover 4096 px
+            assert max(areas, default=0) <= 26 * 26, (seed, areas)

@@ -137,7 +137,7 @@ def _spawn(rng: np.random.Generator, cfg: SynthConfig, template: _Object | None)
         category = int(rng.integers(len(CATEGORIES)))
         color = PALETTE[int(rng.integers(len(PALETTE)))]
         texture = ("stripes", "checker", "dots")[int(rng.integers(3))]
-    size = float(rng.uniform(cfg.min_size, cfg.max_size)) / 2
+    size = min(float(rng.uniform(cfg.min_size, cfg.max_size)) / 2, _max_radius(cfg))
     margin = size + 2
     pos = np.array(
         [rng.uniform(margin, cfg.width - margin), rng.uniform(margin, cfg.height - margin)]
@@ -159,10 +159,17 @@ def _spawn(rng: np.random.Generator, cfg: SynthConfig, template: _Object | None)
     )
 
 
+def _max_radius(cfg: SynthConfig) -> float:
+    """Largest shape radius: a quarter of the shorter frame side (the split's sizes are meant
+    for 256x192 frames, where this bound never applies; smaller frames cap them)."""
+    return min(cfg.width, cfg.height) / 4
+
+
 def _advance(obj: _Object, cfg: SynthConfig, t: int) -> None:
     obj.vel = np.clip(obj.vel + obj.acc, -2.5 * cfg.speed, 2.5 * cfg.speed)
     obj.pos = obj.pos + obj.vel
-    obj.size = float(np.clip(obj.size * (1 + obj.growth), cfg.min_size / 2.5, cfg.max_size / 1.5))
+    upper = min(cfg.max_size / 1.5, _max_radius(cfg))
+    obj.size = float(np.clip(obj.size * (1 + obj.growth), cfg.min_size / 2.5, upper))
     obj.angle += obj.spin
     limits = (cfg.width, cfg.height)
     for d in range(2):
