@@ -62,26 +62,23 @@ async def batching_gain(sessions: int, frames: int, a_ms: float, b_ms: float) ->
     return {"unbatched_fps": out[1], "batched_fps": out[sessions], "gain": out[sessions] / out[1]}
 
 
-def _state_sequence(frames: int, tracks: int = 10, dim: int = 256, classes: int = 40) -> list:
+def _state_sequence(frames: int, tracks: int = 10) -> list:
     """Successive tracker states of one live session: ``tracks`` objects, every one matched
     in every frame (the steady state of a stream), from ``track_step`` itself."""
     import torch
+    from bench_tracker import EMBED_DIM, NUM_CLASSES, _detections
 
     from model.config import TrackerConfig
-    from model.structures import Detections
     from model.tracker import track_step
 
     torch.manual_seed(0)
     cfg = TrackerConfig()
-    protos = 6.0 * torch.nn.functional.normalize(torch.randn(tracks, dim), dim=1)
-    state = init_state(dim, classes, cfg.cache_size)
+    protos = 6.0 * torch.nn.functional.normalize(torch.randn(tracks, EMBED_DIM), dim=1)
+    state = init_state(EMBED_DIM, NUM_CLASSES, cfg.cache_size)
     states = []
     for _ in range(frames + 12):  # 12 warm-up frames fill the raw-embedding caches
         embeds = protos + 0.1 * torch.randn_like(protos)
-        dets = Detections(
-            torch.arange(tracks), torch.linspace(0.9, 0.5, tracks),
-            torch.randn(tracks, classes + 1), torch.zeros(tracks, 4, 4), embeds,
-        )  # fmt: skip
+        dets = _detections(embeds, torch.linspace(0.9, 0.5, tracks), (4, 4))
         state, _ = track_step(state, dets, cfg)
         states.append(state)
     return states[12:]

@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from service.auth import new_id
+
 KEY_PREFIX = "ctvis:"
 SESSION_KEY = KEY_PREFIX + "session:{session_id}"  # hash: meta, frame_index
 STATE_KEY = KEY_PREFIX + "state:{session_id}"  # str: tracker state bytes
@@ -340,7 +342,7 @@ class RedisStore:
         from redis.exceptions import NoScriptError
 
         owner = release_owner or ""
-        staging = STAGING_KEY.format(session_id=session_id, owner=owner or _staging_token())
+        staging = STAGING_KEY.format(session_id=session_id, owner=owner or new_id())
         keys = [
             SESSION_KEY.format(session_id=session_id),
             staging,
@@ -384,12 +386,6 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._client.aclose()
-
-
-def _staging_token() -> str:
-    import secrets
-
-    return secrets.token_hex(16)
 
 
 def make_store(redis_url: str | None) -> SessionStore:
