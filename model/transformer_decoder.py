@@ -28,6 +28,21 @@ def _xavier_init(module: nn.Module) -> None:
             nn.init.xavier_uniform_(p)
 
 
+def mask_product(mask_embed: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Mask logits ``einsum("bqc,bchw->bqhw")`` as one batched matrix product.
+
+    (ONNX Runtime runs the ``Einsum`` node about 2x slower than the equivalent ``MatMul``.)
+
+    Args:
+        mask_embed: BxQxC per-query mask embeddings.
+        features: BxCxHxW per-pixel embeddings.
+
+    Returns:
+        BxQxHxW mask logits.
+    """
+    return torch.matmul(mask_embed, features.flatten(2)).unflatten(2, features.shape[-2:])
+
+
 class SelfAttentionLayer(nn.Module):
     """Post-norm self-attention over the queries (``transformer_self_attention_layers.i``)."""
 
@@ -63,20 +78,35 @@ class CrossAttentionLayer(nn.Module):
     ) -> torch.Tensor:
         """Attend from the queries to the memory where ``attn_mask`` is False.
 
+        Computes what ``nn.MultiheadAttention`` does with a (B*heads)xQxHW mask, from its own
+        parameters, but takes the mask once per image and lets it broadcast over the heads:
+        the exported graph then turns a BxQxHW mask into an additive one instead of a
+        heads-times larger one (14 ms per R50 layer in ONNX Runtime at 480x864).
+
         Args:
             tgt: QxBxC queries. memory, pos: HWxBxC. query_pos: QxBxC.
-            attn_mask: (B*heads)xQxHW bool, True = blocked.
+            attn_mask: BxQxHW bool, True = blocked.
 
         Returns:
             QxBxC.
         """
-        tgt2 = self.multihead_attn(
-            query=tgt + query_pos,
-            key=memory + pos,
-            value=memory,
-            attn_mask=attn_mask,
-            need_weights=False,
-        )[0]
+        attn = self.multihead_attn
+        num_queries, batch, channels = tgt.shape
+        heads = attn.num_heads
+        w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
+
+        def split_heads(x: torch.Tensor) -> torch.Tensor:  # LxBxC -> BxheadsxLx(C/heads)
+            return x.view(x.shape[0], batch, heads, channels // heads).permute(1, 2, 0, 3)
+
+        q = split_heads(F.linear(tgt + query_pos, w_q, b_q)) * (channels // heads) ** -0.5
+        k = split_heads(F.linear(memory + pos, w_k, b_k))
+        v = split_heads(F.linear(memory, w_v, b_v))
+        # additive mask, Bx1xQxHW (no row is all -inf: attention_mask unblocks those)
+        bias = attn_mask.to(q.dtype).masked_fill(attn_mask, float("-inf"))  # 0 where open
+        weights = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) + bias[:, None], -1)
+        out = torch.matmul(weights, v).permute(2, 0, 1, 3).reshape(num_queries, batch, channels)
+        tgt2 = attn.out_proj(out)
         return self.norm(tgt + tgt2)
 
 
@@ -172,7 +202,7 @@ class MaskedTransformerDecoder(nn.Module):
         mask_embed = self.mask_embed(decoder_output)
         return {
             "pred_logits": self.class_embed(decoder_output),
-            "pred_masks": torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features),
+            "pred_masks": mask_product(mask_embed, mask_features),
             "pred_embeds": self.reid_embed(decoder_output),
             "pred_queries": decoder_output,
         }
@@ -188,12 +218,11 @@ class MaskedTransformerDecoder(nn.Module):
             size: (H_l, W_l) of the next level.
 
         Returns:
-            (B*heads)xQx(H_l*W_l) bool, True = blocked.
+            BxQx(H_l*W_l) bool (the same for every head), True = blocked.
         """
         resized = F.interpolate(pred_masks, size=size, mode="bilinear", align_corners=False)
         blocked = resized.sigmoid().flatten(2) < 0.5
         blocked = blocked & ~blocked.all(-1, keepdim=True)
-        blocked = blocked.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1)
         return blocked.detach()
 
     def low_res_attention_mask(
@@ -210,13 +239,12 @@ class MaskedTransformerDecoder(nn.Module):
             features_at: BxMxH_lxW_l mask features resized to the next level's size.
 
         Returns:
-            (B*heads)xQx(H_l*W_l) bool, True = blocked.
+            BxQx(H_l*W_l) bool (the same for every head), True = blocked.
         """
         mask_embed = self.mask_embed(self.decoder_norm(output).transpose(0, 1))
-        logits = torch.einsum("bqc,bchw->bqhw", mask_embed, features_at)
+        logits = mask_product(mask_embed, features_at)
         blocked = logits.sigmoid().flatten(2) < 0.5
         blocked = blocked & ~blocked.all(-1, keepdim=True)
-        blocked = blocked.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1)
         return blocked.detach()
 
     def forward(

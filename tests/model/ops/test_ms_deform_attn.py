@@ -97,3 +97,31 @@ def test_core_uses_grid_sample_when_exporting(monkeypatch):
     monkeypatch.setattr(mod, "ms_deform_attn_grid_sample", lambda *a: calls.append(1) or "ref")
     value = torch.zeros(1, 1, 1, 1)
     assert ms_deform_attn_core(value, [(1, 1)], value, value) == "ref" and calls == [1]
+
+
+def test_module_export_path_folds_the_grid_scale(monkeypatch):
+    """While exporting (and off the CPU) the module builds grid_sample grids with the offset
+    scale folded into the projection: same output as the eager gather path, same gradients."""
+    torch.manual_seed(2)
+    attn = MSDeformAttn(d_model=16, n_levels=3, n_heads=2, n_points=3).double()
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.normal_(0, 0.5)
+    shapes = [(5, 7), (3, 4), (2, 3)]
+    tokens = sum(h * w for h, w in shapes)
+    src = torch.randn(2, tokens, 16, dtype=torch.float64)
+    ref = torch.rand(2, tokens, 3, 2, dtype=torch.float64)
+    eager = attn(src, ref, src, shapes)
+    (eager_grad,) = torch.autograd.grad(eager.sum(), attn.sampling_offsets.weight)
+
+    offsets = attn.sampling_offsets(src).view(2, tokens, 2, 3, 3, 2)
+    norm = torch.tensor([[w, h] for h, w in shapes], dtype=torch.float64)
+    grids = attn._grids(src, ref, norm)
+    expected = 2 * (ref[:, :, None, :, None, :] + offsets / norm[None, None, None, :, None]) - 1
+    torch.testing.assert_close(grids, expected, atol=1e-12, rtol=1e-12)
+
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    exported = attn(src, ref, src, shapes)
+    (export_grad,) = torch.autograd.grad(exported.sum(), attn.sampling_offsets.weight)
+    torch.testing.assert_close(exported, eager, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(export_grad, eager_grad, atol=1e-9, rtol=1e-9)
