@@ -246,6 +246,28 @@ def _table(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
     return "\n".join(lines)
 
 
+def _ratios(results: dict[str, list[dict[str, Any]]]) -> str:
+    """Ratios of the row minima and medians, and the median of the per-run ratios.
+
+    Runs of the same index follow each other within seconds, so their ratio cancels most
+    of the slow drift in the shared host's speed that separates the rows' minima.
+    """
+    pairs = [("torch", "hf", "ours / HF"), ("onnx", "torch", "ONNX Runtime / ours")]
+    lines = []
+    for num, den, label in pairs:
+        if num not in results or den not in results:
+            continue
+        a = [r["seconds"] for r in results[num]]
+        b = [r["seconds"] for r in results[den]]
+        per_run = [x / y for x, y in zip(a, b, strict=True)]
+        lines.append(
+            f"- {label}: {min(a) / min(b):.3f} (min), "
+            f"{statistics.median(a) / statistics.median(b):.3f} (median), "
+            f"{statistics.median(per_run):.3f} (median of the {len(per_run)} per-run ratios)"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse flags; run as the orchestrator or, with ``--worker``, as one measurement."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -295,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             "(all threads; includes thread-pool spinning).",
             "",
             _table(args, results),
+            "",
+            _ratios(results),
             "",
         ]
     )

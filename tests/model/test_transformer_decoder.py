@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from model.transformer_decoder import CrossAttentionLayer, mask_product
 
 
-def test_cross_attention_matches_multihead_attention_with_repeated_mask():
+@pytest.mark.parametrize("exporting", [False, True])
+def test_cross_attention_matches_multihead_attention_with_repeated_mask(monkeypatch, exporting):
+    """Eager (fused kernel) and export (spelled-out, additive mask) forms alike."""
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: exporting)
     torch.manual_seed(0)
     batch, queries, pixels, channels, heads = 2, 5, 12, 16, 4
     layer = CrossAttentionLayer(channels, heads).double()
