@@ -188,3 +188,20 @@ def _attend_one(
             logits[t] = logits[t] + attn.relative_position_bias_table[row, h]
         outs.append(logits.softmax(0) @ v[:, sl])
     return attn.proj(torch.cat(outs))
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_window_attention_fused_kernel_equals_export_form(monkeypatch, shifted: bool) -> None:
+    """Eager runs scaled_dot_product_attention with bias (+ shift mask) as one additive mask;
+    the export spells it out. Same output, in float64, for 2 images x 3 windows."""
+    torch.manual_seed(3)
+    attn = WindowAttention(dim=12, window_size=3, num_heads=3).double()
+    with torch.no_grad():
+        attn.relative_position_bias_table.normal_()
+    x = torch.randn(2 * 3, 9, 12, dtype=torch.float64)
+    mask = None
+    if shifted:
+        mask = torch.where(torch.rand(3, 9, 9) < 0.4, -100.0, 0.0).double()
+    fused = attn(x, mask)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    torch.testing.assert_close(fused, attn(x, mask), atol=1e-12, rtol=1e-12)
