@@ -177,7 +177,9 @@ class WindowAttention(nn.Module):
             # faster than the spelled-out form below on the CPU; equal up to rounding.
             bias = self.relative_position_bias().unsqueeze(0)  # 1 x heads x N x N
             if mask is not None:
-                bias = (bias + mask[:, None]).repeat(bw // mask.shape[0], 1, 1, 1)
+                bias = bias + mask[:, None]  # nW x heads x N x N
+                if bw != mask.shape[0]:  # several images: windows are image-major
+                    bias = bias.repeat(bw // mask.shape[0], 1, 1, 1)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
             return self.proj(out.transpose(1, 2).reshape(bw, n, c))
         attn = (q * self.scale) @ k.transpose(-2, -1)
