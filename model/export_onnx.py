@@ -24,6 +24,16 @@ DYNAMIC_AXES: dict[str, dict[int, str]] = {
 }
 
 
+def is_exporting() -> bool:
+    """True while ``torch.onnx.export`` (or a TorchScript trace) runs the model.
+
+    Modules switch to their export forms then: ``grid_sample`` deformable attention and
+    spelled-out attention, which ONNX Runtime runs faster than what the exporter makes of
+    the eager kernels.
+    """
+    return bool(torch.onnx.is_in_onnx_export() or torch.jit.is_tracing())
+
+
 class OnnxExportWrapper(nn.Module):
     """Expose ``Segmenter.forward`` as a function of one tensor returning three tensors."""
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.export_onnx import is_exporting
 from model.heads import MLP, build_reid_head
 from model.pixel_decoder import sine_position_encoding
 
@@ -41,6 +42,17 @@ def mask_product(mask_embed: torch.Tensor, features: torch.Tensor) -> torch.Tens
         BxQxHxW mask logits.
     """
     return torch.matmul(mask_embed, features.flatten(2)).unflatten(2, features.shape[-2:])
+
+
+def _blocked(mask_logits: torch.Tensor) -> torch.Tensor:
+    """BxQxHxW mask logits -> BxQx(H*W) bool attention mask, True = blocked (sigmoid < 0.5).
+
+    Rows that would block every pixel are unblocked ("if a query masks everything, unmask
+    it").
+    """
+    blocked = mask_logits.sigmoid().flatten(2) < 0.5
+    blocked = blocked & ~blocked.all(-1, keepdim=True)
+    return blocked.detach()
 
 
 class SelfAttentionLayer(nn.Module):
@@ -102,7 +114,7 @@ class CrossAttentionLayer(nn.Module):
         q = split_heads(F.linear(tgt + query_pos, w_q, b_q))
         k = split_heads(F.linear(memory + pos, w_k, b_k))
         v = split_heads(F.linear(memory, w_v, b_v))
-        if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+        if is_exporting():
             # The exporter's scaled_dot_product_attention adds a per-head Where; spelled out,
             # the additive mask stays Bx1xQxHW (no row is all -inf: attention_mask unblocks
             # those).
@@ -227,9 +239,7 @@ class MaskedTransformerDecoder(nn.Module):
             BxQx(H_l*W_l) bool (the same for every head), True = blocked.
         """
         resized = F.interpolate(pred_masks, size=size, mode="bilinear", align_corners=False)
-        blocked = resized.sigmoid().flatten(2) < 0.5
-        blocked = blocked & ~blocked.all(-1, keepdim=True)
-        return blocked.detach()
+        return _blocked(resized)
 
     def low_res_attention_mask(
         self, output: torch.Tensor, features_at: torch.Tensor
@@ -248,10 +258,7 @@ class MaskedTransformerDecoder(nn.Module):
             BxQx(H_l*W_l) bool (the same for every head), True = blocked.
         """
         mask_embed = self.mask_embed(self.decoder_norm(output).transpose(0, 1))
-        logits = mask_product(mask_embed, features_at)
-        blocked = logits.sigmoid().flatten(2) < 0.5
-        blocked = blocked & ~blocked.all(-1, keepdim=True)
-        return blocked.detach()
+        return _blocked(mask_product(mask_embed, features_at))
 
     def forward(
         self, features: list[torch.Tensor], mask_features: torch.Tensor, final_only: bool = False

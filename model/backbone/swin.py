@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import SwinConfig
+from model.export_onnx import is_exporting
 
 # The reference builds every norm as nn.LayerNorm with its default eps.
 LAYER_NORM_EPS = 1e-5
@@ -172,7 +173,7 @@ class WindowAttention(nn.Module):
         bw, n, c = x.shape
         qkv = self.qkv(x).view(bw, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*nW) x heads x N x hd
-        if not (torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()):
+        if not is_exporting():
             # Eager: the fused kernel with bias (+ shift mask) as one additive mask, 1.4x
             # faster than the spelled-out form below on the CPU; equal up to rounding.
             bias = self.relative_position_bias().unsqueeze(0)  # 1 x heads x N x N

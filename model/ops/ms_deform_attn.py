@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.export_onnx import is_exporting
+
 __all__ = [
     "MSDeformAttn",
     "ms_deform_attn_core",
@@ -52,10 +54,14 @@ def ms_deform_attn_core(
     Returns:
         NxLqx(M*D) attended values.
     """
-    exporting = torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
-    if value.device.type == "cpu" and not exporting:
+    if _uses_gather(value.device):
         return ms_deform_attn_gather(value, spatial_shapes, sampling_locations, attention_weights)
     return ms_deform_attn_grid_sample(value, spatial_shapes, sampling_locations, attention_weights)
+
+
+def _uses_gather(device: torch.device) -> bool:
+    """The gather on the CPU; ``grid_sample`` on GPUs and in the ONNX export."""
+    return device.type == "cpu" and not is_exporting()
 
 
 def ms_deform_attn_gather(
@@ -229,8 +235,7 @@ class MSDeformAttn(nn.Module):
         normalizer = torch.stack(
             [torch.stack([torch.as_tensor(w), torch.as_tensor(h)]) for h, w in spatial_shapes]
         ).to(device=query.device, dtype=query.dtype)
-        exporting = torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
-        if query.device.type == "cpu" and not exporting:
+        if _uses_gather(query.device):
             offsets = self.sampling_offsets(query).view(
                 n, num_queries, self.n_heads, self.n_levels, self.n_points, 2
             )
