@@ -4,11 +4,14 @@ The official Mask2Former code calls a compiled CUDA kernel and falls back to a `
 formulation when that kernel is unavailable. Both compute, per query and head, a weighted sum of
 bilinear samples: with ``L`` levels, ``P`` points and 4 bilinear corners that is a sum of
 ``4 L P`` rows of the value table, with weights = bilinear weight x attention weight. Here that
-sum is one ``F.embedding_bag`` call (a fused gather + weighted sum), which never materialises
-the per-point samples ``grid_sample`` writes out and reads back; on the CPU it is about 2.7x
-faster, and it is differentiable in the values, locations and weights. The ``grid_sample``
-formulation runs on GPUs (faster there) and in the ONNX export (``grid_sample`` needs opset
->= 16; ``embedding_bag`` exports poorly).
+sum can be one ``F.embedding_bag`` call (a fused gather + weighted sum), which never
+materialises the per-point samples ``grid_sample`` writes out and reads back: for CPU inference
+with per-head widths of 16 or more it is 1.4-3x faster. ``grid_sample`` runs everywhere else
+(``_uses_gather`` has the rule and the measurements): on GPUs, in the ONNX export
+(``grid_sample`` needs opset >= 16; ``embedding_bag`` exports poorly), for narrow heads (the
+gather's index arithmetic does not depend on the width) and whenever gradients are needed
+(``embedding_bag``'s backward sorts every index: 7x slower than ``grid_sample``'s for the
+tiny demo model, 1.2x at R50 widths).
 """
 
 from __future__ import annotations
@@ -38,10 +41,8 @@ def ms_deform_attn_core(
     """Sample every level's value map at the given locations and take the weighted sum.
 
     Bilinear sampling with zero padding and ``align_corners=False`` (pixel ``loc * size - 0.5``).
-    Runs ``ms_deform_attn_gather`` on the CPU and ``ms_deform_attn_grid_sample`` on GPUs and
-    while exporting to ONNX; the two agree up to float rounding. (At an R50 encoder layer of
-    480x864 the gather takes 93-101 ms against 252-269 ms for grid_sample on 2 CPU threads,
-    but 1.71 ms against 0.84 ms on an H200, where cuDNN's grid_sample wins.)
+    Runs ``ms_deform_attn_gather`` or ``ms_deform_attn_grid_sample`` as ``_uses_gather``
+    decides; the two agree up to float rounding.
 
     Args:
         value: NxSxMxD per-head values of all levels, flattened level-major, row-major
@@ -54,14 +55,38 @@ def ms_deform_attn_core(
     Returns:
         NxLqx(M*D) attended values.
     """
-    if _uses_gather(value.device):
+    needs_grad = _needs_grad(value, sampling_locations, attention_weights)
+    if _uses_gather(value.device, value.shape[-1], needs_grad):
         return ms_deform_attn_gather(value, spatial_shapes, sampling_locations, attention_weights)
     return ms_deform_attn_grid_sample(value, spatial_shapes, sampling_locations, attention_weights)
 
 
-def _uses_gather(device: torch.device) -> bool:
-    """The gather on the CPU; ``grid_sample`` on GPUs and in the ONNX export."""
-    return device.type == "cpu" and not is_exporting()
+GATHER_MIN_HEAD_DIM = 16
+"""Narrowest per-head value width for which the CPU gather beats ``grid_sample``."""
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will record an op on ``tensors`` (grad mode on, one requires grad)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _uses_gather(device: torch.device, head_dim: int, needs_grad: bool) -> bool:
+    """The ``embedding_bag`` gather or ``grid_sample``: the gather only for CPU inference.
+
+    Measured on 2 CPU threads (forward, or forward + backward with ``needs_grad``), gather vs
+    ``grid_sample``: R50 encoder layer at 480x864 (8 heads of 32, 8505 queries) 73 vs 236 ms;
+    the same with heads of 16: 63 vs 89 ms, of 8: 53 vs 55 ms; the tiny model (4 heads of 8,
+    570 queries) 2.7 vs 1.6 ms for one frame, 15 vs 7 ms for 8; with gradients 104 vs 15 ms
+    (tiny, 8 frames) and 195 vs 159 ms (heads of 32, 2137 queries, 2 frames). On an H200
+    cuDNN's ``grid_sample`` wins (0.84 ms against 1.71 ms at the R50 layer), and the ONNX
+    export needs ``grid_sample``.
+    """
+    return (
+        device.type == "cpu"
+        and not is_exporting()
+        and not needs_grad
+        and head_dim >= GATHER_MIN_HEAD_DIM
+    )
 
 
 def ms_deform_attn_gather(
@@ -235,7 +260,8 @@ class MSDeformAttn(nn.Module):
         normalizer = torch.stack(
             [torch.stack([torch.as_tensor(w), torch.as_tensor(h)]) for h, w in spatial_shapes]
         ).to(device=query.device, dtype=query.dtype)
-        if _uses_gather(query.device):
+        needs_grad = _needs_grad(query, reference_points, input_flatten, *self.parameters())
+        if _uses_gather(query.device, value.shape[-1], needs_grad):
             offsets = self.sampling_offsets(query).view(
                 n, num_queries, self.n_heads, self.n_levels, self.n_points, 2
             )

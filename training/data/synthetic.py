@@ -230,7 +230,7 @@ def render_video(seed: int, cfg: SynthConfig) -> tuple[list[np.ndarray], list[di
             m = np.asarray(canvas, bool)
             visible[:k] &= ~m
             visible[k] = m
-            img = np.where(m[..., None], textures[k], img)
+            img[m] = textures[k][m]  # in place: only the shape's pixels (float32 both)
         if occluder is not None:
             x0, x1, color = occluder
             img[:, max(x0, 0) : max(x1, 0)] = np.array(color, np.float32)

@@ -99,29 +99,78 @@ def test_core_uses_grid_sample_when_exporting(monkeypatch):
     assert ms_deform_attn_core(value, [(1, 1)], value, value) == "ref" and calls == [1]
 
 
-def test_module_export_path_folds_the_grid_scale(monkeypatch):
-    """While exporting (and off the CPU) the module builds grid_sample grids with the offset
-    scale folded into the projection: same output as the eager gather path, same gradients."""
+def _spelled_out(attn: MSDeformAttn, src, ref, shapes) -> torch.Tensor:
+    """The module's forward written with explicit sampling locations and the gather core."""
+    n, tokens, _ = src.shape
+    heads, levels, points = attn.n_heads, attn.n_levels, attn.n_points
+    value = attn.value_proj(src).view(n, tokens, heads, -1)
+    weights = attn.attention_weights(src).view(n, tokens, heads, levels * points).softmax(-1)
+    offsets = attn.sampling_offsets(src).view(n, tokens, heads, levels, points, 2)
+    norm = torch.tensor([[w, h] for h, w in shapes], dtype=src.dtype)
+    locations = ref[:, :, None, :, None, :] + offsets / norm[None, None, None, :, None]
+    out = ms_deform_attn_gather(
+        value, shapes, locations, weights.view(n, tokens, heads, levels, points)
+    )
+    return attn.output_proj(out)
+
+
+def test_module_grid_path_folds_the_grid_scale(monkeypatch):
+    """With gradients (and while exporting, and off the CPU) the module builds grid_sample
+    grids with the offset scale folded into the projection: the same output and gradients as
+    the spelled-out form, and the same output as its own gather path (CPU inference)."""
     torch.manual_seed(2)
-    attn = MSDeformAttn(d_model=16, n_levels=3, n_heads=2, n_points=3).double()
+    attn = MSDeformAttn(d_model=32, n_levels=3, n_heads=2, n_points=3).double()
     with torch.no_grad():
         for p in attn.parameters():
             p.normal_(0, 0.5)
     shapes = [(5, 7), (3, 4), (2, 3)]
     tokens = sum(h * w for h, w in shapes)
-    src = torch.randn(2, tokens, 16, dtype=torch.float64)
+    src = torch.randn(2, tokens, 32, dtype=torch.float64)
     ref = torch.rand(2, tokens, 3, 2, dtype=torch.float64)
-    eager = attn(src, ref, src, shapes)
-    (eager_grad,) = torch.autograd.grad(eager.sum(), attn.sampling_offsets.weight)
+    expected = _spelled_out(attn, src, ref, shapes)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), attn.sampling_offsets.weight)
 
     offsets = attn.sampling_offsets(src).view(2, tokens, 2, 3, 3, 2)
     norm = torch.tensor([[w, h] for h, w in shapes], dtype=torch.float64)
     grids = attn._grids(src, ref, norm)
-    expected = 2 * (ref[:, :, None, :, None, :] + offsets / norm[None, None, None, :, None]) - 1
-    torch.testing.assert_close(grids, expected, atol=1e-12, rtol=1e-12)
+    folded = 2 * (ref[:, :, None, :, None, :] + offsets / norm[None, None, None, :, None]) - 1
+    torch.testing.assert_close(grids, folded, atol=1e-12, rtol=1e-12)
+
+    import model.ops.ms_deform_attn as mod
+
+    gather_calls: list[int] = []
+    real_gather = mod.ms_deform_attn_gather
+    monkeypatch.setattr(
+        mod, "ms_deform_attn_gather", lambda *a: gather_calls.append(1) or real_gather(*a)
+    )
+    trained = attn(src, ref, src, shapes)  # gradients needed: grid_sample
+    (trained_grad,) = torch.autograd.grad(trained.sum(), attn.sampling_offsets.weight)
+    assert gather_calls == []
+    torch.testing.assert_close(trained, expected, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(trained_grad, expected_grad, atol=1e-9, rtol=1e-9)
+    with torch.no_grad():  # CPU inference with heads of 16: the gather
+        inferred = attn(src, ref, src, shapes)
+    assert gather_calls == [1]
+    torch.testing.assert_close(inferred, expected.detach(), atol=1e-10, rtol=1e-10)
 
     monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
-    exported = attn(src, ref, src, shapes)
-    (export_grad,) = torch.autograd.grad(exported.sum(), attn.sampling_offsets.weight)
-    torch.testing.assert_close(exported, eager, atol=1e-10, rtol=1e-10)
-    torch.testing.assert_close(export_grad, eager_grad, atol=1e-9, rtol=1e-9)
+    with torch.no_grad():
+        exported = attn(src, ref, src, shapes)
+    assert gather_calls == [1]
+    torch.testing.assert_close(exported, expected.detach(), atol=1e-10, rtol=1e-10)
+
+
+def test_gather_only_for_cpu_inference_with_wide_heads():
+    """The rule and its inputs: grad mode and requires_grad, head width, device."""
+    from model.ops.ms_deform_attn import GATHER_MIN_HEAD_DIM, _needs_grad, _uses_gather
+
+    cpu = torch.device("cpu")
+    assert _uses_gather(cpu, GATHER_MIN_HEAD_DIM, needs_grad=False)
+    assert not _uses_gather(cpu, GATHER_MIN_HEAD_DIM - 1, needs_grad=False)
+    assert not _uses_gather(cpu, 32, needs_grad=True)
+    assert not _uses_gather(torch.device("cuda"), 32, needs_grad=False)
+    leaf = torch.zeros(1, requires_grad=True)
+    assert _needs_grad(torch.zeros(1), leaf)
+    assert not _needs_grad(torch.zeros(1), torch.zeros(1))
+    with torch.no_grad():
+        assert not _needs_grad(leaf)
