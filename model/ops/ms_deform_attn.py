@@ -10,8 +10,8 @@ with per-head widths of 16 or more it is 1.4-3x faster. ``grid_sample`` runs eve
 (``_uses_gather`` has the rule and the measurements): on GPUs, in the ONNX export
 (``grid_sample`` needs opset >= 16; ``embedding_bag`` exports poorly), for narrow heads (the
 gather's index arithmetic does not depend on the width) and whenever gradients are needed
-(``embedding_bag``'s backward sorts every index: 7x slower than ``grid_sample``'s for the
-tiny demo model, 1.2x at R50 widths).
+(``embedding_bag``'s backward sorts every index: forward + backward take 7x ``grid_sample``'s
+time at the tiny demo model's shape, 1.2x at R50 widths).
 """
 
 from __future__ import annotations
