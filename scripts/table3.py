@@ -63,6 +63,18 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
+# The study's clips, whatever the demo recipe uses: the memory bank and momentum need history,
+# so 4-frame clips (2 per step, 12-frame videos of 1-4 shapes) as in the documented runs.
+STUDY_DATA: list[str] = [
+    "data.clip_frames=4",
+    "data.frame_range=4",
+    "data.clips_per_batch=2",
+    "data.synth_frames=12",
+    "data.synth_min_instances=0",
+    "data.synth_max_instances=0",
+]
+
+
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_").replace("__", "_")
 
@@ -110,6 +122,7 @@ def train_one(args: argparse.Namespace, variant: str, seed: int) -> Path:
         "optim.warmup_iters=0",
         "eval.period=0",
         f"checkpoint_period={args.iters}",
+        *STUDY_DATA,
         *VARIANTS[variant],
     ]
     cmd = [sys.executable, "-m", "cli.main", "train", "--config", str(args.config)]

@@ -77,6 +77,8 @@ class DataConfig:
     synth_height: int = 96
     synth_width: int = 128
     synth_frames: int = 24
+    synth_min_instances: int = 0  # 0: the split's own (val 1-4, hard 3-8)
+    synth_max_instances: int = 0
     ytvis_json: str = ""
     ytvis_frames: str = ""
     coco_json: str = ""

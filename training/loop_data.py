@@ -44,12 +44,22 @@ def build_sources(
     sampling = ClipSamplingConfig(num_frames=cfg.clip_frames, frame_range=cfg.frame_range)
     augment = _augment(cfg)
     if cfg.kind == "synthetic":
+        counts = {
+            "min_instances": cfg.synth_min_instances,
+            "max_instances": cfg.synth_max_instances,
+        }
         synth = config_for(
             cfg.synth_split,
             height=cfg.synth_height,
             width=cfg.synth_width,
             num_frames=cfg.synth_frames,
+            **{k: v for k, v in counts.items() if v > 0},
         )
+        if synth.min_instances > synth.max_instances:
+            raise ValueError(
+                f"data.synth_min_instances ({synth.min_instances}) exceeds "
+                f"data.synth_max_instances ({synth.max_instances})"
+            )
         source = SyntheticClipDataset(
             cfg.synth_split, cfg.synth_videos, cfg.synth_seed, sampling, augment, synth
         )

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from model.config import PreprocessConfig
 from training.data.augment import boxes_from_masks
 from training.data.batch import collate_clips
-from training.data.synthetic import write_dataset
+from training.data.synthetic import render_video, write_dataset
 from training.data.synthetic_dataset import (
     SyntheticClipDataset,
     synthetic_directory_dataset,
@@ -74,3 +75,23 @@ def test_unaugmented_clip_keeps_the_rendered_size() -> None:
     clip = ds[5]
     assert clip.frames.shape == (4, 192, 256, 3)
     assert clip.source == "synthetic:1"
+
+
+def test_training_config_sets_the_instance_count() -> None:
+    from training.config import DataConfig
+    from training.loop_data import build_sources
+
+    cfg = DataConfig(
+        clip_frames=2, frame_range=4, synth_frames=6, synth_videos=12,
+        synth_min_instances=5, synth_max_instances=6,
+    )  # fmt: skip
+    (source,), _ = build_sources(cfg, seed=0)
+    assert source.synth.min_instances == 5 and source.synth.max_instances == 6
+    assert source.synth.num_frames == 6 and source.synth.min_size == 32.0  # the rest: val's
+    counts = {len(render_video(seed, source.synth)[1]) for seed in range(12)}
+    assert counts == {5, 6}
+    assert all(c.frames.shape[0] == 2 for c in (source[0], source[1]))
+    default = build_sources(DataConfig(), seed=0)[0][0]
+    assert (default.synth.min_instances, default.synth.max_instances) == (1, 4)
+    with pytest.raises(ValueError, match="synth_min_instances"):
+        build_sources(DataConfig(synth_min_instances=5, synth_max_instances=2), seed=0)
