@@ -48,6 +48,8 @@ def build_sources(
             "min_instances": cfg.synth_min_instances,
             "max_instances": cfg.synth_max_instances,
         }
+        if min(counts.values()) < 0:
+            raise ValueError("data.synth_min_instances / synth_max_instances must be >= 0")
         synth = config_for(
             cfg.synth_split,
             height=cfg.synth_height,

@@ -95,3 +95,5 @@ def test_training_config_sets_the_instance_count() -> None:
     assert (default.synth.min_instances, default.synth.max_instances) == (1, 4)
     with pytest.raises(ValueError, match="synth_min_instances"):
         build_sources(DataConfig(synth_min_instances=5, synth_max_instances=2), seed=0)
+    with pytest.raises(ValueError, match=">= 0"):
+        build_sources(DataConfig(synth_max_instances=-1), seed=0)
