@@ -26,27 +26,31 @@ sys.path.insert(0, str(ROOT))
 
 
 def network_outputs(checkpoint: str, dataset: str, frames_root: str) -> tuple[Any, list[Any]]:
-    """(loaded checkpoint, [(video id, sizes, [FrameOutputs per clip])] for every video)."""
-    import torch
+    """(loaded checkpoint, [(video id, sizes, [FrameOutputs per clip])] for every video).
 
+    The network runs inside ``model.runner.track_frames``, as in ``ctvis track``, so the
+    frames are prepared and split into clips exactly as there; its outputs are recorded.
+    """
     from model.checkpoint import load_checkpoint
     from model.postprocess import MaskSizes
     from model.preprocess import prepare_frames
+    from model.runner import track_frames
     from model.video_io import FrameSource
     from training.ytvis_data import read_json
 
     ckpt = load_checkpoint(checkpoint, device="cpu")
-    clip = max(1, ckpt.pre_cfg.clip_frames)
     videos = []
     for video in read_json(dataset)["videos"]:
         frames = list(FrameSource([Path(frames_root) / name for name in video["file_names"]]))
+        chunks: list[Any] = []
+
+        def forward(pixels: Any, chunks: list[Any] = chunks) -> Any:
+            chunks.append(ckpt.segmenter(pixels))
+            return chunks[-1]
+
+        track_frames(frames, forward, ckpt.model_cfg, ckpt.pre_cfg, ckpt.trk_cfg)
         first = prepare_frames(frames[:1], ckpt.pre_cfg)
         sizes = MaskSizes(first.image_sizes[0], first.padded_size, first.original_sizes[0])
-        chunks = []
-        with torch.inference_mode():
-            for start in range(0, len(frames), clip):
-                batch = prepare_frames(frames[start : start + clip], ckpt.pre_cfg)
-                chunks.append(ckpt.segmenter(batch.pixels))
         videos.append((int(video["id"]), sizes, chunks))
     return ckpt, videos
 
