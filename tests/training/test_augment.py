@@ -147,3 +147,12 @@ def test_boxes_from_masks() -> None:
     assert boxes[0, 1].tolist() == [7, 5, 12, 9]
     assert boxes[1, 2].tolist() == [29, 0, 30, 1]
     assert not boxes[0, 0].any() and not boxes[1, 0].any()
+
+
+@pytest.mark.parametrize("count", [0, 1, 5, 8, 9, 17])
+def test_mask_planes_match_numpy_packbits_and_round_trip(count: int) -> None:
+    masks = np.random.default_rng(count).random((count, 13, 21)) < 0.5
+    planes = pack_masks(masks)
+    assert planes.dtype == np.uint8
+    np.testing.assert_array_equal(planes, np.packbits(masks, axis=0))
+    np.testing.assert_array_equal(unpack_masks(planes, count), masks)

@@ -134,8 +134,16 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def pack_masks(masks: np.ndarray) -> np.ndarray:
-    """Pack NxHxW bool masks into ceil(N/8)xHxW uint8 bit-planes (mask k -> plane k//8)."""
-    return np.packbits(np.asarray(masks, dtype=bool), axis=0)
+    """Pack NxHxW bool masks into ceil(N/8)xHxW uint8 bit-planes (mask k -> plane k//8).
+
+    Bit order as ``np.packbits(masks, axis=0)`` (mask k is bit ``7 - k % 8``), built with one
+    shift-or per mask: packing along the slow axis is several times slower.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    planes = np.zeros(((masks.shape[0] + 7) // 8, *masks.shape[1:]), dtype=np.uint8)
+    for k, mask in enumerate(masks):
+        planes[k // 8] |= mask.view(np.uint8) << np.uint8(7 - k % 8)
+    return planes
 
 
 def unpack_masks(planes: np.ndarray, count: int) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -107,8 +108,14 @@ def _shape_polygon(category: int, cx: float, cy: float, r: float, angle: float) 
     return out
 
 
-def _texture(kind: str, color: tuple[int, int, int], h: int, w: int, phase: int) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w]
+def _texture(
+    kind: str, color: tuple[int, int, int], yy: np.ndarray, xx: np.ndarray, phase: int
+) -> np.ndarray:
+    """Texture colours at pixels ``(yy, xx)`` (frame coordinates, any equal shapes), float32.
+
+    The pattern is a function of the frame position, so evaluating it only where a shape is
+    drawn gives the same pixels as evaluating it over the whole frame.
+    """
     if kind == "stripes":
         pattern = ((xx + yy + phase) // 4) % 2
     elif kind == "checker":
@@ -121,13 +128,15 @@ def _texture(kind: str, color: tuple[int, int, int], h: int, w: int, phase: int)
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     fx, fy = rng.uniform(0.01, 0.06, size=2)
     base = rng.uniform(60, 160, size=3)
-    wave = 30 * np.sin(xx * fx + rng.uniform(0, 6)) * np.cos(yy * fy + rng.uniform(0, 6))
+    # separable: the same values as over the full (h, w) grid, in h + w sin/cos evaluations
+    sin_x = np.sin(np.arange(w, dtype=np.float32) * fx + rng.uniform(0, 6))
+    cos_y = np.cos(np.arange(h, dtype=np.float32) * fy + rng.uniform(0, 6))
+    wave = 30 * sin_x[None, :] * cos_y[:, None]
     img = base[None, None, :] + wave[..., None]
     img += rng.normal(0, 6, size=(h, w, 3))
-    return np.clip(img, 0, 255).astype(np.float32)
+    return np.clip(img, 0, 255, out=img).astype(np.float32)
 
 
 def _spawn(rng: np.random.Generator, cfg: SynthConfig, template: _Object | None) -> _Object:
@@ -187,15 +196,21 @@ def _advance(obj: _Object, cfg: SynthConfig, t: int) -> None:
                 obj.acc[d] = -obj.acc[d]
 
 
-def render_video(seed: int, cfg: SynthConfig) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+def render_video(
+    seed: int, cfg: SynthConfig, draw_frames: Collection[int] | None = None
+) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
     """Render one video.
 
     Args:
         seed: makes the video reproducible.
         cfg: difficulty knobs.
+        draw_frames: frame indices whose images are needed (None: all). Motion and masks are
+            always computed for every frame (they are sequential and decide which instances
+            exist), but only these frames are composited; the others come back as None.
+            The frames drawn are identical whichever subset is asked for.
 
     Returns:
-        frames: T uint8 HxWx3 RGB arrays.
+        frames: T uint8 HxWx3 RGB arrays (None for frames not in ``draw_frames``).
         tracks: per instance ``{"category": int, "masks": [HxW bool or None per frame]}``.
     """
     rng = np.random.default_rng(seed)
@@ -216,28 +231,41 @@ def render_video(seed: int, cfg: SynthConfig) -> tuple[list[np.ndarray], list[di
         ox = int(rng.uniform(0.2, 0.8) * w - ow / 2)
         occluder = (ox, ox + ow, tuple(int(v) for v in rng.uniform(20, 90, 3)))
     flash_at = int(rng.integers(2, t_len)) if rng.random() < cfg.brightness_prob else -1
-    textures = [_texture(o.texture, o.color, h, w, int(rng.integers(8))) for o in objects]
+    phases = [int(rng.integers(8)) for _ in objects]
     frames: list[np.ndarray] = []
     masks: list[list[np.ndarray | None]] = [[] for _ in objects]
     for t in range(t_len):
-        img = background.copy()
+        img = background.copy() if draw_frames is None or t in draw_frames else None
         visible = np.zeros((n, h, w), bool)
         for k, obj in enumerate(objects):  # later objects are drawn on top
             canvas = Image.new("L", (w, h), 0)
             ImageDraw.Draw(canvas).polygon(
                 _shape_polygon(obj.category, obj.pos[0], obj.pos[1], obj.size, obj.angle), fill=1
             )
-            m = np.asarray(canvas, bool)
-            visible[:k] &= ~m
-            visible[k] = m
-            img[m] = textures[k][m]  # in place: only the shape's pixels (float32 both)
+            box = canvas.getbbox()
+            if box is None:  # entirely outside the frame
+                continue
+            # everything below touches only the shape's bounding box
+            x0, y0, x1, y1 = box
+            m = np.asarray(canvas, bool)[y0:y1, x0:x1]
+            visible[:k, y0:y1, x0:x1] &= ~m
+            visible[k, y0:y1, x0:x1] = m
+            if img is not None:
+                yy, xx = np.nonzero(m)
+                yy += y0
+                xx += x0
+                img[yy, xx] = _texture(obj.texture, obj.color, yy, xx, phases[k])
         if occluder is not None:
             x0, x1, color = occluder
-            img[:, max(x0, 0) : max(x1, 0)] = np.array(color, np.float32)
+            if img is not None:
+                img[:, max(x0, 0) : max(x1, 0)] = np.array(color, np.float32)
             visible[:, :, max(x0, 0) : max(x1, 0)] = False
-        if flash_at >= 0 and t >= flash_at:
-            img = img * 1.45 + 10
-        frames.append(np.clip(img, 0, 255).astype(np.uint8))
+        if img is not None:
+            if flash_at >= 0 and t >= flash_at:
+                img = img * 1.45 + 10
+            frames.append(np.clip(img, 0, 255).astype(np.uint8))
+        else:
+            frames.append(None)  # type: ignore[arg-type]
         for k in range(n):
             masks[k].append(visible[k].copy() if visible[k].any() else None)
         for obj in objects:

@@ -102,9 +102,12 @@ class SyntheticClipDataset(torch.utils.data.Dataset[Clip]):
             {} if num_videos <= cache_videos else None
         )
 
-    def _render(self, video: int) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
-        if self._cache is None:
-            return render_video(video_seed(self.seed, video), self.synth)
+    def _render(
+        self, video: int, frame_indices: np.ndarray
+    ) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+        if self._cache is None:  # a fresh video: composite only the clip's frames
+            draw = {int(f) for f in frame_indices}
+            return render_video(video_seed(self.seed, video), self.synth, draw_frames=draw)
         if video not in self._cache:
             self._cache[video] = render_video(video_seed(self.seed, video), self.synth)
         return self._cache[video]
@@ -117,8 +120,8 @@ class SyntheticClipDataset(torch.utils.data.Dataset[Clip]):
             raise IndexError(f"negative clip index {index}")
         rng = np.random.default_rng((self.seed, index))
         video = index % self.num_videos
-        frames, tracks = self._render(video)
-        frame_indices = sample_frame_indices(len(frames), self.sampling, rng)
+        frame_indices = sample_frame_indices(self.synth.num_frames, self.sampling, rng)
+        frames, tracks = self._render(video, frame_indices)
         present = np.array(
             [[m is not None for m in track["masks"]] for track in tracks], dtype=bool
         ).reshape(len(tracks), len(frames))
