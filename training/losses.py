@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from training.matcher import MatchCosts, hungarian_match, point_sample
+from training.matcher import MatchCosts, hungarian_match_batch, point_sample
 
 __all__ = [
     "ContrastiveItem",
@@ -106,10 +106,9 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> 
 def _match_all(
     logits: torch.Tensor, masks: torch.Tensor, targets: Sequence[FrameTarget], costs: MatchCosts
 ) -> Indices:
-    return [
-        hungarian_match(logits[b], masks[b], t.labels, t.masks, costs)
-        for b, t in enumerate(targets)
-    ]
+    return hungarian_match_batch(
+        logits, masks, [t.labels for t in targets], [t.masks for t in targets], costs
+    )
 
 
 def _layer_losses(

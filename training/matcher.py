@@ -8,6 +8,7 @@ ascending). Matching never builds a graph.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ __all__ = [
     "batch_dice_cost",
     "batch_sigmoid_ce_cost",
     "hungarian_match",
+    "hungarian_match_batch",
     "point_sample",
 ]
 
@@ -119,3 +121,79 @@ def hungarian_match(
     )
     rows, cols = linear_sum_assignment(total.cpu().numpy())
     return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
+
+
+@torch.no_grad()
+def hungarian_match_batch(
+    logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    labels: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor],
+    costs: MatchCosts = MatchCosts(),
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``hungarian_match`` for every image of a batch, with the costs built in one pass.
+
+    The same result as calling ``hungarian_match`` image by image (same random points, drawn
+    in the same order from the global generator; costs equal up to float rounding): the B
+    cost matrices come from a handful of batched ops over targets padded to the largest
+    count, then each image's ``linear_sum_assignment`` runs on its own slice. Falls back to
+    the per-image loop when the target masks differ in size.
+
+    Args:
+        logits: BxQx(K+1) class logits.
+        mask_logits: BxQxhxw mask logits.
+        labels: B tensors of N_b int64 target classes.
+        masks: B tensors of N_bxHxW target masks (bool or float).
+        costs: weights and point count.
+
+    Returns:
+        B (query indices, target indices) pairs as ``hungarian_match`` returns them.
+    """
+    counts = [int(x.shape[0]) for x in labels]
+    filled = [b for b, n in enumerate(counts) if n > 0]
+    if len({tuple(masks[b].shape[1:]) for b in filled}) > 1:
+        return [
+            hungarian_match(logits[b], mask_logits[b], labels[b], masks[b], costs)
+            for b in range(len(counts))
+        ]
+    empty = torch.zeros(0, dtype=torch.int64)
+    out: list[tuple[torch.Tensor, torch.Tensor]] = [(empty, empty)] * len(counts)
+    if not filled:
+        return out
+    n_max = max(counts)
+    idx = torch.tensor(filled, device=logits.device)
+    height, width = masks[filled[0]].shape[1:]
+    padded_masks = mask_logits.new_zeros(len(filled), n_max, height, width)
+    padded_labels = torch.zeros(len(filled), n_max, dtype=torch.int64, device=logits.device)
+    for i, b in enumerate(filled):
+        padded_masks[i, : counts[b]] = masks[b].to(padded_masks.dtype)
+        padded_labels[i, : counts[b]] = labels[b]
+    # one draw for all images = the per-image draws in order (the CPU generator is serial)
+    coords = torch.rand(len(filled), costs.num_points, 2, device=mask_logits.device)
+    tgt = point_sample(padded_masks, coords).float()  # B'xNxP
+    pred = point_sample(mask_logits[idx], coords).float()  # B'xQxP
+    probs = logits[idx].float().softmax(-1)
+    cost_class = -probs.gather(2, padded_labels[:, None, :].expand(-1, probs.shape[1], -1))
+    pos = F.binary_cross_entropy_with_logits(pred, torch.ones_like(pred), reduction="none")
+    neg = F.binary_cross_entropy_with_logits(pred, torch.zeros_like(pred), reduction="none")
+    cost_mask = (pos @ tgt.transpose(1, 2) + neg @ (1 - tgt).transpose(1, 2)) / pred.shape[2]
+    sig = pred.sigmoid()
+    numerator = 2 * (sig @ tgt.transpose(1, 2))
+    denominator = sig.sum(-1)[:, :, None] + tgt.sum(-1)[:, None, :]
+    cost_dice = 1 - (numerator + 1) / (denominator + 1)
+    total = (
+        (
+            costs.mask_weight * cost_mask
+            + costs.class_weight * cost_class
+            + costs.dice_weight * cost_dice
+        )
+        .cpu()
+        .numpy()
+    )
+    for i, b in enumerate(filled):
+        rows, cols = linear_sum_assignment(total[i, :, : counts[b]])
+        out[b] = (
+            torch.as_tensor(rows, dtype=torch.int64),
+            torch.as_tensor(cols, dtype=torch.int64),
+        )
+    return out

@@ -10,6 +10,7 @@ from training.matcher import (
     batch_dice_cost,
     batch_sigmoid_ce_cost,
     hungarian_match,
+    hungarian_match_batch,
     point_sample,
 )
 
@@ -85,3 +86,45 @@ def test_match_without_targets() -> None:
         torch.zeros(0, 32, 32, dtype=torch.bool),
     )  # fmt: skip
     assert rows.numel() == cols.numel() == 0
+
+
+def _batch_case(counts: list[int], size: tuple[int, int] = (24, 32)) -> tuple:
+    q, classes = 7, 5
+    logits = torch.randn(len(counts), q, classes + 1)
+    mask_logits = torch.randn(len(counts), q, size[0] // 2, size[1] // 2) * 3
+    labels = [torch.randint(0, classes, (n,)) for n in counts]
+    masks = [torch.rand(n, *size) > 0.6 for n in counts]
+    return logits, mask_logits, labels, masks
+
+
+def test_batched_matching_equals_the_per_image_matcher() -> None:
+    costs = MatchCosts(num_points=200)
+    for seed in range(12):
+        torch.manual_seed(seed)
+        counts = [int(n) for n in torch.randint(0, 8, (5,))]  # some images have no targets
+        logits, mask_logits, labels, masks = _batch_case(counts)
+        torch.manual_seed(100 + seed)
+        want = [
+            hungarian_match(logits[b], mask_logits[b], labels[b], masks[b], costs)
+            for b in range(len(counts))
+        ]
+        after_loop = torch.rand(3)
+        torch.manual_seed(100 + seed)
+        got = hungarian_match_batch(logits, mask_logits, labels, masks, costs)
+        # same points drawn, so the generator ends in the same state too
+        assert torch.equal(torch.rand(3), after_loop)
+        for (rows, cols), (want_rows, want_cols) in zip(got, want, strict=True):
+            assert torch.equal(rows, want_rows) and torch.equal(cols, want_cols)
+
+
+def test_batched_matching_falls_back_when_mask_sizes_differ() -> None:
+    torch.manual_seed(0)
+    logits, mask_logits, labels, masks = _batch_case([3, 2])
+    masks[1] = torch.rand(2, 16, 20) > 0.5  # another resolution
+    costs = MatchCosts(num_points=100)
+    torch.manual_seed(1)
+    want = [hungarian_match(logits[b], mask_logits[b], labels[b], masks[b], costs) for b in (0, 1)]
+    torch.manual_seed(1)
+    got = hungarian_match_batch(logits, mask_logits, labels, masks, costs)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g[0], w[0]) and torch.equal(g[1], w[1])
