@@ -72,6 +72,8 @@ STUDY_DATA: list[str] = [
     "data.synth_frames=12",
     "data.synth_min_instances=0",
     "data.synth_max_instances=0",
+    # and the loss weights of the documented runs (the demo recipe now doubles the class weight)
+    "loss.class_weight=2.0",
 ]
 
 
