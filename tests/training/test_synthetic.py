@@ -47,7 +47,8 @@ def _fingerprint(frames: list[np.ndarray], tracks: list[dict]) -> str:
 def test_benchmark_videos_never_change(split: str, seed: int, expected: str) -> None:
     # Reported AP figures refer to these exact videos (`ctvis synth --seed 0` renders seeds
     # 0, 1, ...): a faster renderer must draw the same pixels and masks. The fingerprints were
-    # taken from the first full-frame renderer.
+    # taken from the first full-frame renderer. (A NumPy or Pillow release that draws
+    # differently fails here too: that also changes the benchmark, and the figures with it.)
     assert _fingerprint(*render_video(seed, SPLITS[split])) == expected
 
 
