@@ -133,8 +133,9 @@ def hungarian_match_batch(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``hungarian_match`` for every image of a batch, with the costs built in one pass.
 
-    The same result as calling ``hungarian_match`` image by image (same random points, drawn
-    in the same order from the global generator; costs equal up to float rounding): the B
+    The same result as calling ``hungarian_match`` image by image (on the CPU the same random
+    points, drawn in the same order from the global generator, so costs agree up to float
+    rounding; CUDA's generator is not serial, so there it is an equally uniform draw): the B
     cost matrices come from a handful of batched ops over targets padded to the largest
     count, then each image's ``linear_sum_assignment`` runs on its own slice. Falls back to
     the per-image loop when the target masks differ in size.
@@ -168,7 +169,7 @@ def hungarian_match_batch(
     for i, b in enumerate(filled):
         padded_masks[i, : counts[b]] = masks[b].to(padded_masks.dtype)
         padded_labels[i, : counts[b]] = labels[b]
-    # one draw for all images = the per-image draws in order (the CPU generator is serial)
+    # on the CPU one draw for all images = the per-image draws in order (a serial generator)
     coords = torch.rand(len(filled), costs.num_points, 2, device=mask_logits.device)
     tgt = point_sample(padded_masks, coords).float()  # B'xNxP
     pred = point_sample(mask_logits[idx], coords).float()  # B'xQxP
