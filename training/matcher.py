@@ -53,16 +53,18 @@ def batch_sigmoid_ce_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.
     """Pairwise mean binary cross-entropy.
 
     Args:
-        logits: QxP prediction logits at the sampled points.
-        targets: NxP float targets in {0, 1} at the same points.
+        logits: [...]xQxP prediction logits at the sampled points.
+        targets: [...]xNxP float targets in {0, 1} at the same points (same leading dims).
 
     Returns:
-        QxN mean over points of BCE-with-logits(logits_q, targets_n).
+        [...]xQxN mean over points of BCE-with-logits(logits_q, targets_n).
     """
-    num_points = logits.shape[1]
+    num_points = logits.shape[-1]
     pos = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
     neg = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
-    cost = torch.einsum("qp,np->qn", pos, targets) + torch.einsum("qp,np->qn", neg, 1 - targets)
+    cost = torch.einsum("...qp,...np->...qn", pos, targets) + torch.einsum(
+        "...qp,...np->...qn", neg, 1 - targets
+    )
     return cost / num_points
 
 
@@ -70,15 +72,26 @@ def batch_dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     """Pairwise dice cost ``1 - (2 sum(s t) + 1) / (sum s + sum t + 1)`` with ``s = sigmoid``.
 
     Args:
-        logits: QxP prediction logits. targets: NxP float targets.
+        logits: [...]xQxP prediction logits. targets: [...]xNxP float targets.
 
     Returns:
-        QxN dice costs.
+        [...]xQxN dice costs.
     """
     probs = logits.sigmoid()
-    numerator = 2 * torch.einsum("qp,np->qn", probs, targets)
-    denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    numerator = 2 * torch.einsum("...qp,...np->...qn", probs, targets)
+    denominator = probs.sum(-1)[..., :, None] + targets.sum(-1)[..., None, :]
     return 1 - (numerator + 1) / (denominator + 1)
+
+
+def _total_cost(
+    costs: MatchCosts, out: torch.Tensor, tgt: torch.Tensor, cost_class: torch.Tensor
+) -> torch.Tensor:
+    """The matcher's weighted cost from point logits ``out`` and point targets ``tgt``."""
+    return (
+        costs.mask_weight * batch_sigmoid_ce_cost(out, tgt)
+        + costs.class_weight * cost_class
+        + costs.dice_weight * batch_dice_cost(out, tgt)
+    )
 
 
 @torch.no_grad()
@@ -111,14 +124,7 @@ def hungarian_match(
     coords = torch.rand(1, costs.num_points, 2, device=mask_logits.device)
     tgt = point_sample(masks[:, None].to(mask_logits.dtype), coords.repeat(n, 1, 1))[:, 0]
     out = point_sample(mask_logits[:, None], coords.repeat(q, 1, 1))[:, 0]
-    out, tgt = out.float(), tgt.float()
-    cost_mask = batch_sigmoid_ce_cost(out, tgt)
-    cost_dice = batch_dice_cost(out, tgt)
-    total = (
-        costs.mask_weight * cost_mask
-        + costs.class_weight * cost_class
-        + costs.dice_weight * cost_dice
-    )
+    total = _total_cost(costs, out.float(), tgt.float(), cost_class)
     rows, cols = linear_sum_assignment(total.cpu().numpy())
     return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
 
@@ -175,22 +181,7 @@ def hungarian_match_batch(
     pred = point_sample(mask_logits[idx], coords).float()  # B'xQxP
     probs = logits[idx].float().softmax(-1)
     cost_class = -probs.gather(2, padded_labels[:, None, :].expand(-1, probs.shape[1], -1))
-    pos = F.binary_cross_entropy_with_logits(pred, torch.ones_like(pred), reduction="none")
-    neg = F.binary_cross_entropy_with_logits(pred, torch.zeros_like(pred), reduction="none")
-    cost_mask = (pos @ tgt.transpose(1, 2) + neg @ (1 - tgt).transpose(1, 2)) / pred.shape[2]
-    sig = pred.sigmoid()
-    numerator = 2 * (sig @ tgt.transpose(1, 2))
-    denominator = sig.sum(-1)[:, :, None] + tgt.sum(-1)[:, None, :]
-    cost_dice = 1 - (numerator + 1) / (denominator + 1)
-    total = (
-        (
-            costs.mask_weight * cost_mask
-            + costs.class_weight * cost_class
-            + costs.dice_weight * cost_dice
-        )
-        .cpu()
-        .numpy()
-    )
+    total = _total_cost(costs, pred, tgt, cost_class).cpu().numpy()
     for i, b in enumerate(filled):
         rows, cols = linear_sum_assignment(total[i, :, : counts[b]])
         out[b] = (

@@ -35,6 +35,13 @@ def test_pairwise_costs_match_brute_force() -> None:
             p = logits[q].sigmoid()
             d = 1 - (2 * (p * targets[n]).sum() + 1) / (p.sum() + targets[n].sum() + 1)
             torch.testing.assert_close(dice[q, n], d)
+    # leading batch dims: each image's matrix as computed alone
+    other_logits, other_targets = torch.randn(4, 30), (torch.rand(3, 30) > 0.5).float()
+    stacked_logits = torch.stack([logits, other_logits])
+    stacked_targets = torch.stack([targets, other_targets])
+    for cost in (batch_sigmoid_ce_cost, batch_dice_cost):
+        want = torch.stack([cost(logits, targets), cost(other_logits, other_targets)])
+        torch.testing.assert_close(cost(stacked_logits, stacked_targets), want)
 
 
 def test_match_recovers_the_permutation() -> None:
