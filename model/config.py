@@ -147,7 +147,14 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    """Online tracker settings; defaults are the official CTVIS YTVIS/OVIS values."""
+    """Online tracker settings; defaults are the official CTVIS YTVIS/OVIS values.
+
+    Two settings are not in the reference and are off (neutral) by default: ``max_tracks``
+    bounds the live tracks of a session, and ``box_iou_weight`` w > 0 adds a position cue,
+    ``match = (1 - w) * embedding score + w * IoU(candidate box, track's last box)``, which
+    tells apart look-alike instances that embeddings alone confuse (``docs/experiments.md``
+    1f). Official checkpoints convert with w = 0, so their track ids stay the reference's.
+    """
 
     match_metric: Literal["bisoftmax", "cosine"] = "bisoftmax"
     match_type: Literal["greedy", "hungarian"] = "greedy"
@@ -167,6 +174,7 @@ class TrackerConfig:
     suppress_frame_num: int = 3
     none_frame_num: int = 2
     max_tracks: int = 256
+    box_iou_weight: float = 0.0
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

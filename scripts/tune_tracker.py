@@ -1,10 +1,12 @@
 """Choose a checkpoint's tracker thresholds on held-out videos (``docs/experiments.md`` 1b).
 
     python scripts/tune_tracker.py --checkpoint DIR --dataset GT.json --frames-root FRAMES \\
-        [--init 0.01 0.2 0.35 0.5] [--match 0.05 0.1 0.2 0.3] [--nms 0.4 0.5 0.6] [--out F.json]
+        [--init 0.01 0.2 0.35 0.5] [--match 0.05 0.1 0.2 0.3] [--nms 0.4 0.5 0.6] \\
+        [--box 0.0] [--out F.json]
 
 Runs the network once per video and keeps its outputs, then tracks and scores every
-combination of ``init_score_threshold`` x ``match_threshold`` x ``mask_nms_threshold`` with
+combination of ``init_score_threshold`` x ``match_threshold`` x ``mask_nms_threshold`` x
+``box_iou_weight`` (default: the checkpoint's own) with
 the shipped code path (``select_candidates`` -> ``track_step`` -> ``video_results`` ->
 the YouTube-VIS evaluator). Prints the settings by AP, best first, and writes every number to
 ``--out``. Use videos that are *not* the report set (``ctvis synth --seed 1``, not seed 0),
@@ -81,6 +83,9 @@ def main() -> None:
     parser.add_argument("--init", type=float, nargs="+", default=[0.01, 0.2, 0.35, 0.5])
     parser.add_argument("--match", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3])
     parser.add_argument("--nms", type=float, nargs="+", default=[0.4, 0.5, 0.6])
+    parser.add_argument(
+        "--box", type=float, nargs="+", help="box_iou_weight values (default: the checkpoint's)"
+    )
     parser.add_argument("--out", type=Path, help="write every setting's numbers here (JSON)")
     args = parser.parse_args()
 
@@ -89,21 +94,29 @@ def main() -> None:
     gt = load_ground_truth(args.dataset)
     ckpt, videos = network_outputs(args.checkpoint, args.dataset, args.frames_root)
     rows = []
-    for init, match, nms in itertools.product(args.init, args.match, args.nms):
+    boxes = args.box if args.box else [ckpt.trk_cfg.box_iou_weight]
+    for init, match, nms, box in itertools.product(args.init, args.match, args.nms, boxes):
         cfg = dataclasses.replace(
-            ckpt.trk_cfg, init_score_threshold=init, match_threshold=match, mask_nms_threshold=nms
+            ckpt.trk_cfg,
+            init_score_threshold=init,
+            match_threshold=match,
+            mask_nms_threshold=nms,
+            box_iou_weight=box,
         )
-        rows.append({"init": init, "match": match, "nms": nms, **score(ckpt, videos, gt, cfg)})
+        setting = {"init": init, "match": match, "nms": nms, "box": box}
+        rows.append({**setting, **score(ckpt, videos, gt, cfg)})
         print(json.dumps(rows[-1]), file=sys.stderr)
     current = score(ckpt, videos, gt, ckpt.trk_cfg)
     rows.sort(key=lambda r: -r["AP"])
-    print("| init | match | nms | AP | AP50 | AR10 | IDSW |\n|---|---|---|---|---|---|---|")
+    print(
+        "| init | match | nms | box | AP | AP50 | AR10 | IDSW |\n|---|---|---|---|---|---|---|---|"
+    )
     for r in rows:
-        print(f"| {r['init']} | {r['match']} | {r['nms']} | {r['AP']} | {r['AP50']} | "
-              f"{r['AR10']} | {r['IDSW']} |")  # fmt: skip
+        print(f"| {r['init']} | {r['match']} | {r['nms']} | {r['box']} | {r['AP']} | "
+              f"{r['AP50']} | {r['AR10']} | {r['IDSW']} |")  # fmt: skip
     t = ckpt.trk_cfg
     print(f"\ncheckpoint's own settings ({t.init_score_threshold}, {t.match_threshold}, "
-          f"{t.mask_nms_threshold}): {json.dumps(current)}")  # fmt: skip
+          f"{t.mask_nms_threshold}, box {t.box_iou_weight}): {json.dumps(current)}")  # fmt: skip
     if args.out is not None:
         args.out.write_text(json.dumps({"grid": rows, "checkpoint_settings": current}, indent=1))
 

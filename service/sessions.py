@@ -64,7 +64,12 @@ def tracker_with_overrides(base: TrackerConfig, overrides: dict[str, Any]) -> Tr
 
 
 def _check_ranges(cfg: TrackerConfig) -> None:
-    for name in ("select_threshold", "init_score_threshold", "mask_nms_threshold"):
+    for name in (
+        "select_threshold",
+        "init_score_threshold",
+        "mask_nms_threshold",
+        "box_iou_weight",
+    ):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ApiError(422, "invalid_tracker_option", f"{name} must be within [0, 1]")
     if cfg.match_metric not in ("bisoftmax", "cosine"):

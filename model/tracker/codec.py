@@ -18,7 +18,9 @@ from safetensors.torch import save as st_save
 
 from model.tracker.state import TRACK_FIELDS, TrackState, expected_shapes
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+# Version 1 had no ``last_box`` (the box cue); its payloads still load, with unknown boxes.
+_READABLE_VERSIONS = ("1", SCHEMA_VERSION)
 _FLOAT16_MAX = 65504.0
 _INT_META = ("frame_index", "next_track_id", "num_tracks", "embed_dim", "cache_size", "num_logits")
 
@@ -86,15 +88,19 @@ def loads(
     Returns:
         The decoded state.
 
+    Schema version 1 payloads (written before ``last_box`` existed) load with NaN boxes,
+    i.e. no box cue for their tracks until they are matched again.
+
     Raises:
         ValueError: unknown schema version, model id mismatch, missing / unexpected tensors,
             or a tensor whose shape disagrees with the metadata.
     """
     meta = read_metadata(data)
     version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in _READABLE_VERSIONS:
         raise ValueError(
-            f"unsupported track state schema_version {version!r} (expected {SCHEMA_VERSION!r})"
+            f"unsupported track state schema_version {version!r} "
+            f"(readable: {', '.join(_READABLE_VERSIONS)})"
         )
     if expected_model_id is not None and meta.get("model_id") != expected_model_id:
         raise ValueError(
@@ -109,6 +115,8 @@ def loads(
     if not isinstance(float_dtype, torch.dtype) or not float_dtype.is_floating_point:
         raise ValueError(f"invalid float_dtype {meta['float_dtype']!r}")
     tensors = st_load(data)
+    if version == "1" and "last_box" not in tensors:
+        tensors["last_box"] = torch.full((ints["num_tracks"], 4), float("nan"))
     if set(tensors) != set(TRACK_FIELDS):
         missing = sorted(set(TRACK_FIELDS) - set(tensors))
         extra = sorted(set(tensors) - set(TRACK_FIELDS))

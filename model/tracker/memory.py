@@ -94,7 +94,7 @@ def spawn(state: TrackState, count: int) -> tuple[TrackState, torch.Tensor]:
             fresh[name] = torch.cat([value, slots - t + state.next_track_id])
             continue
         # F.pad grows dim 0 in one op (its pad list runs from the last dim backwards)
-        fill = float("-inf") if name == "logit_max" else 0.0
+        fill = {"logit_max": float("-inf"), "last_box": float("nan")}.get(name, 0.0)
         fresh[name] = F.pad(value, (0, 0) * (value.dim() - 1) + (0, count), value=fill)
     new = state.with_tensors(fresh, next_track_id=state.next_track_id + count)
     return new, slots
@@ -163,6 +163,23 @@ def write(
         exist_frames=state.exist_frames + ones,
         last_seen=torch.where(ones > 0, frame_index, state.last_seen),
     )
+
+
+def write_boxes(state: TrackState, slots: torch.Tensor, boxes: torch.Tensor) -> TrackState:
+    """Record the boxes of the candidates just matched to ``slots`` (the box cue's memory).
+
+    Args:
+        state: memory bank.
+        slots: N int64 distinct rows.
+        boxes: Nx4 ``(x0, y0, x1, y1)`` boxes of those candidates' masks.
+
+    Returns:
+        The new state.
+    """
+    if slots.numel() == 0:
+        return state
+    boxes = boxes.to(state.last_box.dtype)
+    return dataclasses.replace(state, last_box=state.last_box.index_put((slots,), boxes))
 
 
 def prune(

@@ -40,6 +40,47 @@ def binarize(mask_logits: torch.Tensor) -> torch.Tensor:
     return binary
 
 
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight boxes of binary masks, in mask pixels.
+
+    Args:
+        masks: Nxhxw bool.
+
+    Returns:
+        Nx4 float32 ``(x0, y0, x1, y1)`` with exclusive ends (a one-pixel mask at (x, y) gives
+        ``(x, y, x + 1, y + 1)``); NaN rows for empty masks.
+    """
+    n, h, w = masks.shape
+    rows = masks.any(2)  # N x h
+    cols = masks.any(1)  # N x w
+    # argmax returns the first maximum: the first occupied row / column from each end
+    y0 = rows.to(torch.uint8).argmax(1)
+    y1 = h - rows.flip(1).to(torch.uint8).argmax(1)
+    x0 = cols.to(torch.uint8).argmax(1)
+    x1 = w - cols.flip(1).to(torch.uint8).argmax(1)
+    boxes = torch.stack([x0, y0, x1, y1], 1).to(torch.float32)
+    return torch.where(rows.any(1)[:, None], boxes, float("nan"))
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU of ``(x0, y0, x1, y1)`` boxes; 0 wherever either box is NaN (unknown).
+
+    Args:
+        a: Nx4 boxes.
+        b: Mx4 boxes.
+
+    Returns:
+        NxM IoU in [0, 1].
+    """
+    lo = torch.maximum(a[:, None, :2], b[None, :, :2])
+    hi = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (hi - lo).clamp_min(0).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return torch.nan_to_num(inter / union.clamp_min(1e-6), nan=0.0)
+
+
 def mask_nms(mask_logits: torch.Tensor, threshold: float) -> torch.Tensor:
     """Class-agnostic greedy mask NMS over candidates already sorted by score.
 

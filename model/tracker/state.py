@@ -29,6 +29,7 @@ TRACK_FIELDS: tuple[str, ...] = (
     "logit_max",
     "entry_hits",
     "entry_tail",
+    "last_box",
 )
 
 
@@ -55,6 +56,9 @@ class TrackState:
         logit_max: Tx(C+1) element-wise max of those logits (-inf when no entry).
         entry_hits: T int64 frames in the current output entry; 0 = no entry.
         entry_tail: T int64 trailing frames without a match in the current output entry.
+        last_box: Tx4 ``(x0, y0, x1, y1)`` box of the track's last matched mask, in pixels of
+            the 1/4-resolution mask logits; only kept when ``TrackerConfig.box_iou_weight``
+            is above 0 (the box cue is not in the reference), NaN otherwise.
     """
 
     frame_index: int
@@ -71,6 +75,7 @@ class TrackState:
     logit_max: torch.Tensor
     entry_hits: torch.Tensor
     entry_tail: torch.Tensor
+    last_box: torch.Tensor
 
     @property
     def num_tracks(self) -> int:
@@ -148,6 +153,7 @@ def init_state(
         logit_max=floats(0, c1),
         entry_hits=ints(),
         entry_tail=ints(),
+        last_box=floats(0, 4),
     )
 
 
@@ -169,6 +175,7 @@ def expected_shapes(
         "logit_max": (t, c1),
         "entry_hits": (t,),
         "entry_tail": (t,),
+        "last_box": (t, 4),
     }
 
 

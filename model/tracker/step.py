@@ -10,6 +10,7 @@ from model.config import TrackerConfig
 from model.structures import Detections, TrackAssignment
 from model.tracker import memory
 from model.tracker.match import assign, similarity
+from model.tracker.select import binarize, box_iou, mask_boxes
 from model.tracker.state import TrackState
 
 
@@ -22,10 +23,12 @@ def track_step(
     reference crashes there; spec 4.5), every candidate scoring above
     ``init_score_threshold`` starts a new track. Otherwise candidates are matched to live
     tracks (``cfg.match_metric`` / ``cfg.match_type``) and unmatched ones above the init
-    threshold start new tracks in row order. Tracks unseen for more than
-    ``num_dead_frames`` frames are then dropped, and beyond ``max_tracks`` live tracks the
-    least recently seen ones (a cap the reference does not have; it only bounds the state).
-    Gradient mode is the caller's choice.
+    threshold start new tracks in row order. With ``cfg.box_iou_weight`` w > 0 (not in the
+    reference) the match scores become ``(1 - w) * score + w * IoU`` of the candidate's
+    mask box with the track's last box, and matched tracks remember their new box. Tracks
+    unseen for more than ``num_dead_frames`` frames are then dropped, and beyond
+    ``max_tracks`` live tracks the least recently seen ones (a cap the reference does not
+    have; it only bounds the state). Gradient mode is the caller's choice.
 
     Args:
         state: memory bank before frame ``state.frame_index``.
@@ -39,9 +42,15 @@ def track_step(
     n = len(detections)
     device = state.track_ids.device
     cols = torch.full((n,), -1, dtype=torch.int64, device=device)
+    use_boxes = cfg.box_iou_weight > 0
+    if use_boxes:
+        boxes = mask_boxes(binarize(detections.mask_logits.detach()))
     if state.next_track_id > 0 and state.num_tracks > 0 and n > 0:
         track_embeds = memory.read_embeddings(state, cfg.embed_type)
         match = similarity(detections.embeds, track_embeds, cfg.match_metric)
+        if use_boxes:
+            overlap = box_iou(boxes, state.last_box).to(match.dtype)
+            match = torch.lerp(match, overlap, cfg.box_iou_weight)
         cols = assign(match, state.exist_frames, cfg)
     is_new = (cols < 0) & (detections.scores > cfg.init_score_threshold)
     state, new_slots = memory.spawn(state, int(is_new.sum()))
@@ -57,6 +66,8 @@ def track_step(
         frame,
         cfg.momentum,
     )
+    if use_boxes:
+        state = memory.write_boxes(state, kept_slots, boxes[rows])
     state = memory.record_entries(state, kept_slots, detections.logits[rows], frame, cfg)
     track_ids = torch.full_like(slots, -1).masked_scatter(kept, state.track_ids[kept_slots])
     state, alive = memory.prune(state, frame, cfg.num_dead_frames, cfg.max_tracks)

@@ -124,6 +124,7 @@ def test_bad_session_options(client: TestClient) -> None:
         {"tracker": {"no_such_option": 1}},
         {"tracker": {"match_threshold": "high"}},
         {"tracker": {"select_threshold": 3.0}},
+        {"tracker": {"box_iou_weight": 1.5}},
         {"backpressure": "sometimes"},
         {"queue_size": 0},
         {"unknown_field": True},

@@ -118,3 +118,15 @@ def test_compact_keeps_float32_when_values_overflow_float16() -> None:
     state = _random_state(5, 3, 8, 4, 3)
     state = dataclasses.replace(state, embed_cache=state.embed_cache * 1e5)
     _assert_equal(state, codec.loads(codec.dumps(state)))
+
+
+def test_reads_schema_1_payloads_without_boxes() -> None:
+    state = _random_state(2, 3, 8, 4, 3)
+    tensors = {k: v.contiguous() for k, v in state.tensors().items() if k != "last_box"}
+    meta = codec.read_metadata(codec.dumps(state, compact=False))
+    old = st_save(tensors, metadata={**meta, "schema_version": "1"})
+    back = codec.loads(old)
+    assert torch.isnan(back.last_box).all() and back.last_box.shape == (3, 4)
+    _assert_equal(dataclasses.replace(back, last_box=state.last_box), state)
+    with pytest.raises(ValueError, match="missing"):  # version 2 must carry the boxes
+        codec.loads(st_save(tensors, metadata=meta))

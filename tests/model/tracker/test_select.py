@@ -7,7 +7,14 @@ import math
 import torch
 
 from model.config import TrackerConfig
-from model.tracker.select import binarize, mask_iou_matrix, mask_nms, select_candidates
+from model.tracker.select import (
+    binarize,
+    box_iou,
+    mask_boxes,
+    mask_iou_matrix,
+    mask_nms,
+    select_candidates,
+)
 
 
 def _logits(probs: list[float]) -> torch.Tensor:
@@ -58,3 +65,28 @@ def test_binarize_matches_sigmoid_threshold_near_zero() -> None:
     values = torch.cat([tiny, torch.randn(1000)])
     assert torch.equal(binarize(values), values.sigmoid() > 0.5)
     assert not bool(binarize(torch.tensor([1e-9]))[0])  # sigmoid rounds to exactly 0.5
+
+
+def test_mask_boxes_match_a_brute_force_scan() -> None:
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(20, 9, 13, generator=g) > 0.93  # sparse: some rows / columns empty
+    masks[3] = False  # an empty mask
+    masks[4] = False
+    masks[4, 8, 12] = True  # one pixel in the last corner
+    boxes = mask_boxes(masks)
+    for i in range(masks.shape[0]):
+        ys, xs = torch.nonzero(masks[i], as_tuple=True)
+        if ys.numel() == 0:
+            assert torch.isnan(boxes[i]).all()
+            continue
+        expected = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        assert boxes[i].tolist() == [float(v) for v in expected], i
+    assert boxes[4].tolist() == [12.0, 8.0, 13.0, 9.0]
+
+
+def test_box_iou_values_and_unknown_boxes() -> None:
+    a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [float("nan")] * 4])
+    b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 2.0, 2.0], [5.0, 5.0, 6.0, 6.0]])
+    iou = box_iou(a, b)
+    expected = torch.tensor([[1 / 7, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(iou, expected)

@@ -106,7 +106,7 @@ def test_step_does_not_modify_its_input_state() -> None:
     snapshot = {k: v.clone() for k, v in state.tensors().items()}
     new, _ = track_step(state, _dets(protos, [0.9, 0.8, 0.7]), cfg)
     for k, v in state.tensors().items():
-        assert torch.equal(v, snapshot[k]), k
+        torch.testing.assert_close(v, snapshot[k], rtol=0, atol=0, equal_nan=True, msg=k)
     assert new.num_tracks == 3 and state.num_tracks == 2
 
 
@@ -162,3 +162,56 @@ def test_max_tracks_caps_state_and_keeps_active_ids() -> None:
         assert a.track_ids[:3].tolist() == [0, 1, 2]
         assert (a.slots[a.kept] >= 0).all()
         assert state.track_ids[a.slots[a.kept]].tolist() == a.track_ids[a.kept].tolist()
+
+
+def _blob(y: int, x: int, size: int = 6, hw: int = 32) -> torch.Tensor:
+    m = torch.full((hw, hw), -5.0)
+    m[y : y + size, x : x + size] = 5.0
+    return m
+
+
+def test_box_cue_tells_look_alikes_apart() -> None:
+    """Two instances with the same embedding: only the box cue keeps their ids apart."""
+    torch.manual_seed(0)
+    same = _prototypes(1).repeat(2, 1)
+
+    def frame(left_first: bool, dx: int) -> Detections:
+        blobs = [_blob(4, 2 + dx), _blob(20, 22 - dx)]  # "left" object drifts right
+        order = [0, 1] if left_first else [1, 0]
+        return Detections(
+            query_indices=torch.arange(2),
+            scores=torch.tensor([0.9, 0.8]),
+            logits=torch.randn(2, NUM_LOGITS),
+            mask_logits=torch.stack([blobs[i] for i in order]),
+            embeds=same,
+        )
+
+    def run(cfg: TrackerConfig) -> list[list[int]]:
+        state = init_state(32, NUM_LOGITS - 1)
+        ids = []
+        # the score order flips every frame; the objects themselves move one pixel a frame
+        for t in range(6):
+            state, a = track_step(state, frame(t % 2 == 0, t), cfg)
+            order = [0, 1] if t % 2 == 0 else [1, 0]
+            ids.append([int(a.track_ids[order.index(k)]) for k in (0, 1)])  # left, right
+        return ids
+
+    with_boxes = run(TrackerConfig(box_iou_weight=0.5))
+    assert all(frame_ids == [0, 1] for frame_ids in with_boxes)
+    without = run(TrackerConfig())
+    assert any(frame_ids != [0, 1] for frame_ids in without)  # embeddings alone swap them
+
+
+def test_last_box_is_kept_only_with_the_box_cue() -> None:
+    dets = Detections(
+        query_indices=torch.arange(1),
+        scores=torch.tensor([0.9]),
+        logits=torch.randn(1, NUM_LOGITS),
+        mask_logits=_blob(3, 5)[None],
+        embeds=_prototypes(1),
+    )
+    state, _ = track_step(init_state(32, NUM_LOGITS - 1), dets, TrackerConfig(box_iou_weight=0.3))
+    assert state.last_box.tolist() == [[5.0, 3.0, 11.0, 9.0]]
+    check_state(state)
+    plain, _ = track_step(init_state(32, NUM_LOGITS - 1), dets, TrackerConfig())
+    assert torch.isnan(plain.last_box).all()
