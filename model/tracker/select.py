@@ -40,26 +40,33 @@ def binarize(mask_logits: torch.Tensor) -> torch.Tensor:
     return binary
 
 
-def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight boxes of binary masks, in mask pixels.
+def mask_boxes(mask_logits: torch.Tensor) -> torch.Tensor:
+    """Tight boxes of the pixels with a positive logit, in mask pixels.
+
+    ``logit > 0`` is ``binarize``'s mask except for logits in (0, 1e-6), which can move an
+    edge by one pixel; the boxes only feed the tracker's box cue. Two max-reductions over the
+    float logits cost ~1/7 of binarising and reducing bool masks (2.1 vs 15.7 ms for 100
+    masks of 120x216 on one thread).
 
     Args:
-        masks: Nxhxw bool.
+        mask_logits: Nxhxw mask logits.
 
     Returns:
         Nx4 float32 ``(x0, y0, x1, y1)`` with exclusive ends (a one-pixel mask at (x, y) gives
         ``(x, y, x + 1, y + 1)``); NaN rows for empty masks.
     """
-    n, h, w = masks.shape
-    rows = masks.any(2)  # N x h
-    cols = masks.any(1)  # N x w
+    n, h, w = mask_logits.shape
+    if n == 0 or h == 0 or w == 0:
+        return torch.full((n, 4), float("nan"), device=mask_logits.device)
+    rows = (mask_logits.amax(2) > 0).to(torch.uint8)  # N x h
+    cols = (mask_logits.amax(1) > 0).to(torch.uint8)  # N x w
     # argmax returns the first maximum: the first occupied row / column from each end
-    y0 = rows.to(torch.uint8).argmax(1)
-    y1 = h - rows.flip(1).to(torch.uint8).argmax(1)
-    x0 = cols.to(torch.uint8).argmax(1)
-    x1 = w - cols.flip(1).to(torch.uint8).argmax(1)
+    y0 = rows.argmax(1)
+    y1 = h - rows.flip(1).argmax(1)
+    x0 = cols.argmax(1)
+    x1 = w - cols.flip(1).argmax(1)
     boxes = torch.stack([x0, y0, x1, y1], 1).to(torch.float32)
-    return torch.where(rows.any(1)[:, None], boxes, float("nan"))
+    return torch.where(rows.amax(1)[:, None] > 0, boxes, float("nan"))
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

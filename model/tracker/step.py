@@ -10,7 +10,7 @@ from model.config import TrackerConfig
 from model.structures import Detections, TrackAssignment
 from model.tracker import memory
 from model.tracker.match import assign, similarity
-from model.tracker.select import binarize, box_iou, mask_boxes
+from model.tracker.select import box_iou, mask_boxes
 from model.tracker.state import TrackState
 
 
@@ -44,7 +44,7 @@ def track_step(
     cols = torch.full((n,), -1, dtype=torch.int64, device=device)
     use_boxes = cfg.box_iou_weight > 0
     if use_boxes:
-        boxes = mask_boxes(binarize(detections.mask_logits.detach()))
+        boxes = mask_boxes(detections.mask_logits.detach())
     if state.next_track_id > 0 and state.num_tracks > 0 and n > 0:
         track_embeds = memory.read_embeddings(state, cfg.embed_type)
         match = similarity(detections.embeds, track_embeds, cfg.match_metric)

@@ -73,7 +73,8 @@ def test_mask_boxes_match_a_brute_force_scan() -> None:
     masks[3] = False  # an empty mask
     masks[4] = False
     masks[4, 8, 12] = True  # one pixel in the last corner
-    boxes = mask_boxes(masks)
+    logits = torch.where(masks, 2.0, -3.0)
+    boxes = mask_boxes(logits)
     for i in range(masks.shape[0]):
         ys, xs = torch.nonzero(masks[i], as_tuple=True)
         if ys.numel() == 0:
@@ -82,6 +83,7 @@ def test_mask_boxes_match_a_brute_force_scan() -> None:
         expected = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
         assert boxes[i].tolist() == [float(v) for v in expected], i
     assert boxes[4].tolist() == [12.0, 8.0, 13.0, 9.0]
+    assert mask_boxes(torch.zeros(0, 9, 13)).shape == (0, 4)
 
 
 def test_box_iou_values_and_unknown_boxes() -> None:
