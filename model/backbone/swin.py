@@ -165,7 +165,8 @@ class WindowAttention(nn.Module):
 
         Args:
             x: (B*nW)xNxC window tokens, N = ws*ws.
-            mask: nWxNxN additive mask (0 / -100) for shifted windows, or None.
+            mask: nWxNxN additive mask (0 / -100) for shifted windows, 1xNxN for one mask
+                shared by all windows (eager only), or None.
 
         Returns:
             (B*nW)xNxC.
@@ -178,8 +179,8 @@ class WindowAttention(nn.Module):
             # faster than the spelled-out form below on the CPU; equal up to rounding.
             bias = self.relative_position_bias().unsqueeze(0)  # 1 x heads x N x N
             if mask is not None:
-                bias = bias + mask[:, None]  # nW x heads x N x N
-                if bw != mask.shape[0]:  # several images: windows are image-major
+                bias = bias + mask[:, None]  # nW x heads x N x N (1 x ...: broadcast)
+                if mask.shape[0] > 1 and bw != mask.shape[0]:  # several images: image-major
                     bias = bias.repeat(bw // mask.shape[0], 1, 1, 1)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
             return self.proj(out.transpose(1, 2).reshape(bw, n, c))
@@ -236,13 +237,55 @@ class SwinBlock(nn.Module):
         hp, wp = x.shape[1], x.shape[2]
         if self.shift > 0:
             x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        windows = self.attn(window_partition(x, ws), mask if self.shift > 0 else None)
-        x = window_reverse(windows, ws, b, hp, wp)
+        if self.shift > 0 and mask is not None and not is_exporting():
+            x = self._attend_shifted_by_pattern(x, mask)
+        else:
+            windows = self.attn(window_partition(x, ws), mask if self.shift > 0 else None)
+            x = window_reverse(windows, ws, b, hp, wp)
         if self.shift > 0:
             x = torch.roll(x, shifts=(self.shift, self.shift), dims=(1, 2))
         x = x[:, :height, :width, :].reshape(b, -1, c)
         x = shortcut + drop_path(x, self.drop_path_prob, self.training)
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_prob, self.training)
+
+    def _attend_shifted_by_pattern(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Shifted-window attention with one attention call per region-mask pattern.
+
+        In the shifted map only the last window row and column straddle region boundaries:
+        all other windows have an all-zero mask, the other windows of the last column share
+        one pattern, those of the last row another, and the corner window has its own. Each
+        of the (up to) four groups is attended with its one NxN pattern broadcast over its
+        windows, so the fused kernel never gets a materialised nW x heads x N x N bias (at
+        480x864 that was ~30 MB per shifted block of stage 3, written, then copied again
+        inside the kernel: ~1.4 s of CPU time per Swin-L frame). Equal to the one-call form
+        up to float rounding (``tests/model/test_swin.py``).
+
+        Args:
+            x: BxHpxWpxC shifted, padded tokens (Hp, Wp multiples of the window size).
+            mask: nWxNxN region mask of that map (``shifted_window_mask``).
+
+        Returns:
+            BxHpxWpxC attended tokens.
+        """
+        b, hp, wp, _ = x.shape
+        ws = self.window_size
+        rows_w, cols_w = hp // ws, wp // ws
+        # index in ``mask`` of one window of each group (window order is row-major)
+        pattern = {(0, 0): 0, (0, 1): cols_w - 1, (1, 0): (rows_w - 1) * cols_w}
+        pattern[1, 1] = rows_w * cols_w - 1
+        bands = []
+        for r, (y0, y1) in enumerate(((0, hp - ws), (hp - ws, hp))):
+            if y1 == y0:
+                continue
+            parts = []
+            for q, (x0, x1) in enumerate(((0, wp - ws), (wp - ws, wp))):
+                if x1 == x0:
+                    continue
+                windows = window_partition(x[:, y0:y1, x0:x1], ws)
+                out = self.attn(windows, mask[pattern[r, q]][None])
+                parts.append(window_reverse(out, ws, b, y1 - y0, x1 - x0))
+            bands.append(torch.cat(parts, 2) if len(parts) > 1 else parts[0])
+        return torch.cat(bands, 1) if len(bands) > 1 else bands[0]
 
 
 class PatchMerging(nn.Module):

@@ -205,3 +205,32 @@ def test_window_attention_fused_kernel_equals_export_form(monkeypatch, shifted: 
     fused = attn(x, mask)
     monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
     torch.testing.assert_close(fused, attn(x, mask), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize(("h", "w"), [(10, 15), (4, 13), (12, 4), (4, 4)])
+def test_shifted_block_by_pattern_equals_one_call_with_full_mask(
+    monkeypatch, h: int, w: int
+) -> None:
+    """Eager attends shifted windows in up to four groups (one broadcast mask pattern each);
+    the export form takes the whole nW x N x N mask in one call. Same block output (float64,
+    2 images, maps of several window rows / columns, a single row, a single column, one
+    window)."""
+    torch.manual_seed(4)
+    ws, shift = 4, 2
+    block = SwinBlock(12, 3, ws, shift=shift, mlp_ratio=2.0, drop_path_prob=0.0).double().eval()
+    with torch.no_grad():
+        block.attn.relative_position_bias_table.normal_()
+    hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+    mask = shifted_window_mask(hp, wp, ws, shift, torch.device("cpu")).double()
+    x = torch.randn(2, h * w, 12, dtype=torch.float64)
+    calls = []
+    original = block.attn.forward
+    monkeypatch.setattr(block.attn, "forward", lambda *a: calls.append(a[0].shape) or original(*a))
+    with torch.no_grad():
+        grouped = block(x, h, w, mask)
+        groups = len(calls)
+        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+        one_call = block(x, h, w, mask)
+    assert groups == (hp > ws) + (wp > ws) + (hp > ws and wp > ws) + 1
+    assert len(calls) == groups + 1
+    torch.testing.assert_close(grouped, one_call, atol=1e-12, rtol=1e-12)
