@@ -233,7 +233,9 @@ class SwinBlock(nn.Module):
         shortcut = x
         x = self.norm1(x).view(b, height, width, c)
         # Pad after norm1, as the reference does: padded tokens are zeros, not masked out.
-        x = F.pad(x, (0, 0, 0, _pad_amount(width, ws), 0, _pad_amount(height, ws)))
+        pad_h, pad_w = _pad_amount(height, ws), _pad_amount(width, ws)
+        if pad_h or pad_w or is_exporting():  # (eager: F.pad copies even when padding by 0)
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
         hp, wp = x.shape[1], x.shape[2]
         if self.shift > 0:
             x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
@@ -300,7 +302,8 @@ class PatchMerging(nn.Module):
         """Map Bx(H*W)xC to Bx(ceil(H/2)*ceil(W/2))x2C."""
         b, _, c = x.shape
         x = x.view(b, height, width, c)
-        x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        if height % 2 or width % 2 or is_exporting():
+            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
         # Phase order of the reference: (even, even), (odd, even), (even, odd), (odd, odd).
         phases = [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]]
         x = torch.cat(phases, dim=-1).view(b, -1, 4 * c)
