@@ -20,6 +20,7 @@ second time and draws every output track whose score reaches ``--overlay-score``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from model.checkpoint import LoadedCheckpoint
+    from model.config import TrackerConfig
     from model.pipeline import VideoResult
     from model.structures import FrameOutputs
     from model.video_io import FrameSource
@@ -68,6 +70,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--onnx-model", help="ONNX file (default: CHECKPOINT/model.onnx)")
     parser.add_argument(
         "--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if found)"
+    )
+    parser.add_argument(
+        "--tracker",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a tracker setting of the checkpoint, e.g. --tracker box_iou_weight=0 "
+        "(repeatable)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
@@ -112,6 +122,8 @@ def _load(args: argparse.Namespace) -> tuple[LoadedCheckpoint, Callable[[Any], F
         ckpt = load_checkpoint(args.checkpoint, device=device if args.backend == "torch" else "cpu")
     except CheckpointError as exc:
         raise TrackError(str(exc)) from exc
+    if args.tracker:
+        ckpt = dataclasses.replace(ckpt, trk_cfg=_tracker_overrides(ckpt.trk_cfg, args.tracker))
     if args.backend == "torch":
         return ckpt, TorchBackend(ckpt.segmenter, device=device)
     onnx_path = Path(args.onnx_model or Path(args.checkpoint) / "model.onnx")
@@ -122,6 +134,22 @@ def _load(args: argparse.Namespace) -> tuple[LoadedCheckpoint, Callable[[Any], F
         return ckpt, OnnxBackend(onnx_path, providers=providers)
     except ImportError as exc:
         raise TrackError("the onnx backend needs onnxruntime (pip install '.[onnx]')") from exc
+
+
+def _tracker_overrides(base: TrackerConfig, overrides: list[str]) -> TrackerConfig:
+    """``base`` with ``KEY=VALUE`` overrides (values parsed as YAML, type- and range-checked)."""
+    from model.config import TrackerConfig, to_dict, tracker_config_problems
+    from training.config import ConfigError, apply_overrides, config_from_dict
+
+    try:
+        data = apply_overrides(to_dict(base), overrides)
+        cfg = config_from_dict(TrackerConfig, data, "tracker")
+    except ConfigError as exc:
+        raise TrackError(f"--tracker: {exc}") from exc
+    problems = tracker_config_problems(cfg)
+    if problems:
+        raise TrackError(f"--tracker: {'; '.join(problems)}")
+    return cfg
 
 
 def _progress_bar(total: int | None, desc: str, disable: bool) -> Any:

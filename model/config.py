@@ -177,6 +177,26 @@ class TrackerConfig:
     box_iou_weight: float = 0.0
 
 
+def tracker_config_problems(cfg: TrackerConfig) -> list[str]:
+    """What is out of range in ``cfg`` (empty when it is usable), one message per problem."""
+    problems = []
+    for name in (
+        "select_threshold",
+        "init_score_threshold",
+        "mask_nms_threshold",
+        "box_iou_weight",
+    ):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            problems.append(f"{name} must be within [0, 1]")
+    if cfg.match_metric not in ("bisoftmax", "cosine"):
+        problems.append("match_metric: bisoftmax or cosine")
+    if cfg.match_type not in ("greedy", "hungarian"):
+        problems.append("match_type: greedy or hungarian")
+    if cfg.num_dead_frames < 0 or cfg.cache_size < 1:
+        problems.append("num_dead_frames >= 0, cache_size >= 1")
+    return problems
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Serialise a (nested) config dataclass to plain JSON-compatible values."""
     out = dataclasses.asdict(cfg)

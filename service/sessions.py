@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from model.config import TrackerConfig, to_dict
+from model.config import TrackerConfig, to_dict, tracker_config_problems
 from model.tracker import TrackState, codec, init_state
 from service.auth import hash_secret, new_id, new_token, token_matches
 from service.batching import BatchQueue
@@ -64,20 +64,9 @@ def tracker_with_overrides(base: TrackerConfig, overrides: dict[str, Any]) -> Tr
 
 
 def _check_ranges(cfg: TrackerConfig) -> None:
-    for name in (
-        "select_threshold",
-        "init_score_threshold",
-        "mask_nms_threshold",
-        "box_iou_weight",
-    ):
-        if not 0.0 <= getattr(cfg, name) <= 1.0:
-            raise ApiError(422, "invalid_tracker_option", f"{name} must be within [0, 1]")
-    if cfg.match_metric not in ("bisoftmax", "cosine"):
-        raise ApiError(422, "invalid_tracker_option", "match_metric: bisoftmax or cosine")
-    if cfg.match_type not in ("greedy", "hungarian"):
-        raise ApiError(422, "invalid_tracker_option", "match_type: greedy or hungarian")
-    if cfg.num_dead_frames < 0 or cfg.cache_size < 1:
-        raise ApiError(422, "invalid_tracker_option", "num_dead_frames >= 0, cache_size >= 1")
+    problems = tracker_config_problems(cfg)
+    if problems:
+        raise ApiError(422, "invalid_tracker_option", "; ".join(problems))
 
 
 class SessionService:

@@ -98,6 +98,17 @@ def test_onnx_backend_matches_torch(checkpoint: Path, video: Path, tmp_path: Pat
     assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], abs=1e-4)
 
 
+def test_tracker_overrides_change_the_run(checkpoint: Path, video: Path, tmp_path: Path) -> None:
+    common = [str(video), "--checkpoint", str(checkpoint), "--device", "cpu", "--no-progress"]
+    plain, strict = tmp_path / "plain.json", tmp_path / "strict.json"
+    assert main(["track", *common, "--out", str(plain)]) == 0
+    assert len(_check_results(plain, {1}, 8)) == 40  # the checkpoint's own settings: tracks
+    # no detection scores above 1, so with this threshold no track can ever start
+    argv = ["track", *common, "--out", str(strict), "--tracker", "init_score_threshold=1.0"]
+    assert main([*argv, "--tracker", "box_iou_weight=0.5"]) == 0
+    assert _check_results(strict, {1}, 8) == []
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -109,6 +120,10 @@ def test_onnx_backend_matches_torch(checkpoint: Path, video: Path, tmp_path: Pat
         (["VIDEO", "--frame-stride", "0"], "--frame-stride"),
         (["VIDEO", "--backend", "onnx"], "no ONNX model"),
         (["VIDEO", "--evaluate"], "--evaluate needs --dataset"),
+        (["VIDEO", "--tracker", "box_iou_weight=2"], "box_iou_weight must be within [0, 1]"),
+        (["VIDEO", "--tracker", "no_such_option=1"], "unknown keys ['no_such_option']"),
+        (["VIDEO", "--tracker", "match_type=sometimes"], "is not one of"),
+        (["VIDEO", "--tracker", "match_threshold"], "key.path=value"),
     ],
 )
 def test_errors_exit_1(
