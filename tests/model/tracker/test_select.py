@@ -65,6 +65,17 @@ def test_binarize_matches_sigmoid_threshold_near_zero() -> None:
     values = torch.cat([tiny, torch.randn(1000)])
     assert torch.equal(binarize(values), values.sigmoid() > 0.5)
     assert not bool(binarize(torch.tensor([1e-9]))[0])  # sigmoid rounds to exactly 0.5
+    # masks (rows of dim 0): only rows holding a tiny positive logit are re-checked
+    masks = torch.randn(6, 7, 9)
+    masks[2, 3, 4], masks[4, 0, 0], masks[5] = 3e-8, 1e-9, -1.0
+    assert torch.equal(binarize(masks), masks.sigmoid() > 0.5)
+    assert binarize(torch.zeros(0, 4, 4)).shape == (0, 4, 4)
+    # the 0 / 1 float form used by the NMS, including signed zeros, denormals and NaN
+    masks[1, 0, :4] = torch.tensor([0.0, -0.0, 1e-40, float("nan")])
+    expected = masks.sigmoid() > 0.5
+    assert torch.equal(binarize(masks), expected)
+    as_float = binarize(masks, torch.float32)
+    assert as_float.dtype == torch.float32 and torch.equal(as_float, expected.float())
 
 
 def test_mask_boxes_match_a_brute_force_scan() -> None:
