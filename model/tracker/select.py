@@ -34,7 +34,8 @@ def binarize(mask_logits: torch.Tensor, dtype: torch.dtype = torch.bool) -> torc
     the masks (rows along dim 0) holding a logit in (0, 1e-6) (and those holding a NaN,
     which is never inside a mask) are re-checked with the real sigmoid; elsewhere
     ``logit > 0`` is the answer. Finding those rows costs one reciprocal and one max
-    (``1 / x > 1e6`` exactly for ``0 < x < 1e-6``), ~1/15 of a bool compare-and-reduce.
+    (``1 / x > 1e6`` exactly for ``0 < x < 1e-6``), ~1/7 of a second bool compare, an
+    ``&`` and a bool ``any`` (0.7 vs 5.1 ms for 100 masks of 120x216 on one thread).
 
     Args:
         mask_logits: mask logits, masks along dim 0 (any shape).
@@ -62,8 +63,9 @@ def mask_boxes(mask_logits: torch.Tensor) -> torch.Tensor:
 
     ``logit > 0`` is ``binarize``'s mask except for logits in (0, 1e-6), which can move an
     edge by one pixel; the boxes only feed the tracker's box cue. Two max-reductions over the
-    float logits cost ~1/7 of binarising and reducing bool masks (2.1 vs 15.7 ms for 100
-    masks of 120x216 on one thread).
+    float logits cost ~1/7 of reducing bool masks along both axes after binarising them
+    (2.1 vs 15.7 ms for 100 masks of 120x216 on one thread, measured with the earlier
+    ``binarize``).
 
     Args:
         mask_logits: Nxhxw mask logits.
