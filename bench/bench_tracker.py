@@ -29,7 +29,7 @@ from model.config import TrackerConfig
 from model.postprocess import MaskSizes, encode_frame_masks
 from model.structures import Detections
 from model.tracker import codec
-from model.tracker.select import select_candidates
+from model.tracker.select import mask_boxes, select_candidates
 from model.tracker.state import TrackState, init_state
 from model.tracker.step import track_step
 
@@ -109,12 +109,7 @@ def main() -> None:
     for i, (y, x) in enumerate(corner.tolist()):
         big_masks[i, y : y + 20, x : x + 30] = 5.0
     big = dataclasses.replace(big, mask_logits=big_masks)
-    box_state = dataclasses.replace(
-        state50,
-        last_box=torch.cat([corner.flip(1), corner.flip(1) + torch.tensor([30, 20])], 1)[
-            :50
-        ].float(),
-    )
+    box_state = dataclasses.replace(state50, last_box=mask_boxes(big_masks[:50]))
     with torch.inference_mode():
         ms = _time_ms(lambda: track_step(box_state, big, box_cfg), args.repeats)
     rows.append(("same with the box cue (box_iou_weight 0.7), masks 120x216", _fmt(ms)))
