@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -216,8 +217,8 @@ class VideoAccumulator:
         entries = list(self._entries.values())
         for entry in entries:
             entry.tail = 0 if entry.frames[-1] == frame else entry.tail + 1
-        hits = torch.tensor([len(e.logits) for e in entries], dtype=torch.int64)
-        tail = torch.tensor([e.tail for e in entries], dtype=torch.int64)
+        hits = np.array([len(e.logits) for e in entries], dtype=np.int64)
+        tail = np.array([e.tail for e in entries], dtype=np.int64)
         drops = noise_removed(hits, tail, frame, self.cfg).tolist()
         for entry, drop in zip(entries, drops, strict=True):
             if drop:

@@ -139,23 +139,28 @@ def assign_hungarian(match: np.ndarray, threshold: float) -> np.ndarray:
     return out
 
 
-def assign(match: torch.Tensor, exist_frames: torch.Tensor, cfg: TrackerConfig) -> torch.Tensor:
-    """Assign candidates to tracks with ``cfg.match_type``.
+def assign_columns(
+    match: torch.Tensor, exist_frames: torch.Tensor, cfg: TrackerConfig
+) -> np.ndarray:
+    """Assign candidates to tracks with ``cfg.match_type``, as a NumPy array on the host.
 
     Args:
-        match: NxM match scores from ``similarity``.
+        match: NxM match scores from ``similarity`` (any device).
         exist_frames: M int64 number of updates of each track.
         cfg: tracker settings (``match_type``, ``match_threshold``, ``frame_weight``).
 
     Returns:
-        N int64 column per candidate (on ``match``'s device), -1 when unmatched.
+        N int64 column per candidate, -1 when unmatched.
     """
     scores = match.detach().to("cpu", torch.float32).numpy()
     if cfg.match_type == "greedy":
         frames = exist_frames.detach().cpu().numpy()
-        cols = assign_greedy(scores, frames, cfg.match_threshold, cfg.frame_weight)
-    elif cfg.match_type == "hungarian":
-        cols = assign_hungarian(scores, cfg.match_threshold)
-    else:
-        raise ValueError(f"unknown match_type {cfg.match_type!r}")
-    return torch.from_numpy(cols).to(match.device)
+        return assign_greedy(scores, frames, cfg.match_threshold, cfg.frame_weight)
+    if cfg.match_type == "hungarian":
+        return assign_hungarian(scores, cfg.match_threshold)
+    raise ValueError(f"unknown match_type {cfg.match_type!r}")
+
+
+def assign(match: torch.Tensor, exist_frames: torch.Tensor, cfg: TrackerConfig) -> torch.Tensor:
+    """``assign_columns`` as an int64 tensor on ``match``'s device (N, -1 when unmatched)."""
+    return torch.from_numpy(assign_columns(match, exist_frames, cfg)).to(match.device)

@@ -1,19 +1,21 @@
 """The one memory-bank implementation: pure, differentiable functions over ``TrackState``.
 
 Used by ``model.tracker.step.track_step`` at inference and by training. Every function
-returns a new state built with out-of-place ops (``index_put``, ``torch.where``, ``cat``), so
-gradients flow through fused embeddings and a caller's state is never modified.
+returns a new state: float tensors are built out of place (or written in place only into
+tensors just allocated), so gradients flow through fused embeddings and a caller's state is
+never modified. The integer bookkeeping (counts, frame numbers, ids: vectors of T numbers)
+is worked out with NumPy on the host and sent back in one copy per call: a NumPy op on ~100
+numbers costs ~1 us where a torch op costs ~5, and the tracker's step is mostly such ops.
 
 Reference: CTVIS ``Tracklet.update`` / ``MemoryBank`` (spec ``inference.md`` 4.1, 4.2, 4.5, 5).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from model.config import TrackerConfig
 from model.tracker.state import TrackState
@@ -79,7 +81,8 @@ def read_embeddings(state: TrackState, embed_type: EmbedType) -> torch.Tensor:
 def spawn(state: TrackState, count: int) -> tuple[TrackState, torch.Tensor]:
     """Append ``count`` empty tracklets with fresh ids at the end of the slot order.
 
-    The new rows have ``exist_frames == 0``; ``write`` must fill them in the same step.
+    The new rows have ``exist_frames == 0``; ``write`` must fill them in the same step
+    (``write(..., grow=count)`` does both in one pass).
 
     Returns:
         (new state, int64 [count] slots of the new rows).
@@ -88,16 +91,64 @@ def spawn(state: TrackState, count: int) -> tuple[TrackState, torch.Tensor]:
     slots = torch.arange(t, t + count, device=state.track_ids.device)
     if count == 0:
         return state, slots
-    fresh: dict[str, torch.Tensor] = {}
-    for name, value in state.tensors().items():
+    return _grown(state, count), slots
+
+
+# Values of the rows ``spawn`` appends, where not zero.
+_EMPTY_ROW = {"logit_max": float("-inf"), "last_box": float("nan")}
+
+
+def _grown(state: TrackState, count: int, skip: tuple[str, ...] = ()) -> TrackState:
+    """``state`` with ``count`` empty rows appended to every per-track tensor but ``skip``.
+
+    A skipped field keeps its T rows: the caller must replace it with T + count rows.
+    """
+    fresh = {
+        name: _pad_rows(value, count, _EMPTY_ROW.get(name, 0.0))
+        for name, value in state.tensors().items()
+        if value.is_floating_point() and name not in skip
+    }
+    if not set(_INT_FIELDS) <= set(skip):
+        ints = {k: v for k, v in _grown_ints(state, count).items() if k not in skip}
+        fresh.update(zip(ints, _to_device(list(ints.values()), state.track_ids), strict=True))
+    return state.with_tensors(fresh, next_track_id=state.next_track_id + count)
+
+
+_INT_FIELDS = ("track_ids", "cache_len", "exist_frames", "last_seen", "entry_hits", "entry_tail")
+
+
+def _grown_ints(state: TrackState, count: int) -> dict[str, np.ndarray]:
+    """The integer per-track fields on the host with ``count`` empty rows (fresh ids) appended."""
+    out = {}
+    for name in _INT_FIELDS:
+        value = getattr(state, name)
         if name == "track_ids":
-            fresh[name] = torch.cat([value, slots - t + state.next_track_id])
-            continue
-        # F.pad grows dim 0 in one op (its pad list runs from the last dim backwards)
-        fill = {"logit_max": float("-inf"), "last_box": float("nan")}.get(name, 0.0)
-        fresh[name] = F.pad(value, (0, 0) * (value.dim() - 1) + (0, count), value=fill)
-    new = state.with_tensors(fresh, next_track_id=state.next_track_id + count)
-    return new, slots
+            first = state.next_track_id
+            out[name] = np.concatenate([_host(value), np.arange(first, first + count)])
+        else:
+            out[name] = np.concatenate([_host(value), np.zeros(count, np.int64)])
+    return out
+
+
+def _host(value: torch.Tensor) -> np.ndarray:
+    """``value`` as a NumPy array: a view for CPU tensors (treat it as read-only)."""
+    return value.numpy(force=True)
+
+
+def _to_device(
+    arrays: list[np.ndarray], like: torch.Tensor, dtype: torch.dtype = torch.int64
+) -> list[torch.Tensor]:
+    """1-d host arrays as ``dtype`` tensors on ``like``'s device, in one copy (views of it)."""
+    if not arrays:
+        return []
+    packed = torch.from_numpy(np.concatenate(arrays)).to(like.device, dtype)
+    return list(packed.split([len(a) for a in arrays]))
+
+
+def _pad_rows(value: torch.Tensor, count: int, fill: float = 0.0) -> torch.Tensor:
+    """``value`` with ``count`` rows of ``fill`` appended along dim 0 (always a new tensor)."""
+    # one op (the pad list runs from the last dim backwards); F.pad's Python wrapper skipped
+    return torch.constant_pad_nd(value, (0, 0) * (value.dim() - 1) + (0, count), fill)
 
 
 def write(
@@ -107,6 +158,7 @@ def write(
     scores: torch.Tensor,
     frame_index: int,
     momentum: float = 0.75,
+    grow: int = 0,
 ) -> TrackState:
     """Update tracklets ``slots`` with one new detection each (reference ``Tracklet.update``).
 
@@ -115,53 +167,83 @@ def write(
     ``sg = momentum_embed = e``. Then ``e`` is pushed into the cache (oldest dropped when full).
 
     Args:
-        state: memory bank; ``slots`` must be distinct rows of it.
+        state: memory bank; ``slots`` must be distinct rows of it (after ``grow``).
         slots: N int64 rows to update.
         embeds: NxD raw embeddings (unnormalised); gradients flow into the new state.
         scores: N detection scores.
         frame_index: frame of these detections (becomes ``last_seen``).
         momentum: weight of the new embedding in the momentum variant.
+        grow: first append this many empty tracklets, exactly as ``spawn(state, grow)``
+            (fresh ids, rows T..T+grow-1, which ``slots`` may name), in the same pass: the
+            raw-embedding cache, by far the largest tensor, is then copied once, not twice.
 
     Returns:
-        The new state (``frame_index`` / ``next_track_id`` unchanged).
+        The new state (``frame_index`` unchanged; ``next_track_id`` advanced by ``grow``).
     """
     if slots.numel() == 0:
-        return state
-    # Fusion runs on all T rows at once (a few full-size ops beat many small ones). Rows not
+        return spawn(state, grow)[0]
+    # Fusion runs on all rows at once (a few full-size ops beat many small ones). Rows not
     # updated get weight 0 and first updates weight 1, so ``(1 - w) old + w e`` is exact for
     # both without a select; unused cache columns are zero vectors, so their cosine is 0 and
-    # no validity mask is needed. The cache write is one out-of-place index_put into the ring
-    # buffer. Gradients flow to ``embeds`` throughout.
+    # no validity mask is needed; appended rows have no cache, so the cosines are taken over
+    # the T old rows only. The new cache is one copy of the old (grown) with the entries
+    # written into it in place: it is a fresh tensor, so no caller's state changes, and
+    # autograd records the write. Gradients flow to ``embeds`` throughout.
     k = state.cache_size
-    t, d = state.sg_embed.shape
-    upd = torch.zeros(t, dtype=state.sg_embed.dtype, device=slots.device)
-    upd = upd.index_put((slots,), torch.ones_like(slots, dtype=upd.dtype))[:, None]
-    e = embeds.new_zeros(t, d).index_put((slots,), embeds)
+    t_old, d = state.sg_embed.shape
+    t = t_old + grow
     cache = state.embed_cache
-    dots = torch.linalg.vecdot(cache, e[:, None, :])  # ~6x faster than einsum/bmm here
-    norms = cache.norm(dim=-1) * e.norm(dim=-1, keepdim=True)
-    # (clamped so that first updates, cache_len 0, give 0 and not a NaN gradient)
-    cache_len = state.cache_len[:, None].clamp_min(1)
-    mean_cos = (dots / norms.clamp_min(1e-8)).sum(1, keepdim=True) / cache_len
-    first = (state.exist_frames == 0)[:, None]
-    beta = torch.where(first, 1.0, mean_cos.clamp_min(0.0)) * upd
-    weight = torch.where(first, 1.0, momentum) * upd
-    column = (state.exist_frames[slots] % k,)
-    ones = upd[:, 0].to(torch.int64)
+    new_cache = _pad_rows(cache, grow) if grow else cache.clone()
+    # Host side: the integer fields (grown), which rows are updated, which for the first
+    # time, and the cache column each entry goes to; sent back in one copy.
+    ints = _grown_ints(state, grow)
+    if grow:
+        state = _grown(state, grow, skip=("embed_cache", *ints))
+    rows = _host(slots)
+    exist = ints["exist_frames"]
+    held = ints["cache_len"]
+    upd = np.zeros(t, dtype=bool)
+    upd[rows] = True
+    first = exist == 0
+    ints["cache_len"] = np.minimum(held + upd, k)
+    ints["exist_frames"] = exist + upd
+    ints["last_seen"] = np.where(upd, frame_index, ints["last_seen"])
+    column, *values = _to_device([exist[rows] % k, *ints.values()], slots)
+    new_ints = dict(zip(ints, values, strict=True))
+    # beta = max(0, mean cos) on later updates, 1 on first ones, 0 elsewhere: as
+    # ``first_upd + later_upd * max(0, mean cos)`` (one addcmul, exactly those values).
+    dtype = state.sg_embed.dtype
+    later_upd, first_upd, weight, divisor = _to_device(
+        [
+            upd & ~first,
+            upd & first,
+            np.where(first, 1.0, momentum) * upd,
+            np.maximum(held[:t_old], 1),
+        ],
+        slots,
+        dtype,
+    )
+    e = embeds.new_zeros(t, d).index_put_((slots,), embeds)
+    old_e = e[:t_old]
+    dots = torch.linalg.vecdot(cache, old_e[:, None, :])  # ~6x faster than einsum/bmm here
+    norms = cache.norm(dim=-1) * old_e.norm(dim=-1, keepdim=True)
+    # (the divisor is clamped so that first updates, cache_len 0, give 0, not a NaN gradient)
+    mean_cos = (dots / norms.clamp_min(1e-8)).sum(1) / divisor
+    beta = torch.addcmul(first_upd, _pad_rows(mean_cos.clamp_min(0.0), grow), later_upd)
+    new_cache.index_put_((slots, column), embeds)
+    score_cache = state.score_cache if grow else state.score_cache.clone()
+    score_cache.index_put_((slots, column), scores.to(score_cache.dtype))
     # lerp(a, b, w) is exactly a at w = 0 and exactly b at w = 1, so rows not updated keep
     # their embedding and first updates take ``e``; otherwise it equals the reference's
     # ``(1 - w) a + w b`` up to rounding, in one op instead of four.
-    return dataclasses.replace(
-        state,
-        sg_embed=torch.lerp(state.sg_embed, e, beta),
-        momentum_embed=torch.lerp(state.momentum_embed, e, weight),
-        embed_cache=cache.index_put((slots, *column), embeds),
-        score_cache=state.score_cache.index_put(
-            (slots, *column), scores.to(state.score_cache.dtype)
-        ),
-        cache_len=(state.cache_len + ones).clamp_max(k),
-        exist_frames=state.exist_frames + ones,
-        last_seen=torch.where(ones > 0, frame_index, state.last_seen),
+    return state.with_tensors(
+        {
+            "sg_embed": torch.lerp(state.sg_embed, e, beta[:, None]),
+            "momentum_embed": torch.lerp(state.momentum_embed, e, weight[:, None]),
+            "embed_cache": new_cache,
+            "score_cache": score_cache,
+            **new_ints,
+        }
     )
 
 
@@ -179,7 +261,7 @@ def write_boxes(state: TrackState, slots: torch.Tensor, boxes: torch.Tensor) -> 
     if slots.numel() == 0:
         return state
     boxes = boxes.to(state.last_box.dtype)
-    return dataclasses.replace(state, last_box=state.last_box.index_put((slots,), boxes))
+    return state.with_tensors({"last_box": state.last_box.index_put((slots,), boxes)})
 
 
 def prune(
@@ -194,6 +276,12 @@ def prune(
     Returns:
         (new state, T bool mask of the rows kept); slot order is preserved.
     """
+    t = state.num_tracks
+    if (max_tracks is None or t <= max_tracks) and (
+        t == 0 or int(_host(state.last_seen).min()) >= frame_index - num_dead_frames
+    ):
+        # The common case in one reduction: nobody is too old and the cap is not reached.
+        return state, torch.ones(t, dtype=torch.bool, device=state.last_seen.device)
     keep = (frame_index - state.last_seen) <= num_dead_frames
     excess = int(keep.sum()) - max_tracks if max_tracks is not None else 0
     if excess > 0:
@@ -208,8 +296,8 @@ def prune(
 
 
 def noise_removed(
-    hits: torch.Tensor, tail: torch.Tensor, frame_index: int, cfg: TrackerConfig
-) -> torch.Tensor:
+    hits: np.ndarray, tail: np.ndarray, frame_index: int, cfg: TrackerConfig
+) -> np.ndarray:
     """Official noise-track filter over output entries (spec 5), after frame ``frame_index``.
 
     Args:
@@ -222,7 +310,7 @@ def noise_removed(
         E bool, True for entries the official ``video_dict`` deletes now.
     """
     if frame_index <= cfg.noise_frame_num:
-        return torch.zeros_like(hits, dtype=torch.bool)
+        return np.zeros(len(hits), dtype=bool)
     return (hits > 0) & (tail >= cfg.none_frame_num) & (hits < cfg.suppress_frame_num)
 
 
@@ -252,21 +340,27 @@ def record_entries(
     # Rows without an entry hold logit_sum == 0 and logit_max == -inf (spawn and the noise
     # filter keep that invariant), so a fresh entry needs no special case: 0 + x == x and
     # max(-inf, x) == x.
-    matched = torch.zeros_like(state.entry_hits).index_put(
-        (slots,), torch.ones_like(slots, dtype=state.entry_hits.dtype)
-    )
+    matched = np.zeros(state.num_tracks, dtype=bool)
+    matched[_host(slots)] = True
+    hits = _host(state.entry_hits) + matched
+    tail = np.where(matched, 0, _host(state.entry_tail) + 1)
     logits = logits.to(state.logit_sum.dtype)
-    hits = state.entry_hits + matched
-    tail = torch.where(matched > 0, 0, state.entry_tail + 1)
     logit_sum = state.logit_sum.index_put((slots,), logits, accumulate=True)
     logit_max = state.logit_max.scatter_reduce(0, slots[:, None].expand_as(logits), logits, "amax")
     drop = noise_removed(hits, tail, frame_index, cfg)
-    if bool(drop.any()):
-        hits = torch.where(drop, 0, hits)
-        logit_sum = torch.where(drop[:, None], 0.0, logit_sum)
-        logit_max = torch.where(drop[:, None], float("-inf"), logit_max)
-    return dataclasses.replace(
-        state, entry_hits=hits, entry_tail=tail, logit_sum=logit_sum, logit_max=logit_max
+    if drop.any():
+        hits = np.where(drop, 0, hits)
+        dropped = torch.from_numpy(drop).to(logit_sum.device)[:, None]
+        logit_sum = torch.where(dropped, 0.0, logit_sum)
+        logit_max = torch.where(dropped, float("-inf"), logit_max)
+    entry_hits, entry_tail = _to_device([hits, tail], slots)
+    return state.with_tensors(
+        {
+            "entry_hits": entry_hits,
+            "entry_tail": entry_tail,
+            "logit_sum": logit_sum,
+            "logit_max": logit_max,
+        }
     )
 
 

@@ -100,6 +100,48 @@ def test_write_is_pure_and_differentiable() -> None:
     assert e1.grad[0].abs().sum() > 0
 
 
+def test_write_with_grow_equals_spawn_then_write() -> None:
+    # ``grow`` folds ``spawn`` into ``write`` (one copy of the cache): same state, same
+    # gradients, and the input state is left alone.
+    torch.manual_seed(2)
+    state, slots = memory.spawn(init_state(8, 3, cache_size=4), 3)
+    for f in range(6):  # fill past the cache depth, with one track skipping frames
+        rows = slots if f % 2 else slots[:2]
+        state = memory.write(state, rows, torch.randn(len(rows), 8), torch.rand(len(rows)), f)
+    state = memory.record_entries(state, slots[:2], torch.randn(2, 4), 5, TrackerConfig())
+    before = {k: v.clone() for k, v in state.tensors().items()}
+    e = torch.randn(4, 8, requires_grad=True)
+    scores = torch.rand(4)
+    target = torch.tensor([4, 0, 3, 2])  # two new rows (3, 4) and two old ones
+    grown = memory.write(state, target, e, scores, 6, grow=2)
+    spawned, new_slots = memory.spawn(state, 2)
+    assert new_slots.tolist() == [3, 4]
+    e2 = e.detach().clone().requires_grad_(True)
+    reference = memory.write(spawned, target, e2, scores, 6)
+    assert grown.next_track_id == reference.next_track_id == 5
+    for k, v in reference.tensors().items():
+        got = getattr(grown, k)
+        assert got.dtype == v.dtype, k
+        torch.testing.assert_close(got, v, rtol=0, atol=0, equal_nan=True, msg=k)
+    for k, v in state.tensors().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0, equal_nan=True, msg=k)
+    grown.sg_embed.square().sum().backward()
+    reference.sg_embed.square().sum().backward()
+    assert e.grad is not None and e2.grad is not None
+    torch.testing.assert_close(e.grad, e2.grad, rtol=0, atol=0)
+    # nothing to write: grow alone is spawn
+    only = memory.write(state, torch.zeros(0, dtype=torch.int64), e[:0], scores[:0], 6, grow=1)
+    for k, v in memory.spawn(state, 1)[0].tensors().items():
+        torch.testing.assert_close(getattr(only, k), v, rtol=0, atol=0, equal_nan=True, msg=k)
+
+
+def test_with_tensors_rejects_unknown_fields() -> None:
+    state = init_state(4, 2)
+    assert state.with_tensors({}, frame_index=3).frame_index == 3
+    with pytest.raises(TypeError, match="embed_cahce"):
+        state.with_tensors({"embed_cahce": torch.zeros(0, 10, 4)})
+
+
 def test_spawn_prune_keep_slot_order() -> None:
     state = init_state(4, 2)
     state, slots = memory.spawn(state, 3)
