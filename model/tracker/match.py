@@ -75,18 +75,16 @@ def assign_greedy(
     # among unclaimed columns can never match, and a row with exactly one matches it (it is
     # the row's unique maximum). Only rows with several candidates need the weighting, which
     # runs on the row with claimed columns zeroed, exactly as the reference mutates it.
+    if np.count_nonzero(above_all, axis=1).max() <= 1:
+        # No row has two candidates: the weighting never applies and each column goes to the
+        # first row (in candidate order) that has it above the threshold (argmax of a bool
+        # column is its first True); later rows find it claimed and stay unmatched.
+        won = np.flatnonzero(above_all.any(0))
+        out[above_all.argmax(0)[won]] = won
+        return out
     # The above-threshold columns of every row from one nonzero call (row-major, so grouped
     # by row and ascending within a row), instead of one flatnonzero per row.
     hit_rows, hit_cols = np.nonzero(above_all)
-    if hit_rows.size == 0:
-        return out
-    if hit_rows.size == 1 or bool((np.diff(hit_rows) > 0).all()):
-        # No row has two candidates: the weighting never applies and each column goes to the
-        # first row (in candidate order) that has it above the threshold; later rows find it
-        # claimed and stay unmatched. One np.unique replaces the loop (same result).
-        won_cols, first = np.unique(hit_cols, return_index=True)
-        out[hit_rows[first]] = won_cols
-        return out
     bounds = [0, *(np.flatnonzero(np.diff(hit_rows)) + 1).tolist(), hit_rows.size]
     all_cols = hit_cols.tolist()
     claimed: set[int] = set()

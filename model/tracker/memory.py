@@ -110,7 +110,7 @@ def _grown(state: TrackState, count: int, skip: tuple[str, ...] = ()) -> TrackSt
     }
     if not set(_INT_FIELDS) <= set(skip):
         ints = {k: v for k, v in _grown_ints(state, count).items() if k not in skip}
-        fresh.update(zip(ints, _to_device(list(ints.values()), state.track_ids), strict=True))
+        fresh.update(zip(ints, from_host(list(ints.values()), state.track_ids), strict=True))
     return state.with_tensors(fresh, next_track_id=state.next_track_id + count)
 
 
@@ -135,10 +135,21 @@ def _host(value: torch.Tensor) -> np.ndarray:
     return value.numpy(force=True)
 
 
-def _to_device(
+_NUMPY_DTYPES = {torch.int64: np.int64, torch.float32: np.float32, torch.float64: np.float64}
+
+
+def from_host(
     arrays: list[np.ndarray], like: torch.Tensor, dtype: torch.dtype = torch.int64
 ) -> list[torch.Tensor]:
-    """1-d host arrays as ``dtype`` tensors on ``like``'s device, in one copy (views of it)."""
+    """1-d host arrays as ``dtype`` tensors on ``like``'s device.
+
+    On the CPU each array is wrapped without a copy (converted in NumPy where needed); on other
+    devices they travel in one copy and come back as views of it. The arrays must not be
+    modified afterwards.
+    """
+    np_dtype = _NUMPY_DTYPES.get(dtype)
+    if like.device.type == "cpu" and np_dtype is not None:
+        return [torch.from_numpy(np.asarray(a, dtype=np_dtype)) for a in arrays]
     if not arrays:
         return []
     packed = torch.from_numpy(np.concatenate(arrays)).to(like.device, dtype)
@@ -208,12 +219,12 @@ def write(
     ints["cache_len"] = np.minimum(held + upd, k)
     ints["exist_frames"] = exist + upd
     ints["last_seen"] = np.where(upd, frame_index, ints["last_seen"])
-    column, *values = _to_device([exist[rows] % k, *ints.values()], slots)
+    column, *values = from_host([exist[rows] % k, *ints.values()], slots)
     new_ints = dict(zip(ints, values, strict=True))
     # beta = max(0, mean cos) on later updates, 1 on first ones, 0 elsewhere: as
     # ``first_upd + later_upd * max(0, mean cos)`` (one addcmul, exactly those values).
     dtype = state.sg_embed.dtype
-    later_upd, first_upd, weight, divisor = _to_device(
+    later_upd, first_upd, weight, divisor = from_host(
         [
             upd & ~first,
             upd & first,
@@ -353,7 +364,7 @@ def record_entries(
         dropped = torch.from_numpy(drop).to(logit_sum.device)[:, None]
         logit_sum = torch.where(dropped, 0.0, logit_sum)
         logit_max = torch.where(dropped, float("-inf"), logit_max)
-    entry_hits, entry_tail = _to_device([hits, tail], slots)
+    entry_hits, entry_tail = from_host([hits, tail], slots)
     return state.with_tensors(
         {
             "entry_hits": entry_hits,

@@ -40,7 +40,7 @@ def track_step(
     frame = state.frame_index
     n = len(detections)
     t = state.num_tracks
-    device = state.track_ids.device
+    like = state.track_ids  # the state's device
     use_boxes = cfg.box_iou_weight > 0
     if use_boxes:
         boxes = mask_boxes(detections.mask_logits.detach())
@@ -55,8 +55,8 @@ def track_step(
         cols = np.full(n, -1, dtype=np.int64)
     # The assignment is on the host already, so the few index vectors the update needs are
     # worked out there (NumPy ops on ~100 numbers cost ~1 us, torch's ~5) and moved to the
-    # state's device in one copy. float32 scores against a Python float compare in float32
-    # in both libraries.
+    # state's device in one copy (none on the CPU). float32 scores against a Python float
+    # compare in float32 in both libraries.
     scores = detections.scores.detach().to("cpu", torch.float32).numpy()
     is_new = (cols < 0) & (scores > cfg.init_score_threshold)
     count = int(is_new.sum())
@@ -68,8 +68,7 @@ def track_step(
     old = rows[kept_slots < t]
     ids[old] = state.track_ids.cpu().numpy()[slots[old]]
     ids[is_new] = np.arange(state.next_track_id, state.next_track_id + count)
-    packed = torch.from_numpy(np.concatenate([rows, kept_slots, slots, ids])).to(device)
-    rows_t, kept_t, slots_t, ids_t = packed.split([len(rows), len(rows), n, n])
+    rows_t, kept_t, slots_t, ids_t = memory.from_host([rows, kept_slots, slots, ids], like)
     state = memory.write(
         state,
         kept_t,
@@ -93,7 +92,7 @@ def track_step(
     assignment = TrackAssignment(
         track_ids=ids_t,
         slots=slots_t,
-        is_new=torch.from_numpy(is_new).to(device),
+        is_new=torch.from_numpy(is_new).to(like.device),
         frame_index=frame,
     )
     return state, assignment
