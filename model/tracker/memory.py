@@ -4,8 +4,9 @@ Used by ``model.tracker.step.track_step`` at inference and by training. Every fu
 returns a new state: float tensors are built out of place (or written in place only into
 tensors just allocated), so gradients flow through fused embeddings and a caller's state is
 never modified. The integer bookkeeping (counts, frame numbers, ids: vectors of T numbers)
-is worked out with NumPy on the host and sent back in one copy per call: a NumPy op on ~100
-numbers costs ~1 us where a torch op costs ~5, and the tracker's step is mostly such ops.
+is worked out with NumPy on the host (``from_host`` wraps the results without a copy on the
+CPU and sends them in one copy elsewhere): on ~100 numbers a NumPy op costs a fraction of a
+torch op's dispatch, and the tracker's step is mostly such ops.
 
 Reference: CTVIS ``Tracklet.update`` / ``MemoryBank`` (spec ``inference.md`` 4.1, 4.2, 4.5, 5).
 """
@@ -206,7 +207,7 @@ def write(
     cache = state.embed_cache
     new_cache = _pad_rows(cache, grow) if grow else cache.clone()
     # Host side: the integer fields (grown), which rows are updated, which for the first
-    # time, and the cache column each entry goes to; sent back in one copy.
+    # time, and the cache column each entry goes to.
     ints = _grown_ints(state, grow)
     if grow:
         state = _grown(state, grow, skip=("embed_cache", *ints))
