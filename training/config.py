@@ -91,6 +91,12 @@ class DataConfig:
     crop_size: tuple[int, int] = (384, 600)
     flip_prob: float = 0.5
     num_workers: int = 0
+    # Progressive resizing (0 = off): from iteration ``late_from`` (0-based) on, clips are
+    # resized with ``late_min_size_train`` / ``late_max_size_train`` instead, e.g. a short
+    # last stage at the test scale after most of the schedule at a cheaper one.
+    late_from: int = 0
+    late_min_size_train: tuple[int, ...] = ()
+    late_max_size_train: int = 0
 
 
 @dataclass(frozen=True)
@@ -353,6 +359,10 @@ def build_config(data: dict[str, Any]) -> TrainConfig:
         raise ConfigError("model.class_names must have model.num_classes entries")
     if cfg.data.clip_frames < 2 and cfg.cl.enabled:
         raise ConfigError("data.clip_frames must be >= 2 for the contrastive loss")
+    if cfg.data.late_from < 0:
+        raise ConfigError("data.late_from must be >= 0 (0: no late stage)")
+    if cfg.data.late_from > 0 and not cfg.data.late_min_size_train:
+        raise ConfigError("data.late_from needs data.late_min_size_train")
     return cfg
 
 

@@ -35,7 +35,7 @@ from model.segmenter import Segmenter
 from training.config import TrainConfig
 from training.consistent import consistent_reid_losses, frame_targets
 from training.data.batch import Clip, ClipBatch, collate_clips
-from training.loop_data import build_clip_loader
+from training.loop_data import build_clip_loader, data_config_at
 from training.loop_eval import evaluate_segmenter, prepare_val_split
 from training.losses import segmentation_losses, weighted_total
 from training.matcher import MatchCosts
@@ -277,7 +277,8 @@ def train(
         ids = [env.device.index] if env.device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     accum = max(1, cfg.optim.grad_accum)  # micro-batches per iteration = data iterations
-    clips = build_clip_loader(cfg.data, cfg.seed, env.rank, env.world_size, start * accum)
+    data_cfg = data_config_at(cfg.data, start)
+    clips = build_clip_loader(data_cfg, cfg.seed, env.rank, env.world_size, start * accum)
     logger = _Logger(out, env.main)
     end = min(cfg.optim.max_iter, stop_at) if stop_at is not None else cfg.optim.max_iter
     val = prepare_val_split(cfg.eval, out) if env.main and cfg.eval.period > 0 else None
@@ -287,6 +288,13 @@ def train(
     tic = time.perf_counter()
     done = start
     for iteration in range(start, end):
+        if data_config_at(cfg.data, iteration) != data_cfg:
+            # the late stage's sizes start here: the same batches as a run resumed at this
+            # iteration (a batch is a function of the seed, its position and the settings)
+            data_cfg = data_config_at(cfg.data, iteration)
+            clips = build_clip_loader(
+                data_cfg, cfg.seed, env.rank, env.world_size, iteration * accum
+            )
         total, terms, lr, grad_norm = _train_step(
             wrapped, optimizer, scheduler, scaler, clips, cfg, env, use_amp
         )

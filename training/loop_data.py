@@ -7,6 +7,7 @@ item index, so resuming needs no saved data state beyond the iteration counter.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import torch.utils.data
@@ -19,7 +20,22 @@ from training.data.synthetic import config_for
 from training.data.synthetic_dataset import SyntheticClipDataset
 from training.data.ytvis import ClipSamplingConfig, YtvisClipDataset
 
-__all__ = ["RankBatchSampler", "build_clip_loader", "build_sources"]
+__all__ = ["RankBatchSampler", "build_clip_loader", "build_sources", "data_config_at"]
+
+
+def data_config_at(cfg: DataConfig, iteration: int) -> DataConfig:
+    """The data settings that iteration ``iteration`` (0-based) trains with.
+
+    From ``cfg.late_from`` on (when it is > 0), the late stage's resize settings replace
+    ``min_size_train`` / ``max_size_train`` (``late_max_size_train`` 0 keeps the early one).
+    """
+    if cfg.late_from <= 0 or iteration < cfg.late_from:
+        return cfg
+    return dataclasses.replace(
+        cfg,
+        min_size_train=cfg.late_min_size_train,
+        max_size_train=cfg.late_max_size_train or cfg.max_size_train,
+    )
 
 
 def _augment(cfg: DataConfig) -> AugmentConfig:

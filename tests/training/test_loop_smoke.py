@@ -14,9 +14,10 @@ from PIL import Image
 from cli.main import main
 from model.checkpoint import load_checkpoint
 from model.official_config import read_official_config
-from training.config import InitConfig, TrainConfig, load_config
+from training.config import ConfigError, InitConfig, TrainConfig, load_config
 from training.data.synthetic import config_for, render_video
 from training.loop import init_segmenter, latest_checkpoint, train
+from training.loop_data import build_clip_loader, data_config_at
 
 CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "synth_test.yaml"
 
@@ -71,6 +72,27 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
     split_log = _log(tmp_path / "split")
     assert [r["iteration"] for r in split_log] == [1, 2, 3, 4]
     assert split_log[-1]["lr"] == pytest.approx(cfg.optim.lr * cfg.optim.gamma)
+
+
+def test_late_stage_sizes_switch_exactly_and_resume(tmp_path: Path) -> None:
+    # Progressive resizing: iterations from data.late_from on train at the late sizes, and a
+    # run stopped at the switch and resumed (the two-command form) is the same run.
+    late = ("data.late_from=2", "data.late_min_size_train=[64]", "data.late_max_size_train=96")
+    cfg = small_config("optim.max_iter=4", "checkpoint_period=2", "optim.steps=[3]", *late)
+    assert data_config_at(cfg.data, 1).min_size_train == (48,)
+    switched = data_config_at(cfg.data, 2)
+    assert switched.min_size_train == (64,) and switched.max_size_train == 96
+    first_late = next(build_clip_loader(switched, cfg.seed, 0, 1, 2))
+    assert {c.frames[0].shape[0] for c in first_late} == {64}
+    full = train(cfg, tmp_path / "full")
+    plain = train(small_config("optim.max_iter=4", "optim.steps=[3]"), tmp_path / "plain")
+    assert full.losses[:2] == plain.losses[:2]  # same early stage
+    assert full.losses[2:] != plain.losses[2:]  # larger clips from iteration 2 on
+    first = train(cfg, tmp_path / "split", stop_at=2)
+    second = train(cfg, tmp_path / "split", resume=True)
+    assert first.losses + second.losses == full.losses  # bit-identical
+    with pytest.raises(ConfigError, match="late_min_size_train"):
+        small_config("data.late_from=2")
 
 
 def test_init_from_official_and_from_checkpoint(tmp_path: Path, fixtures_dir: Path) -> None:
