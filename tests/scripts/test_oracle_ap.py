@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
+from tests.scripts import load_script
 from training.data.synthetic import write_dataset
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "oracle_ap.py"
-
-
-def _load_script():  # noqa: ANN202 - a module object
-    spec = importlib.util.spec_from_file_location("oracle_ap", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _as_results(anns: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -33,7 +23,7 @@ def _as_results(anns: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_oracles_isolate_identity_and_class_errors(tmp_path: Path) -> None:
-    oracle = _load_script()
+    oracle = load_script("oracle_ap")
     gt_path = write_dataset(tmp_path / "synth", "val", seed=3, num_videos=4)
     gt = json.loads(gt_path.read_text())
     anns = gt["annotations"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,23 +10,14 @@ import pytest
 
 from cli.main import main
 from model.demo import DEMO_CHECKPOINT
+from tests.scripts import load_script
 from training.data.synthetic import write_dataset
 from training.ytvis_data import load_ground_truth
 from training.ytvis_eval import evaluate_files
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "tune_tracker.py"
-
-
-def _load_script():  # noqa: ANN202 - a module object
-    spec = importlib.util.spec_from_file_location("tune_tracker", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_cached_outputs_score_like_the_track_cli(tmp_path: Path) -> None:
-    tune = _load_script()
+    tune = load_script("tune_tracker")
     gt_path = write_dataset(tmp_path / "synth", "val", seed=11, num_videos=2)
     frames = str(tmp_path / "synth" / "frames")
     ckpt, videos = tune.network_outputs(str(DEMO_CHECKPOINT), str(gt_path), frames)
