@@ -30,7 +30,8 @@ def test_cached_outputs_score_like_the_track_cli(tmp_path: Path) -> None:
     ev = evaluate_files(gt_path, out)
     assert ours["AP"] == pytest.approx(round(100 * ev.metrics["AP"], 2), abs=1e-6)
     assert ours["IDSW"] == ev.id_switches
-    # another setting gives another result set: the config reaches the tracker
-    strict = dataclasses.replace(ckpt.trk_cfg, init_score_threshold=0.99)
+    # another setting gives another result set: the config reaches the tracker (no score
+    # exceeds 1, so no track starts)
+    strict = dataclasses.replace(ckpt.trk_cfg, init_score_threshold=1.0)
     assert tune.score(ckpt, videos, gt, strict)["AR10"] == 0.0
     assert json.loads(out.read_text())  # the CLI wrote results
