@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from types import ModuleType
 
 import pytest
 
 from service.settings import Settings
 from tests.deploy.conftest import REPO, setting_env_names
+from tests.modules import load_module
 
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen", REPO / "scripts" / "gen_config_docs.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _script()
+gen = load_module(REPO / "scripts" / "gen_config_docs.py")
 
 
 def test_readme_configuration_table_is_current() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -15,27 +14,19 @@ import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import redis
 
 from service import remote
 from tests.deploy.conftest import DEPLOY
+from tests.modules import load_module
 
 REDIS_URL = os.environ.get("CTVIS_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, DEPLOY / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-healthcheck = _load("healthcheck")
-fetch = _load("fetch_checkpoint")
+healthcheck = load_module(DEPLOY / "healthcheck.py")
+fetch = load_module(DEPLOY / "fetch_checkpoint.py")
 
 
 @pytest.fixture()

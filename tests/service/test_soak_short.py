@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+from tests.modules import REPO, load_module
 
 pytestmark = pytest.mark.redis
 REDIS_URL = os.environ.get("CTVIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def _soak_module():  # noqa: ANN202 - loads bench/soak.py, which is a script, not a package
-    path = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
-    spec = importlib.util.spec_from_file_location("ctvis_bench_soak", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
+def _soak_module() -> ModuleType:
+    return load_module(REPO / "bench" / "soak.py", "ctvis_bench_soak")
 
 
 def test_short_soak_loses_nothing() -> None:
