@@ -9,8 +9,8 @@ import yaml
 
 from cli.main import SUBCOMMANDS, build_parser
 from service.settings import Settings
+from tests.modules import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 
 
