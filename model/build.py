@@ -101,6 +101,7 @@ def build_segmenter(cfg: ModelConfig) -> Segmenter:
         dec_layers=cfg.decoder_layers,
         reid_hidden_dim=cfg.reid_hidden_dim,
         reid_layers=cfg.reid_head_layers,
+        mask_pos_freqs=cfg.mask_pos_freqs,
     )
     return Segmenter(backbone, pixel_decoder, predictor)
 

@@ -93,7 +93,9 @@ class ModelConfig:
 
     ``decoder_layers`` counts transformer decoder layers, i.e. the reference
     ``DEC_LAYERS - 1``. The embedding width equals ``hidden_dim`` (the re-id MLP maps
-    hidden -> reid_hidden -> ... -> hidden).
+    hidden -> reid_hidden -> ... -> hidden). ``mask_pos_freqs`` > 0 is not in the
+    reference (0 for every released checkpoint): Fourier position features appended to the
+    mask features, so that masks can be weighted by position (``MaskedTransformerDecoder``).
     """
 
     backbone: BackboneKind = "resnet"
@@ -112,6 +114,7 @@ class ModelConfig:
     num_classes: int = 40
     reid_hidden_dim: int = 256
     reid_head_layers: int = 3
+    mask_pos_freqs: int = 0
     class_names: tuple[str, ...] = ()
     category_ids: tuple[int, ...] = ()
 

@@ -7,6 +7,7 @@ Parameter names match ``sem_seg_head.predictor.*`` of the official
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -42,6 +43,34 @@ def mask_product(mask_embed: torch.Tensor, features: torch.Tensor) -> torch.Tens
         BxQxHxW mask logits.
     """
     return torch.matmul(mask_embed, features.flatten(2)).unflatten(2, features.shape[-2:])
+
+
+def fourier_position_features(features: torch.Tensor, freqs: int) -> torch.Tensor:
+    """Separable Fourier features of the pixel position (the ``mask_pos_freqs`` option).
+
+    With ``u`` the pixel centre's coordinate normalised to (0, 1) over the map (as the
+    decoder's sine encoding normalises over the padded map), each axis contributes
+    ``sin(pi k u)`` and ``cos(pi k u)`` for k = 1..freqs: periods from two map widths down
+    to ``2 / freqs`` of it. Built from the map's shape through ``ones.cumsum`` so that an
+    ONNX export keeps H and W dynamic.
+
+    Args:
+        features: BxMxhxw map (its shape, dtype and device are used).
+        freqs: F, frequencies per axis.
+
+    Returns:
+        Bx(4F)xhxw: ``[sin y, cos y, sin x, cos x]``, each F channels (k ascending).
+    """
+    ones = torch.ones_like(features[0, 0])
+    ys = ones.cumsum(0)
+    xs = ones.cumsum(1)
+    ys = (ys - 0.5) / ys[-1:, :]
+    xs = (xs - 0.5) / xs[:, -1:]
+    k = torch.arange(1, freqs + 1, dtype=features.dtype, device=features.device) * math.pi
+    ay = ys[None] * k[:, None, None]  # Fxhxw
+    ax = xs[None] * k[:, None, None]
+    pos = torch.cat((ay.sin(), ay.cos(), ax.sin(), ax.cos()), dim=0)
+    return pos[None].expand(features.shape[0], -1, -1, -1)
 
 
 def _blocked(mask_logits: torch.Tensor) -> torch.Tensor:
@@ -157,6 +186,12 @@ class MaskedTransformerDecoder(nn.Module):
         dec_layers: transformer layers (reference ``DEC_LAYERS - 1``).
         reid_hidden_dim: hidden width of the re-id MLP.
         reid_layers: Linear layers of the re-id MLP.
+        mask_pos_freqs: F > 0 (not in the reference) appends the 4F Fourier position
+            features of ``fourier_position_features`` to the mask features, and the mask
+            embedding head gets 4F more outputs (zero-initialised), so that a query can
+            weight its mask by position: two look-alike instances side by side have near
+            equal appearance features, and a dot product with those alone spills one's mask
+            onto the other. 0 (default) is the reference head.
     """
 
     num_feature_levels = 3
@@ -173,8 +208,10 @@ class MaskedTransformerDecoder(nn.Module):
         dec_layers: int = 9,
         reid_hidden_dim: int = 256,
         reid_layers: int = 3,
+        mask_pos_freqs: int = 0,
     ):
         super().__init__()
+        self.mask_pos_freqs = mask_pos_freqs
         self.num_heads = nheads
         self.hidden_dim = hidden_dim
         self.num_layers = dec_layers
@@ -202,7 +239,12 @@ class MaskedTransformerDecoder(nn.Module):
             else:
                 self.input_proj.append(nn.Sequential())
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
-        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim + 4 * mask_pos_freqs, 3)
+        if mask_pos_freqs:
+            last = self.mask_embed.layers[-1]
+            with torch.no_grad():  # start as the reference head: no position term
+                last.weight[mask_dim:] = 0
+                last.bias[mask_dim:] = 0
         self.reid_embed = build_reid_head(hidden_dim, reid_hidden_dim, reid_layers)
 
     def prediction_heads(self, output: torch.Tensor, mask_features: torch.Tensor) -> Prediction:
@@ -267,7 +309,8 @@ class MaskedTransformerDecoder(nn.Module):
 
         Args:
             features: three BxCxH_lxW_l maps ordered /32, /16, /8.
-            mask_features: BxMx(H/4)x(W/4).
+            mask_features: BxMx(H/4)x(W/4) (with ``mask_pos_freqs``, the position features
+                are appended here).
             final_only: skip the earlier predictions (inference without deep supervision):
                 attention masks are computed at the level sizes directly.
 
@@ -276,6 +319,9 @@ class MaskedTransformerDecoder(nn.Module):
             learnable queries alone, the last is the final output. With ``final_only`` only
             the final prediction.
         """
+        if self.mask_pos_freqs:
+            position = fourier_position_features(mask_features, self.mask_pos_freqs)
+            mask_features = torch.cat((mask_features, position), dim=1)
         if final_only:
             return self._forward_final_only(features, mask_features)
         srcs, poses, sizes, query_pos, output = self._inputs(features)
