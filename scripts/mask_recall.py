@@ -5,6 +5,10 @@
 Prints the fraction of visible ground-truth masks that some output mask of the same frame
 covers at IoU >= 0.5 (whatever its class or track), and the mean over those ground-truth
 masks of the best IoU any output mask reaches: what the segmenter finds, apart from naming it.
+Pixel totals over those best matches say where the errors are: ``missed_px`` (object
+pixels the best mask leaves out), ``added_px`` (pixels it adds) and ``added_on_other_px``
+(added pixels that belong to another ground-truth object of the frame: one instance's mask
+spilling onto its neighbour), and ``pixel_iou`` (all intersections over all unions).
 """
 
 from __future__ import annotations
@@ -19,29 +23,62 @@ import numpy as np
 from model import rle
 
 
-def main(gt_path: str, results_path: str) -> None:
+def main(gt_path: str, results_path: str) -> dict[str, float]:
     gt = json.loads(Path(gt_path).read_text())
     results = json.loads(Path(results_path).read_text())
     by_video: dict[int, list[dict]] = defaultdict(list)
     for r in results:
         by_video[r["video_id"]].append(r)
     best: list[float] = []
+    totals = dict.fromkeys(("intersection_px", "union_px", "missed_px", "added_px",
+                            "added_on_other_px"), 0)  # fmt: skip
+    truths_by_video: dict[int, list[dict]] = defaultdict(list)
     for ann in gt["annotations"]:
-        tracks = by_video[ann["video_id"]]
-        for t, seg in enumerate(ann["segmentations"]):
-            if seg is None:
-                continue
-            truth = rle.decode(seg).astype(bool)
-            ious = [0.0]
-            for r in tracks:
-                if r["segmentations"][t] is None:
+        truths_by_video[ann["video_id"]].append(ann)
+    for video_id, anns in truths_by_video.items():
+        tracks = by_video[video_id]
+        for t in range(len(anns[0]["segmentations"])):
+            truths = [_decode(a["segmentations"][t]) for a in anns]
+            outputs = [m for m in (_decode(r["segmentations"][t]) for r in tracks) if m is not None]
+            for i, truth in enumerate(truths):
+                if truth is None:
                     continue
-                mask = rle.decode(r["segmentations"][t]).astype(bool)
-                ious.append(float((truth & mask).sum() / max((truth | mask).sum(), 1)))
-            best.append(max(ious))
+                iou, mask = _best(truth, outputs)
+                best.append(iou)
+                if mask is None:
+                    totals["missed_px"] += int(truth.sum())
+                    totals["union_px"] += int(truth.sum())
+                    continue
+                others = np.zeros_like(truth)
+                for j, other in enumerate(truths):
+                    if j != i and other is not None:
+                        others |= other
+                added = mask & ~truth
+                totals["intersection_px"] += int((truth & mask).sum())
+                totals["union_px"] += int((truth | mask).sum())
+                totals["missed_px"] += int((truth & ~mask).sum())
+                totals["added_px"] += int(added.sum())
+                totals["added_on_other_px"] += int((added & others).sum())
     values = np.array(best)
-    print(json.dumps({"gt_masks": len(values), "recall_at_0.5": float((values >= 0.5).mean()),
-                      "mean_best_iou": float(values.mean())}))  # fmt: skip
+    report = {"gt_masks": len(values), "recall_at_0.5": float((values >= 0.5).mean()),
+              "mean_best_iou": float(values.mean()), **totals,
+              "pixel_iou": totals["intersection_px"] / max(totals["union_px"], 1)}  # fmt: skip
+    print(json.dumps(report))
+    return report
+
+
+def _decode(segmentation: dict | None) -> np.ndarray | None:
+    return None if segmentation is None else rle.decode(segmentation).astype(bool)
+
+
+def _best(truth: np.ndarray, masks: list[np.ndarray]) -> tuple[float, np.ndarray | None]:
+    """The best IoU with ``truth`` among ``masks`` (first on ties) and that mask."""
+    best, best_mask = 0.0, None
+    for mask in masks:
+        iou = float((truth & mask).sum() / max((truth | mask).sum(), 1))
+        if iou > best:
+            best, best_mask = iou, mask
+    return best, best_mask
 
 
 if __name__ == "__main__":
