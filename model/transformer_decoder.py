@@ -242,6 +242,7 @@ class MaskedTransformerDecoder(nn.Module):
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim + 4 * mask_pos_freqs, 3)
         if mask_pos_freqs:
             last = self.mask_embed.layers[-1]
+            assert isinstance(last, nn.Linear)
             with torch.no_grad():  # start as the reference head: no position term
                 last.weight[mask_dim:] = 0
                 last.bias[mask_dim:] = 0
