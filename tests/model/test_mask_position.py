@@ -7,6 +7,7 @@ inference shortcut and the ONNX export.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -14,29 +15,16 @@ import pytest
 import torch
 
 from model.backend import OnnxBackend, TorchBackend
-from model.build import build_segmenter
-from model.config import ModelConfig, ResNetConfig
+from model.build import PRESETS, build_segmenter
+from model.config import ModelConfig
 from model.transformer_decoder import fourier_position_features
 
 FREQS = 3
 
 
 def _config(freqs: int) -> ModelConfig:
-    return ModelConfig(
-        resnet=ResNetConfig(stem_out_channels=16, res2_out_channels=32, width_per_group=8),
-        conv_dim=32,
-        mask_dim=16,
-        encoder_layers=1,
-        encoder_ffn_dim=32,
-        hidden_dim=32,
-        num_heads=4,
-        dim_feedforward=32,
-        decoder_layers=3,
-        num_queries=5,
-        num_classes=3,
-        reid_hidden_dim=32,
-        mask_pos_freqs=freqs,
-    )
+    # the tiny preset with a mask width that tells the two parts of the head apart
+    return dataclasses.replace(PRESETS["tiny"][0], mask_dim=16, num_queries=5, mask_pos_freqs=freqs)
 
 
 def test_fourier_features_values() -> None:
