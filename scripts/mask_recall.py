@@ -39,8 +39,12 @@ def main(gt_path: str, results_path: str) -> dict[str, float]:
         tracks = by_video[video_id]
         for t in range(len(anns[0]["segmentations"])):
             truths = [_decode(a["segmentations"][t]) for a in anns]
-            outputs = [m for m in (_decode(r["segmentations"][t]) for r in tracks) if m is not None]
-            for i, truth in enumerate(truths):
+            # a results file lists each track once per class label: decode each mask once
+            segs = {json.dumps(r["segmentations"][t]): r["segmentations"][t] for r in tracks}
+            outputs = [m for m in map(_decode, segs.values()) if m is not None]
+            visible = [truth for truth in truths if truth is not None]
+            coverage = np.sum(visible, axis=0) if visible else None  # objects per pixel
+            for truth in truths:
                 if truth is None:
                     continue
                 iou, mask = _best(truth, outputs)
@@ -49,10 +53,7 @@ def main(gt_path: str, results_path: str) -> dict[str, float]:
                     totals["missed_px"] += int(truth.sum())
                     totals["union_px"] += int(truth.sum())
                     continue
-                others = np.zeros_like(truth)
-                for j, other in enumerate(truths):
-                    if j != i and other is not None:
-                        others |= other
+                others = coverage - truth > 0
                 added = mask & ~truth
                 totals["intersection_px"] += int((truth & mask).sum())
                 totals["union_px"] += int((truth | mask).sum())
