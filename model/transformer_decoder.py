@@ -357,7 +357,8 @@ class MaskedTransformerDecoder(nn.Module):
     ) -> list[Prediction]:
         srcs, poses, sizes, query_pos, output = self._inputs(features)
         resized = [
-            F.interpolate(coarse, size=size, mode="bilinear", align_corners=False) for size in sizes
+            F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+            for size in sizes
         ]
         attn_mask = self.low_res_attention_mask(output, resized[0])
         for i in range(self.num_layers):
