@@ -60,12 +60,8 @@ SWIN_L = SwinConfig(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 4
 
 def build_backbone(cfg: ModelConfig) -> nn.Module:
     """Backbone module for ``cfg.backbone`` (exposes ``out_channels``: ``res2..res5`` -> C)."""
-    if cfg.mask_stride not in (2, 4):
-        raise ValueError(f"mask_stride must be 4 (the reference) or 2, got {cfg.mask_stride}")
     if cfg.backbone == "resnet":
-        return ResNet(cfg.resnet, return_stem=cfg.mask_stride == 2)
-    if cfg.mask_stride != 4:
-        raise ValueError("mask_stride 2 needs the ResNet stem; the Swin backbone has none")
+        return ResNet(cfg.resnet)
     if cfg.backbone == "swin":
         # imported lazily: the Swin trunk is only needed for Swin checkpoints
         from model.backbone.swin import SwinBackbone
@@ -93,7 +89,6 @@ def build_segmenter(cfg: ModelConfig) -> Segmenter:
         num_heads=cfg.num_heads,
         ffn_dim=cfg.encoder_ffn_dim,
         num_points=cfg.encoder_points,
-        mask_stride=cfg.mask_stride,
     )
     predictor = MaskedTransformerDecoder(
         in_channels=cfg.conv_dim,
@@ -107,7 +102,6 @@ def build_segmenter(cfg: ModelConfig) -> Segmenter:
         reid_hidden_dim=cfg.reid_hidden_dim,
         reid_layers=cfg.reid_head_layers,
         mask_pos_freqs=cfg.mask_pos_freqs,
-        mask_stride=cfg.mask_stride,
     )
     return Segmenter(backbone, pixel_decoder, predictor)
 

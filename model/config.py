@@ -96,9 +96,6 @@ class ModelConfig:
     hidden -> reid_hidden -> ... -> hidden). ``mask_pos_freqs`` > 0 is not in the
     reference (0 for every released checkpoint): Fourier position features appended to the
     mask features, so that masks can be weighted by position (``MaskedTransformerDecoder``).
-    ``mask_stride`` 2 is not in the reference either (4 for every released checkpoint): the
-    pixel decoder adds one FPN level on the ResNet stem (stride 2) and the masks come out at
-    half the input resolution instead of a quarter (``MSDeformAttnPixelDecoder``).
     """
 
     backbone: BackboneKind = "resnet"
@@ -118,7 +115,6 @@ class ModelConfig:
     reid_hidden_dim: int = 256
     reid_head_layers: int = 3
     mask_pos_freqs: int = 0
-    mask_stride: int = 4
     class_names: tuple[str, ...] = ()
     category_ids: tuple[int, ...] = ()
 

@@ -179,12 +179,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
         num_heads: deformable attention heads.
         ffn_dim: encoder FFN width (hard-coded 1024 in the reference).
         num_points: sampling points per head and level (hard-coded 4 in the reference).
-        mask_stride: 4 (the reference) or 2 (not in the reference): a second, light FPN
-            level at stride 2 (``adapter_0``, a 1x1 conv + GN on ``in_channels["stem"]``,
-            added to the 2x nearest-upsampled stride-4 level, then ReLU), and the mask
-            features come from it at half the input resolution. Outlines are then drawn on a
-            grid twice as fine (sharper corners and small objects); the decoder's
-            multi-scale features are unchanged.
     """
 
     def __init__(
@@ -196,14 +190,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         num_heads: int = 8,
         ffn_dim: int = 1024,
         num_points: int = 4,
-        mask_stride: int = 4,
     ):
         super().__init__()
-        if mask_stride not in (2, 4):
-            raise ValueError(f"mask_stride must be 4 or 2, got {mask_stride}")
-        if mask_stride == 2 and "stem" not in in_channels:
-            raise ValueError("mask_stride 2 needs a 'stem' level (stride 2) from the backbone")
-        self.mask_stride = mask_stride
         self.conv_dim = conv_dim
         # encoder levels in top-down order: res5, res4, res3
         self.encoder_features = ["res5", "res4", "res3"]
@@ -222,8 +210,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
         # one FPN level (res2, stride 4)
         self.adapter_1 = ConvGroupNorm(in_channels["res2"], conv_dim, 1)
         self.layer_1 = ConvGroupNorm(conv_dim, conv_dim, 3, padding=1)
-        if mask_stride == 2:  # a finer FPN level on the stem (stride 2)
-            self.adapter_0 = ConvGroupNorm(in_channels["stem"], conv_dim, 1)
 
     def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Encode the backbone features.
@@ -232,7 +218,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             features: ``res2``..``res5`` backbone maps, BxC_kx(H/s)x(W/s).
 
         Returns:
-            mask_features: Bxmask_dimx(H/s)x(W/s), s = ``mask_stride``.
+            mask_features: Bxmask_dimx(H/4)x(W/4).
             multi_scale_features: three BxCx(H/s)x(W/s) maps ordered /32, /16, /8.
         """
         # the reference runs the pixel decoder in float32 even under mixed precision
@@ -259,11 +245,4 @@ class MSDeformAttnPixelDecoder(nn.Module):
             outs[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False
         )
         fpn = F.relu(self.layer_1(lateral + top_down))
-        if self.mask_stride == 2:
-            lateral = self.adapter_0(features["stem"].float())
-            # nearest, exactly 2x (H, W are multiples of 32; bilinear's backward is ~4x
-            # slower on CPU) and no 3x3 conv (it cost +11 % per training step of the demo):
-            # the stem's own 7x7 features carry the fine detail
-            top_down = F.interpolate(fpn, scale_factor=2.0, mode="nearest")
-            fpn = F.relu(lateral + top_down)
         return self.mask_features(fpn), outs

@@ -192,10 +192,6 @@ class MaskedTransformerDecoder(nn.Module):
             weight its mask by position: two look-alike instances side by side have near
             equal appearance features, and a dot product with those alone spills one's mask
             onto the other. 0 (default) is the reference head.
-        mask_stride: stride of the mask features the pixel decoder gives (4, the reference,
-            or 2: not in the reference). With 2 only the final prediction uses them; the
-            earlier predictions and the attention masks use their 2x2 average (stride 4),
-            as they would without the finer level, at a quarter of the cost.
     """
 
     num_feature_levels = 3
@@ -213,11 +209,9 @@ class MaskedTransformerDecoder(nn.Module):
         reid_hidden_dim: int = 256,
         reid_layers: int = 3,
         mask_pos_freqs: int = 0,
-        mask_stride: int = 4,
     ):
         super().__init__()
         self.mask_pos_freqs = mask_pos_freqs
-        self.mask_stride = mask_stride
         self.num_heads = nheads
         self.hidden_dim = hidden_dim
         self.num_layers = dec_layers
@@ -316,48 +310,38 @@ class MaskedTransformerDecoder(nn.Module):
 
         Args:
             features: three BxCxH_lxW_l maps ordered /32, /16, /8.
-            mask_features: BxMx(H/s)x(W/s), s = 4 or 2 (see ``mask_stride``; with
-                ``mask_pos_freqs`` the position features are appended here).
+            mask_features: BxMx(H/4)x(W/4) (with ``mask_pos_freqs``, the position features
+                are appended here).
             final_only: skip the earlier predictions (inference without deep supervision):
                 attention masks are computed at the level sizes directly.
 
         Returns:
             ``dec_layers + 1`` predictions (see ``prediction_heads``); the first comes from the
             learnable queries alone, the last is the final output. With ``final_only`` only
-            the final prediction. With ``mask_stride`` 2 the final prediction's masks are at
-            stride 2 and the earlier ones (and the attention masks) at stride 4.
+            the final prediction.
         """
-        # the earlier predictions and the attention masks use stride-4 features: the finer
-        # grid is only needed for the output, and costs 4x per mask product
-        coarse = F.avg_pool2d(mask_features, 2) if self.mask_stride == 2 else mask_features
-        mask_features = self._with_position(mask_features)
-        coarse = self._with_position(coarse) if self.mask_stride == 2 else mask_features
+        if self.mask_pos_freqs:
+            position = fourier_position_features(mask_features, self.mask_pos_freqs)
+            mask_features = torch.cat((mask_features, position), dim=1)
         if final_only:
-            return self._forward_final_only(features, coarse, mask_features)
+            return self._forward_final_only(features, mask_features)
         srcs, poses, sizes, query_pos, output = self._inputs(features)
-        predictions = [self.prediction_heads(output, coarse)]
+        predictions = [self.prediction_heads(output, mask_features)]
         attn_mask = self.attention_mask(predictions[0]["pred_masks"], sizes[0])
         for i in range(self.num_layers):
             output = self._layer(i, output, srcs, poses, query_pos, attn_mask)
-            last = i + 1 == self.num_layers
-            predictions.append(self.prediction_heads(output, mask_features if last else coarse))
-            if not last:
+            predictions.append(self.prediction_heads(output, mask_features))
+            if i + 1 < self.num_layers:
                 next_size = sizes[(i + 1) % self.num_feature_levels]
                 attn_mask = self.attention_mask(predictions[-1]["pred_masks"], next_size)
         return predictions
 
-    def _with_position(self, mask_features: torch.Tensor) -> torch.Tensor:
-        if not self.mask_pos_freqs:
-            return mask_features
-        position = fourier_position_features(mask_features, self.mask_pos_freqs)
-        return torch.cat((mask_features, position), dim=1)
-
     def _forward_final_only(
-        self, features: list[torch.Tensor], coarse: torch.Tensor, mask_features: torch.Tensor
+        self, features: list[torch.Tensor], mask_features: torch.Tensor
     ) -> list[Prediction]:
         srcs, poses, sizes, query_pos, output = self._inputs(features)
         resized = [
-            F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+            F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False)
             for size in sizes
         ]
         attn_mask = self.low_res_attention_mask(output, resized[0])

@@ -171,17 +171,14 @@ class ResNet(nn.Module):
 
     Args:
         cfg: depth and channel widths.
-        return_stem: also return ``"stem"``, the stem conv's output before the max-pool
-            (stride 2; for ``ModelConfig.mask_stride`` 2).
 
     Attributes:
         out_channels: channels of each returned level, e.g. ``{"res2": 256, ..., "res5": 2048}``.
         out_strides: stride of each returned level w.r.t. the input.
     """
 
-    def __init__(self, cfg: ResNetConfig, return_stem: bool = False):
+    def __init__(self, cfg: ResNetConfig):
         super().__init__()
-        self.return_stem = return_stem
         stage_blocks = tuple(cfg.stage_blocks) or _STAGE_BLOCKS.get(cfg.depth, ())
         if not stage_blocks:
             raise ValueError(f"unsupported ResNet depth {cfg.depth}; use one of 50/101/152")
@@ -211,9 +208,6 @@ class ResNet(nn.Module):
             self.out_strides[name] = 4 * 2**index
             out_channels *= 2
             bottleneck *= 2
-        if return_stem:
-            self.out_channels["stem"] = cfg.stem_out_channels
-            self.out_strides["stem"] = 2
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the trunk.
@@ -223,16 +217,10 @@ class ResNet(nn.Module):
 
         Returns:
             ``{"res2": Bx256x(H/4)x(W/4), "res3": .../8, "res4": .../16, "res5": .../32}``
-            (channels from ``out_channels``), and with ``return_stem`` ``"stem"``:
-            BxC_stemx(H/2)x(W/2).
+            (channels from ``out_channels``).
         """
+        x = self.stem(x)
         outputs: dict[str, torch.Tensor] = {}
-        if self.return_stem:
-            stem = F.relu(self.stem.conv1(x))
-            outputs["stem"] = stem
-            x = F.max_pool2d(stem, kernel_size=3, stride=2, padding=1)
-        else:
-            x = self.stem(x)
         for name in self.stage_names:
             x = getattr(self, name)(x)
             outputs[name] = x
