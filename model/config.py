@@ -152,11 +152,15 @@ class PreprocessConfig:
 class TrackerConfig:
     """Online tracker settings; defaults are the official CTVIS YTVIS/OVIS values.
 
-    Two settings are not in the reference and are off (neutral) by default: ``max_tracks``
-    bounds the live tracks of a session, and ``box_iou_weight`` w > 0 adds a position cue,
+    Three settings are not in the reference and are off (neutral) by default: ``max_tracks``
+    bounds the live tracks of a session; ``box_iou_weight`` w > 0 adds a position cue,
     ``match = (1 - w) * embedding score + w * IoU(candidate box, track's last box)``, which
     tells apart look-alike instances that embeddings alone confuse (``docs/experiments.md``
-    1f). Official checkpoints convert with w = 0, so their track ids stay the reference's.
+    1f); ``mask_logit_offset`` d is added to every selected candidate's mask logits, so a
+    pixel belongs to a mask where its probability exceeds ``sigmoid(-d)`` instead of 0.5
+    (d > 0 grows the masks), in the mask NMS, the boxes, the output masks and the
+    mask-quality rescoring alike (``docs/experiments.md`` 1j). Official checkpoints convert
+    with w = 0 and d = 0, so their track ids and masks stay the reference's.
     """
 
     match_metric: Literal["bisoftmax", "cosine"] = "bisoftmax"
@@ -178,6 +182,7 @@ class TrackerConfig:
     none_frame_num: int = 2
     max_tracks: int = 256
     box_iou_weight: float = 0.0
+    mask_logit_offset: float = 0.0
 
 
 def tracker_config_problems(cfg: TrackerConfig) -> list[str]:
@@ -195,6 +200,8 @@ def tracker_config_problems(cfg: TrackerConfig) -> list[str]:
         problems.append("match_metric: bisoftmax or cosine")
     if cfg.match_type not in ("greedy", "hungarian"):
         problems.append("match_type: greedy or hungarian")
+    if not -10.0 <= cfg.mask_logit_offset <= 10.0:  # also rejects NaN
+        problems.append("mask_logit_offset must be within [-10, 10]")
     if cfg.num_dead_frames < 0 or cfg.cache_size < 1:
         problems.append("num_dead_frames >= 0, cache_size >= 1")
     return problems

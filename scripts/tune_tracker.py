@@ -2,11 +2,11 @@
 
     python scripts/tune_tracker.py --checkpoint DIR --dataset GT.json --frames-root FRAMES \\
         [--init 0.01 0.2 0.35 0.5] [--match 0.05 0.1 0.2 0.3] [--nms 0.4 0.5 0.6] \\
-        [--box 0.0] [--out F.json]
+        [--box 0.0] [--offset 0.0 0.5] [--out F.json]
 
 Runs the network once per video and keeps its outputs, then tracks and scores every
 combination of ``init_score_threshold`` x ``match_threshold`` x ``mask_nms_threshold`` x
-``box_iou_weight`` (default: the checkpoint's own) with
+``box_iou_weight`` x ``mask_logit_offset`` (the last two default to the checkpoint's own) with
 the shipped code path (``select_candidates`` -> ``track_step`` -> ``video_results`` ->
 the YouTube-VIS evaluator). Prints the settings by AP, best first, and writes every number to
 ``--out``. Use videos that are *not* the report set (``ctvis synth --seed 1``, not seed 0),
@@ -86,6 +86,12 @@ def main() -> None:
     parser.add_argument(
         "--box", type=float, nargs="+", help="box_iou_weight values (default: the checkpoint's)"
     )
+    parser.add_argument(
+        "--offset",
+        type=float,
+        nargs="+",
+        help="mask_logit_offset values (default: the checkpoint's)",
+    )
     parser.add_argument("--out", type=Path, help="write every setting's numbers here (JSON)")
     args = parser.parse_args()
 
@@ -95,28 +101,33 @@ def main() -> None:
     ckpt, videos = network_outputs(args.checkpoint, args.dataset, args.frames_root)
     rows = []
     boxes = args.box if args.box else [ckpt.trk_cfg.box_iou_weight]
-    for init, match, nms, box in itertools.product(args.init, args.match, args.nms, boxes):
+    offsets = args.offset if args.offset else [ckpt.trk_cfg.mask_logit_offset]
+    grid = itertools.product(args.init, args.match, args.nms, boxes, offsets)
+    for init, match, nms, box, offset in grid:
         cfg = dataclasses.replace(
             ckpt.trk_cfg,
             init_score_threshold=init,
             match_threshold=match,
             mask_nms_threshold=nms,
             box_iou_weight=box,
+            mask_logit_offset=offset,
         )
-        setting = {"init": init, "match": match, "nms": nms, "box": box}
+        setting = {"init": init, "match": match, "nms": nms, "box": box, "offset": offset}
         rows.append({**setting, **score(ckpt, videos, gt, cfg)})
         print(json.dumps(rows[-1]), file=sys.stderr)
     current = score(ckpt, videos, gt, ckpt.trk_cfg)
     rows.sort(key=lambda r: -r["AP"])
     print(
-        "| init | match | nms | box | AP | AP50 | AR10 | IDSW |\n|---|---|---|---|---|---|---|---|"
+        "| init | match | nms | box | offset | AP | AP50 | AR10 | IDSW |\n"
+        "|---|---|---|---|---|---|---|---|---|"
     )
     for r in rows:
-        print(f"| {r['init']} | {r['match']} | {r['nms']} | {r['box']} | {r['AP']} | "
-              f"{r['AP50']} | {r['AR10']} | {r['IDSW']} |")  # fmt: skip
+        print(f"| {r['init']} | {r['match']} | {r['nms']} | {r['box']} | {r['offset']} | "
+              f"{r['AP']} | {r['AP50']} | {r['AR10']} | {r['IDSW']} |")  # fmt: skip
     t = ckpt.trk_cfg
     print(f"\ncheckpoint's own settings ({t.init_score_threshold}, {t.match_threshold}, "
-          f"{t.mask_nms_threshold}, box {t.box_iou_weight}): {json.dumps(current)}")  # fmt: skip
+          f"{t.mask_nms_threshold}, box {t.box_iou_weight}, offset {t.mask_logit_offset}): "
+          f"{json.dumps(current)}")  # fmt: skip
     if args.out is not None:
         args.out.write_text(json.dumps({"grid": rows, "checkpoint_settings": current}, indent=1))
 

@@ -141,11 +141,13 @@ def select_candidates(
         logits: Qx(K+1) class logits, last column "no object".
         mask_logits: Qxhxw mask logits at 1/4 of the padded input.
         embeds: QxD instance embeddings.
-        cfg: ``select_threshold`` (keep only the top-1 if nothing passes) and
-            ``mask_nms_threshold``.
+        cfg: ``select_threshold`` (keep only the top-1 if nothing passes),
+            ``mask_nms_threshold`` and ``mask_logit_offset`` (added to the selected mask
+            logits before the NMS; 0 is the reference).
 
     Returns:
-        ``Detections`` sorted by descending score (max foreground probability).
+        ``Detections`` sorted by descending score (max foreground probability); their
+        ``mask_logits`` include the offset.
     """
     scores = logits.softmax(dim=-1)[:, :-1].max(dim=1).values
     sorted_scores, order = torch.sort(scores, dim=0, descending=True)
@@ -153,12 +155,15 @@ def select_candidates(
     if not bool(valid.any()):
         valid[0] = True
     order = order[valid]
-    keep = mask_nms(mask_logits[order], cfg.mask_nms_threshold)
+    masks = mask_logits[order]
+    if cfg.mask_logit_offset:
+        masks = masks + cfg.mask_logit_offset
+    keep = mask_nms(masks, cfg.mask_nms_threshold)
     order = order[keep]
     return Detections(
         query_indices=order,
         scores=scores[order],
         logits=logits[order],
-        mask_logits=mask_logits[order],
+        mask_logits=masks[keep],
         embeds=embeds[order],
     )

@@ -35,3 +35,13 @@ def test_cached_outputs_score_like_the_track_cli(tmp_path: Path) -> None:
     strict = dataclasses.replace(ckpt.trk_cfg, init_score_threshold=1.0)
     assert tune.score(ckpt, videos, gt, strict)["AR10"] == 0.0
     assert json.loads(out.read_text())  # the CLI wrote results
+    # the mask threshold option scores as the CLI's override of it does
+    grown = dataclasses.replace(ckpt.trk_cfg, mask_logit_offset=1.0)
+    offset_out = tmp_path / "offset.json"
+    argv = ["track", "--dataset", str(gt_path), "--frames-root", frames, "--out", str(offset_out)]
+    argv += ["--tracker", "mask_logit_offset=1.0", "--no-progress", "--device", "cpu"]
+    assert main(argv) == 0
+    ev_grown = evaluate_files(gt_path, offset_out)
+    score_grown = tune.score(ckpt, videos, gt, grown)
+    assert score_grown["AP"] == pytest.approx(round(100 * ev_grown.metrics["AP"], 2), abs=1e-6)
+    assert json.loads(offset_out.read_text()) != json.loads(out.read_text())  # masks changed

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from model.config import TrackerConfig
+from model.config import TrackerConfig, tracker_config_problems
 from model.tracker.select import (
     binarize,
     box_iou,
@@ -103,3 +103,33 @@ def test_box_iou_values_and_unknown_boxes() -> None:
     iou = box_iou(a, b)
     expected = torch.tensor([[1 / 7, 1.0, 0.0], [0.0, 0.0, 0.0]])
     torch.testing.assert_close(iou, expected)
+
+
+def test_mask_logit_offset_grows_masks_before_nms() -> None:
+    # two 4x4 squares one pixel apart, each with a one-pixel ring of logit -0.5 around it:
+    # without the offset the rings are background and the masks do not overlap; with +1 the
+    # rings join both masks (6x6 each, sharing one 6-pixel column: IoU 6 / 66 > 0.05) and
+    # the second is suppressed
+    def ringed(x: int) -> torch.Tensor:
+        m = torch.full((12, 12), -5.0)
+        m[2:8, x - 1 : x + 5] = -0.5
+        m[3:7, x : x + 4] = 5.0
+        return m
+
+    logits = _logits([0.9, 0.8])
+    masks = torch.stack([ringed(1), ringed(6)])
+    plain = select_candidates(logits, masks, torch.eye(2), TrackerConfig(mask_nms_threshold=0.05))
+    assert plain.query_indices.tolist() == [0, 1]
+    torch.testing.assert_close(plain.mask_logits, masks)
+    grown_cfg = TrackerConfig(mask_nms_threshold=0.05, mask_logit_offset=1.0)
+    grown = select_candidates(logits, masks, torch.eye(2), grown_cfg)
+    assert grown.query_indices.tolist() == [0]
+    torch.testing.assert_close(grown.mask_logits, masks[:1] + 1.0)
+    assert int((grown.mask_logits[0] > 0).sum()) == 36 and int((masks[0] > 0).sum()) == 16
+
+
+def test_mask_logit_offset_is_validated() -> None:
+    assert tracker_config_problems(TrackerConfig(mask_logit_offset=1.5)) == []
+    for bad in (11.0, -11.0, float("nan")):
+        problems = tracker_config_problems(TrackerConfig(mask_logit_offset=bad))
+        assert problems == ["mask_logit_offset must be within [-10, 10]"]
