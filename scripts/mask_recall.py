@@ -8,7 +8,8 @@ masks of the best IoU any output mask reaches: what the segmenter finds, apart f
 Pixel totals over those best matches say where the errors are: ``missed_px`` (object
 pixels the best mask leaves out), ``added_px`` (pixels it adds) and ``added_on_other_px``
 (added pixels that belong to another ground-truth object of the frame: one instance's mask
-spilling onto its neighbour), and ``pixel_iou`` (all intersections over all unions).
+spilling onto its neighbour; ``added_on_same_class_px`` the part of those on an object of
+the same category), and ``pixel_iou`` (all intersections over all unions).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def main(gt_path: str, results_path: str) -> dict[str, float]:
         by_video[r["video_id"]].append(r)
     best: list[float] = []
     totals = dict.fromkeys(("intersection_px", "union_px", "missed_px", "added_px",
-                            "added_on_other_px"), 0)  # fmt: skip
+                            "added_on_other_px", "added_on_same_class_px"), 0)  # fmt: skip
     truths_by_video: dict[int, list[dict]] = defaultdict(list)
     for ann in gt["annotations"]:
         truths_by_video[ann["video_id"]].append(ann)
@@ -44,7 +45,12 @@ def main(gt_path: str, results_path: str) -> dict[str, float]:
             outputs = [m for m in map(_decode, segs.values()) if m is not None]
             visible = [truth for truth in truths if truth is not None]
             coverage = np.sum(visible, axis=0) if visible else None  # objects per pixel
-            for truth in truths:
+            by_class: dict[int, np.ndarray] = {}  # objects of each category per pixel
+            for ann, truth in zip(anns, truths, strict=True):
+                if truth is not None:
+                    cat = ann["category_id"]
+                    by_class[cat] = by_class.get(cat, 0) + truth.astype(np.int32)
+            for ann, truth in zip(anns, truths, strict=True):
                 if truth is None:
                     continue
                 iou, mask = _best(truth, outputs)
@@ -60,6 +66,8 @@ def main(gt_path: str, results_path: str) -> dict[str, float]:
                 totals["missed_px"] += int((truth & ~mask).sum())
                 totals["added_px"] += int(added.sum())
                 totals["added_on_other_px"] += int((added & others).sum())
+                same = by_class[ann["category_id"]] - truth > 0
+                totals["added_on_same_class_px"] += int((added & same).sum())
     values = np.array(best)
     report = {"gt_masks": len(values), "recall_at_0.5": float((values >= 0.5).mean()),
               "mean_best_iou": float(values.mean()), **totals,

@@ -26,6 +26,7 @@ def test_counts_masks_spilling_onto_another_object(tmp_path: Path) -> None:
     assert report["gt_masks"] == visible
     assert report["recall_at_0.5"] == 1.0 and report["mean_best_iou"] == 1.0
     assert report["missed_px"] == report["added_px"] == report["added_on_other_px"] == 0
+    assert report["added_on_same_class_px"] == 0
     assert report["pixel_iou"] == 1.0
 
     # one frame: object a's output also covers object b, and b's output is dropped
@@ -46,6 +47,16 @@ def test_counts_masks_spilling_onto_another_object(tmp_path: Path) -> None:
     spill = int((mb & ~ma).sum()) + int((ma & ~mb).sum())
     assert spill > 0
     assert report["added_on_other_px"] == report["added_px"] == spill
+    # the same spill, with b relabelled as a's category and as another one
+    for same_class in (True, False):
+        relabelled = json.loads(gt_path.read_text())
+        cat = anns[ia]["category_id"]
+        relabelled["annotations"][ib]["category_id"] = cat if same_class else cat % 6 + 1
+        gt_copy = tmp_path / f"gt_{same_class}.json"
+        gt_copy.write_text(json.dumps(relabelled))
+        report = recall.main(str(gt_copy), str(spilled))
+        assert report["added_on_other_px"] == spill
+        assert report["added_on_same_class_px"] == (spill if same_class else 0)
     assert report["missed_px"] == 0
     assert np.isclose(report["mean_best_iou"], (visible - 2 + iou_a + iou_b) / visible)
     assert report["pixel_iou"] < 1.0
