@@ -43,13 +43,12 @@ def main(gt_path: str, results_path: str) -> dict[str, float]:
             # a results file lists each track once per class label: decode each mask once
             segs = {json.dumps(r["segmentations"][t]): r["segmentations"][t] for r in tracks}
             outputs = [m for m in map(_decode, segs.values()) if m is not None]
-            visible = [truth for truth in truths if truth is not None]
-            coverage = np.sum(visible, axis=0) if visible else None  # objects per pixel
             by_class: dict[int, np.ndarray] = {}  # objects of each category per pixel
             for ann, truth in zip(anns, truths, strict=True):
                 if truth is not None:
                     cat = ann["category_id"]
                     by_class[cat] = by_class.get(cat, 0) + truth.astype(np.int32)
+            coverage = sum(by_class.values())  # objects per pixel
             for ann, truth in zip(anns, truths, strict=True):
                 if truth is None:
                     continue

@@ -9,7 +9,7 @@ import numpy as np
 
 from model import rle
 from tests.scripts import load_script
-from training.data.synthetic import write_dataset
+from training.data.synthetic import CATEGORIES, write_dataset
 
 
 def test_counts_masks_spilling_onto_another_object(tmp_path: Path) -> None:
@@ -47,16 +47,18 @@ def test_counts_masks_spilling_onto_another_object(tmp_path: Path) -> None:
     spill = int((mb & ~ma).sum()) + int((ma & ~mb).sum())
     assert spill > 0
     assert report["added_on_other_px"] == report["added_px"] == spill
+    assert report["missed_px"] == 0
+    assert np.isclose(report["mean_best_iou"], (visible - 2 + iou_a + iou_b) / visible)
+    assert report["pixel_iou"] < 1.0
     # the same spill, with b relabelled as a's category and as another one
     for same_class in (True, False):
         relabelled = json.loads(gt_path.read_text())
         cat = anns[ia]["category_id"]
-        relabelled["annotations"][ib]["category_id"] = cat if same_class else cat % 6 + 1
+        relabelled["annotations"][ib]["category_id"] = (
+            cat if same_class else cat % len(CATEGORIES) + 1
+        )
         gt_copy = tmp_path / f"gt_{same_class}.json"
         gt_copy.write_text(json.dumps(relabelled))
         report = recall.main(str(gt_copy), str(spilled))
         assert report["added_on_other_px"] == spill
         assert report["added_on_same_class_px"] == (spill if same_class else 0)
-    assert report["missed_px"] == 0
-    assert np.isclose(report["mean_best_iou"], (visible - 2 + iou_a + iou_b) / visible)
-    assert report["pixel_iou"] < 1.0
