@@ -1,0 +1,110 @@
+"""oneDNN linear layers (``model.ops.onednn_linear``) and their use in ``TorchBackend``."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from model.backend import TorchBackend
+from model.build import PRESETS, build_segmenter
+from model.ops.onednn_linear import MIN_MACS, OneDnnLinear, available, use_onednn_linear
+
+
+def _ran_onednn(fn) -> bool:
+    """Whether ``fn()`` dispatched oneDNN's linear kernel (from the profiler's op names)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return any("_linear_pointwise" in e.name for e in prof.events())
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(48, 400),
+        nn.GELU(),
+        nn.Linear(400, 240, bias=False),
+        nn.MultiheadAttention(240, 2),
+    )
+
+
+# rows for which both layers of ``_model()[:3]`` take the oneDNN path
+ROWS = -(-MIN_MACS // (400 * 240))
+
+
+def test_the_build_has_the_kernel() -> None:
+    assert available()
+
+
+def test_conversion_keeps_parameters_and_skips_subclasses() -> None:
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert use_onednn_linear(model) == 2
+    assert type(model[0]) is OneDnnLinear and type(model[2]) is OneDnnLinear
+    # MultiheadAttention's out_proj is a Linear subclass: left alone
+    assert type(model[3].out_proj) is not OneDnnLinear
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    "shape", [(ROWS, 48), (3, ROWS, 48), (2, 3, ROWS, 48)], ids=["2d", "3d", "4d"]
+)
+def test_inference_values_equal_f_linear(shape: tuple[int, ...]) -> None:
+    plain = _model()[:3]
+    fast = copy.deepcopy(plain)
+    use_onednn_linear(fast)
+    x = torch.randn(shape)
+    with torch.inference_mode():
+        assert _ran_onednn(lambda: fast(x))
+        expected, got = plain(x), fast(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_non_contiguous_input_and_no_bias() -> None:
+    layer = nn.Linear(320, 160, bias=False)
+    use_onednn_linear(layer)
+    x = torch.randn(320, 200).t()  # 200x320, not contiguous
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
+
+
+def test_small_inputs_autograd_and_flop_counting_use_the_plain_path() -> None:
+    plain = _model()[:3]
+    fast = copy.deepcopy(plain)
+    use_onednn_linear(fast)
+    small = torch.randn(MIN_MACS // (400 * 240) - 1, 48)  # below the threshold for both layers
+    with torch.inference_mode():
+        assert not _ran_onednn(lambda: fast(small))
+    # with autograd: the plain kernel, the same gradients as an unconverted module
+    x = torch.randn(4, 100, 48)
+    assert not _ran_onednn(lambda: fast(x))
+    plain(x).square().sum().backward()
+    fast(x).square().sum().backward()
+    for p, q in zip(plain.parameters(), fast.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        fast(x)
+    assert counter.get_total_flops() == 2 * 400 * (48 * 400 + 400 * 240)
+
+
+def test_torch_backend_uses_onednn_for_float32_on_cpu_only() -> None:
+    cfg = PRESETS["tiny"][0]
+    torch.manual_seed(0)
+    segmenter = build_segmenter(cfg)
+    reference = TorchBackend(copy.deepcopy(segmenter), onednn_linear=False)
+    fast = TorchBackend(copy.deepcopy(segmenter))
+    assert reference.onednn_linear_layers == 0
+    assert fast.onednn_linear_layers > 0
+    assert TorchBackend(copy.deepcopy(segmenter), dtype="bfloat16").onednn_linear_layers == 0
+    pixels = torch.randn(1, 3, 256, 320)  # large enough for the tiny model's bigger layers
+    assert _ran_onednn(lambda: fast(pixels))
+    expected, got = reference(pixels), fast(pixels)
+    for name in ("pred_logits", "pred_masks", "pred_embeds"):
+        torch.testing.assert_close(getattr(got, name), getattr(expected, name), rtol=0, atol=1e-4)
