@@ -60,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     if not settings.redis_url:
         print("ctvis worker: --redis-url (or CTVIS_REDIS_URL) is required", file=sys.stderr)
         return 1
-    served = load_served_model(settings.checkpoint, settings.device)
+    served = load_served_model(
+        settings.checkpoint, settings.device, settings.dtype, settings.onednn_linear
+    )
     metrics = Metrics()
     if args.metrics_port:
         from prometheus_client import start_http_server

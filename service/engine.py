@@ -110,9 +110,7 @@ class Engine:
             raise RuntimeError("injected poison frame")
 
     def _forward(self, pixels: torch.Tensor) -> FrameOutputs:
-        device = torch.device(self.served.device)
-        with torch.inference_mode():
-            return self.served.segmenter(pixels.to(device))
+        return self.served.forward(pixels)
 
     def _track(
         self, item: FrameItem, outputs: FrameOutputs, row: int, batch: FrameBatch

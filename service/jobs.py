@@ -94,7 +94,7 @@ def run_video_job(
     source = FrameSource(workdir / "input", options.frame_stride, options.max_frames)
     result = track_frames(
         source,
-        served.segmenter,
+        served.forward,
         served.model_cfg,
         served.preprocess_cfg,
         served.tracker_cfg,

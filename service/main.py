@@ -54,7 +54,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.metrics = metrics
         app.state.api_key_digests = parse_api_keys(settings.api_keys)
-        served = await asyncio.to_thread(load_served_model, settings.checkpoint, settings.device)
+        served = await asyncio.to_thread(
+            load_served_model,
+            settings.checkpoint,
+            settings.device,
+            settings.dtype,
+            settings.onednn_linear,
+        )
         app.state.model = served
         app.state.store = make_store(settings.redis_url)
         if settings.worker:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 from model.config import ModelConfig, PreprocessConfig, TrackerConfig, to_dict
+from model.structures import FrameOutputs
 
 log = logging.getLogger("ctvis.service")
 
@@ -21,6 +23,7 @@ RANDOM_WEIGHTS_WARNING = (
     "(or --checkpoint) to a checkpoint directory made by `ctvis convert` or by training."
 )
 RANDOM_CHECKPOINT = "tiny-random"
+_HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 """``checkpoint`` value that asks for the random-weight tiny preset explicitly (tests, benches)."""
 
 
@@ -36,6 +39,31 @@ class ServedModel:
     device: str
     warnings: list[str] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float32"
+    """Compute precision of the forward pass: ``float32``, or a half type run under autocast."""
+
+    def forward(self, pixels: torch.Tensor) -> FrameOutputs:
+        """The segmenter on ``pixels`` (Bx3xHxW, moved to ``device``) under ``inference_mode``.
+
+        A half ``dtype`` runs the forward under autocast; outputs are float32 either way.
+        """
+        device = torch.device(self.device)
+        half = _HALF_DTYPES.get(self.dtype)
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=half)
+            if half is not None
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            out = self.segmenter(pixels.to(device))
+        if half is None:
+            return out
+        return FrameOutputs(
+            pred_logits=out.pred_logits.float(),
+            pred_masks=out.pred_masks.float(),
+            pred_embeds=out.pred_embeds.float(),
+            pred_queries=None if out.pred_queries is None else out.pred_queries.float(),
+        )
 
     @cached_property
     def model_id(self) -> str:
@@ -68,13 +96,37 @@ class ServedModel:
         }
 
 
-def load_served_model(checkpoint: str | None, device: str = "cpu") -> ServedModel:
+def load_served_model(
+    checkpoint: str | None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    onednn_linear: bool = True,
+) -> ServedModel:
     """Load ``checkpoint`` (a directory in our format); when None, the bundled demo checkpoint.
 
     ``"tiny-random"`` (or None in an installation without the demo weights) gives the tiny
     preset with random weights; a loud warning then goes to the log and into the model
     description so that nobody mistakes its output for a real model's.
+
+    Args:
+        checkpoint: checkpoint directory, ``"tiny-random"``, or None (the demo).
+        device: torch device of the forward pass.
+        dtype: ``float32``, ``float16`` or ``bfloat16`` (half types run under autocast).
+        onednn_linear: for float32 on the CPU, run the larger linear layers through oneDNN
+            (``model.ops.onednn_linear``; as ``TorchBackend`` does).
     """
+    if dtype != "float32" and dtype not in _HALF_DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}")
+    served = _load(checkpoint, device)
+    served.dtype = dtype
+    if onednn_linear and dtype == "float32" and torch.device(device).type == "cpu":
+        from model.ops.onednn_linear import use_onednn_linear
+
+        use_onednn_linear(served.segmenter)
+    return served
+
+
+def _load(checkpoint: str | None, device: str) -> ServedModel:
     name = None
     if not checkpoint:
         from model.demo import demo_checkpoint
