@@ -23,8 +23,8 @@ RANDOM_WEIGHTS_WARNING = (
     "(or --checkpoint) to a checkpoint directory made by `ctvis convert` or by training."
 )
 RANDOM_CHECKPOINT = "tiny-random"
-_HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 """``checkpoint`` value that asks for the random-weight tiny preset explicitly (tests, benches)."""
+_HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
