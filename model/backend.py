@@ -96,8 +96,8 @@ class TorchBackend:
         self.onednn_linear_layers = (
             onednn_linear_module.use_onednn_linear(self.segmenter) if onednn_linear else 0
         )
-        if channels_last:
-            self.segmenter = self.segmenter.to(memory_format=torch.channels_last)
+        if channels_last:  # (Module.to's memory_format keyword is missing from torch's stubs)
+            self.segmenter = self.segmenter.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._forward = torch.compile(self.segmenter) if compile else self.segmenter
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -12,6 +11,7 @@ from typing import Any
 
 import torch
 
+from model.backend import Precision, TorchBackend
 from model.config import ModelConfig, PreprocessConfig, TrackerConfig, to_dict
 from model.structures import FrameOutputs
 
@@ -24,7 +24,6 @@ RANDOM_WEIGHTS_WARNING = (
 )
 RANDOM_CHECKPOINT = "tiny-random"
 """``checkpoint`` value that asks for the random-weight tiny preset explicitly (tests, benches)."""
-_HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -39,31 +38,14 @@ class ServedModel:
     device: str
     warnings: list[str] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
-    dtype: str = "float32"
-    """Compute precision of the forward pass: ``float32``, or a half type run under autocast."""
+    backend: TorchBackend | None = None
+    """How ``forward`` runs the segmenter (precision, oneDNN); set by ``load_served_model``."""
 
     def forward(self, pixels: torch.Tensor) -> FrameOutputs:
-        """The segmenter on ``pixels`` (Bx3xHxW, moved to ``device``) under ``inference_mode``.
-
-        A half ``dtype`` runs the forward under autocast; outputs are float32 either way.
-        """
-        device = torch.device(self.device)
-        half = _HALF_DTYPES.get(self.dtype)
-        autocast = (
-            torch.autocast(device_type=device.type, dtype=half)
-            if half is not None
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
-            out = self.segmenter(pixels.to(device))
-        if half is None:
-            return out
-        return FrameOutputs(
-            pred_logits=out.pred_logits.float(),
-            pred_masks=out.pred_masks.float(),
-            pred_embeds=out.pred_embeds.float(),
-            pred_queries=None if out.pred_queries is None else out.pred_queries.float(),
-        )
+        """The segmenter on ``pixels`` (Bx3xHxW) through ``backend``; float32 outputs."""
+        if self.backend is None:
+            raise RuntimeError("ServedModel.backend is unset: load it with load_served_model")
+        return self.backend(pixels)
 
     @cached_property
     def model_id(self) -> str:
@@ -99,7 +81,7 @@ class ServedModel:
 def load_served_model(
     checkpoint: str | None,
     device: str = "cpu",
-    dtype: str = "float32",
+    dtype: Precision = "float32",
     onednn_linear: bool = True,
 ) -> ServedModel:
     """Load ``checkpoint`` (a directory in our format); when None, the bundled demo checkpoint.
@@ -113,16 +95,12 @@ def load_served_model(
         device: torch device of the forward pass.
         dtype: ``float32``, ``float16`` or ``bfloat16`` (half types run under autocast).
         onednn_linear: for float32 on the CPU, run the larger linear layers through oneDNN
-            (``model.ops.onednn_linear``; as ``TorchBackend`` does).
+            (``TorchBackend``'s default there); False keeps MKL.
     """
-    if dtype != "float32" and dtype not in _HALF_DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}")
     served = _load(checkpoint, device)
-    served.dtype = dtype
-    if onednn_linear and dtype == "float32" and torch.device(device).type == "cpu":
-        from model.ops.onednn_linear import use_onednn_linear
-
-        use_onednn_linear(served.segmenter)
+    served.backend = TorchBackend(
+        served.segmenter, device, dtype, onednn_linear=None if onednn_linear else False
+    )
     return served
 
 
