@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         print("ctvis worker: --redis-url (or CTVIS_REDIS_URL) is required", file=sys.stderr)
         return 1
     served = load_served_model(
-        settings.checkpoint, settings.device, settings.dtype, settings.onednn_linear
+        settings.checkpoint, settings.device, settings.dtype, settings.onednn_linear_choice
     )
     metrics = Metrics()
     if args.metrics_port:

@@ -79,10 +79,11 @@ class TorchBackend:
             compile: wrap the forward in ``torch.compile`` (first calls are slow).
             onednn_linear: run the linear layers through oneDNN instead of MKL
                 (``model.ops.onednn_linear``: the same values up to float32 rounding, up to
-                2x faster on AMD CPUs with AVX-512). ``None`` (default): on for float32 on
-                the CPU when the build has the kernel. It changes the class of the module's
-                ``nn.Linear`` layers in place (parameters untouched; autograd, ONNX export
-                and other devices keep the plain path).
+                2x faster on AMD CPUs with AVX-512, 1.04-1.37x slower on AVX2-only Zen 3).
+                ``None`` (default): on for float32 on the CPU where
+                ``onednn_linear.preferred()`` says oneDNN is the faster one. It changes the
+                class of the module's ``nn.Linear`` layers in place (parameters untouched;
+                autograd, ONNX export and other devices keep the plain path).
         """
         if dtype not in ("float32", *_AUTOCAST_DTYPES):
             raise ValueError(f"unsupported dtype {dtype!r}")
@@ -91,7 +92,11 @@ class TorchBackend:
         self.channels_last = channels_last
         self.segmenter = segmenter.eval().to(self.device)
         if onednn_linear is None:
-            onednn_linear = self.device.type == "cpu" and dtype == "float32"
+            onednn_linear = (
+                self.device.type == "cpu"
+                and dtype == "float32"
+                and onednn_linear_module.preferred()
+            )
         # number of layers switched to oneDNN (0 when off or the build lacks the kernel)
         self.onednn_linear_layers = (
             onednn_linear_module.use_onednn_linear(self.segmenter) if onednn_linear else 0

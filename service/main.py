@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.checkpoint,
             settings.device,
             settings.dtype,
-            settings.onednn_linear,
+            settings.onednn_linear_choice,
         )
         app.state.model = served
         app.state.store = make_store(settings.redis_url)

@@ -82,7 +82,7 @@ def load_served_model(
     checkpoint: str | None,
     device: str = "cpu",
     dtype: Precision = "float32",
-    onednn_linear: bool = True,
+    onednn_linear: bool | None = None,
 ) -> ServedModel:
     """Load ``checkpoint`` (a directory in our format); when None, the bundled demo checkpoint.
 
@@ -94,13 +94,12 @@ def load_served_model(
         checkpoint: checkpoint directory, ``"tiny-random"``, or None (the demo).
         device: torch device of the forward pass.
         dtype: ``float32``, ``float16`` or ``bfloat16`` (half types run under autocast).
-        onednn_linear: for float32 on the CPU, run the larger linear layers through oneDNN
-            (``TorchBackend``'s default there); False keeps MKL.
+        onednn_linear: for float32 on the CPU, run the larger linear layers through oneDNN;
+            None (default): where it is the faster one (``TorchBackend``'s rule); False keeps
+            MKL.
     """
     served = _load(checkpoint, device)
-    served.backend = TorchBackend(
-        served.segmenter, device, dtype, onednn_linear=None if onednn_linear else False
-    )
+    served.backend = TorchBackend(served.segmenter, device, dtype, onednn_linear=onednn_linear)
     return served
 
 

@@ -35,11 +35,12 @@ class Settings(BaseSettings):
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="Inference precision (half types run the forward under autocast)."
     )
-    onednn_linear: bool = Field(
-        True,
+    onednn_linear: Literal["auto", "on", "off"] = Field(
+        "auto",
         description="For float32 on the CPU, run the network's larger linear layers through "
-        "oneDNN instead of MKL (the same values up to float32 rounding; 1.5-2.3x faster "
-        "products on AMD CPUs with AVX-512).",
+        "oneDNN instead of MKL (the same values up to float32 rounding). `auto`: where oneDNN "
+        "is the faster one (AMD CPUs with AVX-512: 1.5-2.3x faster products; MKL stays on "
+        "AVX2-only and Intel CPUs). `true` / `false` are read as `on` / `off`.",
     )
     max_batch_size: int = Field(8, ge=1, description="Frames from different sessions per batch.")
     max_wait_ms: float = Field(5.0, ge=0, description="Longest wait to fill a batch.")
@@ -136,6 +137,21 @@ class Settings(BaseSettings):
         if not self.worker and not self.redis_url:
             raise ValueError("worker=False (--no-worker) needs redis_url: workers meet in Redis")
         return self
+
+    @field_validator("onednn_linear", mode="before")
+    @classmethod
+    def _onednn_linear_words(cls, value: object) -> object:
+        words = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, str):
+            return words.get(value.strip().lower(), value.strip().lower())
+        return value
+
+    @property
+    def onednn_linear_choice(self) -> bool | None:
+        """``onednn_linear`` as ``TorchBackend`` takes it: None for ``auto``."""
+        return None if self.onednn_linear == "auto" else self.onednn_linear == "on"
 
     @field_validator("redis_url")
     @classmethod

@@ -1,12 +1,17 @@
 """Linear layers through oneDNN on the CPU at inference (an option of ``TorchBackend``).
 
 PyTorch's CPU wheels run ``F.linear`` in float32 through MKL's sgemm. On AMD CPUs with
-AVX-512 (Zen 4 / Zen 5), MKL takes a slower code path than oneDNN, which the same wheels
+AVX-512 (measured on Zen 5; Zen 4 assumed alike), MKL takes a slower code path than oneDNN, which the same wheels
 also ship: on a Zen 5 core pair the Swin-L trunk's linear layers run 1.5-2.3x faster through
 ``torch.ops.mkldnn._linear_pointwise`` (the kernel Inductor uses for CPU linear layers), with
 results equal to MKL's up to float32 rounding (relative difference ~1e-6). For a handful of
 rows x features (under ~2M multiply-adds: the decoder's queries, a tiny model's layers)
 MKL's lower call overhead wins, so small products stay on it.
+
+Where MKL has its fast path the opposite holds: on a Zen 3 core pair (AVX2, no AVX-512) the
+same Swin-L products take 1.04-1.37x longer through oneDNN. ``preferred()`` is therefore true
+only on AMD CPUs whose PyTorch kernels run at the AVX-512 level; Intel CPUs (MKL's home
+ground, not measured here) and everything else keep MKL unless asked otherwise.
 
 ``use_onednn_linear(module)`` turns every ``nn.Linear`` of a module into ``OneDnnLinear``, a
 subclass with the same parameters and state-dict keys that takes the oneDNN path only where
@@ -32,6 +37,35 @@ def available() -> bool:
     return bool(torch.backends.mkldnn.is_available()) and hasattr(
         torch.ops.mkldnn, "_linear_pointwise"
     )
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string (``AuthenticAMD``, ``GenuineIntel``, ...); "" where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def preferred(vendor: str | None = None, capability: str | None = None) -> bool:
+    """Whether oneDNN beats MKL for float32 linear layers on this CPU (module doc).
+
+    True for AMD CPUs at PyTorch's AVX-512 kernel level (Zen 4 / Zen 5) when the build has
+    the kernel; False elsewhere (Zen 3 and older AMD parts, Intel, ARM).
+
+    Args:
+        vendor: CPU vendor string; default: read from ``/proc/cpuinfo``.
+        capability: ``torch.backends.cpu.get_cpu_capability()`` (``"AVX512"``, ``"AVX2"``,
+            ...); default: this process's.
+    """
+    vendor = cpu_vendor() if vendor is None else vendor
+    if capability is None:
+        capability = torch.backends.cpu.get_cpu_capability()
+    return available() and vendor == "AuthenticAMD" and capability.startswith("AVX512")
 
 
 def _exporting() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from model.backend import TorchBackend
 from model.build import PRESETS, build_segmenter
+from model.ops import onednn_linear
 from model.ops.onednn_linear import MIN_MACS, OneDnnLinear, available, use_onednn_linear
 
 
@@ -94,17 +96,48 @@ def test_small_inputs_autograd_and_flop_counting_use_the_plain_path() -> None:
     assert counter.get_total_flops() == 2 * 400 * (48 * 400 + 400 * 240)
 
 
+@pytest.mark.parametrize(
+    ("vendor", "capability", "expected"),
+    [
+        ("AuthenticAMD", "AVX512", True),  # Zen 4 / Zen 5: MKL's slow path
+        ("AuthenticAMD", "AVX2", False),  # Zen 3: MKL 1.04-1.37x faster
+        ("GenuineIntel", "AVX512", False),  # MKL's home ground
+        ("", "DEFAULT", False),  # e.g. ARM
+    ],
+)
+def test_preferred_only_on_amd_with_avx512(vendor: str, capability: str, expected: bool) -> None:
+    assert onednn_linear.preferred(vendor, capability) is expected
+
+
+def test_cpu_vendor_reads_this_machine() -> None:
+    vendor = onednn_linear.cpu_vendor()
+    assert isinstance(vendor, str)
+    if Path("/proc/cpuinfo").exists() and "vendor_id" in Path("/proc/cpuinfo").read_text():
+        assert vendor  # e.g. AuthenticAMD on the project's machines
+
+
 def test_torch_backend_uses_onednn_for_float32_on_cpu_only() -> None:
     cfg = PRESETS["tiny"][0]
     torch.manual_seed(0)
     segmenter = build_segmenter(cfg)
     reference = TorchBackend(copy.deepcopy(segmenter), onednn_linear=False)
-    fast = TorchBackend(copy.deepcopy(segmenter))
+    fast = TorchBackend(copy.deepcopy(segmenter), onednn_linear=True)
     assert reference.onednn_linear_layers == 0
     assert fast.onednn_linear_layers > 0
-    assert TorchBackend(copy.deepcopy(segmenter), dtype="bfloat16").onednn_linear_layers == 0
+    half = TorchBackend(copy.deepcopy(segmenter), dtype="bfloat16", onednn_linear=None)
+    assert half.onednn_linear_layers == 0
     pixels = torch.randn(1, 3, 256, 320)  # large enough for the tiny model's bigger layers
     assert _ran_onednn(lambda: fast(pixels))
     expected, got = reference(pixels), fast(pixels)
     for name in ("pred_logits", "pred_masks", "pred_embeds"):
         torch.testing.assert_close(getattr(got, name), getattr(expected, name), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("preferred", [True, False])
+def test_torch_backend_default_follows_the_cpu_rule(
+    preferred: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(onednn_linear, "preferred", lambda: preferred)
+    torch.manual_seed(0)
+    backend = TorchBackend(build_segmenter(PRESETS["tiny"][0]))
+    assert (backend.onednn_linear_layers > 0) is preferred

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pydantic import ValidationError
 
+from model.ops import onednn_linear
 from model.ops.onednn_linear import OneDnnLinear
 from service.models import RANDOM_CHECKPOINT, load_served_model
 from service.settings import Settings
@@ -14,12 +16,14 @@ def _onednn_layers(served) -> int:
     return sum(isinstance(m, OneDnnLinear) for m in served.segmenter.modules())
 
 
-def test_float32_on_cpu_uses_onednn_unless_turned_off() -> None:
-    on = load_served_model(RANDOM_CHECKPOINT)
+def test_float32_on_cpu_uses_onednn_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onednn_linear, "preferred", lambda: True)
+    on = load_served_model(RANDOM_CHECKPOINT, onednn_linear=True)
     off = load_served_model(RANDOM_CHECKPOINT, onednn_linear=False)
     assert _onednn_layers(on) > 0
     assert _onednn_layers(off) == 0
-    assert _onednn_layers(load_served_model(RANDOM_CHECKPOINT, dtype="bfloat16")) == 0
+    half = load_served_model(RANDOM_CHECKPOINT, dtype="bfloat16")  # float32 only
+    assert _onednn_layers(half) == 0
     # same weights (seeded tiny preset), same outputs up to float32 rounding
     pixels = torch.randn(1, 3, 256, 320)
     a, b = on.forward(pixels), off.forward(pixels)
@@ -43,7 +47,39 @@ def test_bad_dtype_is_refused() -> None:
         load_served_model(RANDOM_CHECKPOINT, dtype="int8")
 
 
-def test_setting_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Settings().onednn_linear is True
-    monkeypatch.setenv("CTVIS_ONEDNN_LINEAR", "false")
-    assert Settings().onednn_linear is False
+@pytest.mark.parametrize("preferred", [True, False])
+def test_default_follows_the_cpu_rule(preferred: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onednn_linear, "preferred", lambda: preferred)
+    assert (_onednn_layers(load_served_model(RANDOM_CHECKPOINT)) > 0) is preferred
+
+
+@pytest.mark.parametrize(
+    ("value", "setting", "choice"),
+    [
+        (None, "auto", None),
+        ("auto", "auto", None),
+        ("on", "on", True),
+        ("true", "on", True),
+        ("TRUE", "on", True),
+        ("1", "on", True),
+        ("off", "off", False),
+        ("false", "off", False),
+        ("no", "off", False),
+    ],
+)
+def test_setting_reads_the_environment(
+    value: str | None, setting: str, choice: bool | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if value is None:
+        monkeypatch.delenv("CTVIS_ONEDNN_LINEAR", raising=False)
+    else:
+        monkeypatch.setenv("CTVIS_ONEDNN_LINEAR", value)
+    settings = Settings()
+    assert settings.onednn_linear == setting
+    assert settings.onednn_linear_choice is choice
+
+
+def test_bad_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CTVIS_ONEDNN_LINEAR", "sometimes")
+    with pytest.raises(ValidationError, match="onednn_linear"):
+        Settings()
