@@ -10,6 +10,8 @@ padding amounts and the shifted-window region mask are computed with tensor arit
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -89,6 +91,95 @@ def shifted_window_mask(
     different = region_windows[:, None, :] != region_windows[:, :, None]
     zeros = torch.zeros(different.shape, dtype=torch.float32, device=device)
     return zeros.masked_fill(different, REGION_MASK_VALUE)
+
+
+class WindowPlan(NamedTuple):
+    """Where each token of a (padded, shifted) map goes when it is cut into windows.
+
+    Attributes:
+        to_windows: (nW*N,) int64 index into ``[pad; tokens]`` (the pad row first, then the
+            H*W tokens in row-major order) of every window slot: 0 for a padded position,
+            ``t + 1`` for token ``t``.
+        from_windows: (H*W,) int64 slot (in window order) of each token.
+        groups: ``(first window, end window, mask window)`` per run of windows that share one
+            region-mask pattern (eager shifted blocks), or ``()``: all windows in one call.
+    """
+
+    to_windows: Tensor
+    from_windows: Tensor
+    groups: tuple[tuple[int, int, int], ...]
+
+
+def window_plan(
+    height: int, width: int, window_size: int, shift: int, grouped: bool, device: torch.device
+) -> WindowPlan:
+    """Index maps that take an HxW token map straight to its windows and back.
+
+    The same layout steps as the block's pad -> roll -> partition (and partition^-1 -> roll
+    back -> crop), applied once to token numbers instead of every block's features, so a
+    block gathers its windows with one ``index_select`` and its per-token linear layers see
+    only the H*W real tokens. With ``grouped`` (eager, shifted) the windows are reordered so
+    that those sharing a region-mask pattern are contiguous: interior windows, then the last
+    column, the last row and the corner (see ``SwinBlock._attend_planned``). Traceable: the
+    ungrouped plan follows traced sizes.
+
+    Args:
+        height: H.
+        width: W.
+        window_size: ws.
+        shift: cyclic shift (0 for unshifted blocks).
+        grouped: reorder windows by mask pattern (Python loop over window counts: eager only).
+        device: device of the index tensors.
+
+    Returns:
+        The :class:`WindowPlan`.
+    """
+    ws = window_size
+    pad_h, pad_w = _pad_amount(height, ws), _pad_amount(width, ws)
+    tokens = torch.arange(1, height * width + 1, device=device).view(1, height, width, 1)
+    tokens = F.pad(tokens, (0, 0, 0, pad_w, 0, pad_h))  # padded positions: 0
+    if shift > 0:
+        tokens = torch.roll(tokens, shifts=(-shift, -shift), dims=(1, 2))
+    hp, wp = tokens.shape[1], tokens.shape[2]
+    windows = window_partition(tokens, ws)  # nW x N x 1
+    groups: tuple[tuple[int, int, int], ...] = ()
+    if grouped:
+        rows_w, cols_w = hp // ws, wp // ws
+        ids = torch.arange(rows_w * cols_w, device=device).view(rows_w, cols_w)
+        order, bounds, start = [], [], 0
+        for part in (ids[:-1, :-1], ids[:-1, -1:], ids[-1:, :-1], ids[-1:, -1:]):
+            if part.numel():
+                order.append(part.reshape(-1))
+                bounds.append((start, start + part.numel(), int(part.reshape(-1)[0])))
+                start += part.numel()
+        permutation = torch.cat(order)
+        windows = windows[permutation]
+        groups = tuple(bounds)
+    slots = torch.arange(windows.numel(), device=device).view(windows.shape)
+    if grouped:
+        slots = torch.empty_like(slots).index_copy_(0, permutation, slots)
+    slots = window_reverse(slots, ws, 1, hp, wp)
+    if shift > 0:
+        slots = torch.roll(slots, shifts=(shift, shift), dims=(1, 2))
+    from_windows = slots[:, :height, :width].reshape(-1)
+    return WindowPlan(windows.reshape(-1), from_windows, groups)
+
+
+def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x.index_select(1, index)`` as one 2-d row gather (several times faster on the CPU).
+
+    Args:
+        x: BxRxC.
+        index: (K,) int64 rows of each image.
+
+    Returns:
+        BxKxC.
+    """
+    b, r, c = x.shape
+    if b == 1:
+        return x.reshape(r, c).index_select(0, index).view(1, -1, c)
+    rows = (torch.arange(b, device=x.device)[:, None] * r + index[None]).reshape(-1)
+    return x.reshape(b * r, c).index_select(0, rows).view(b, -1, c)
 
 
 def relative_position_index(window_size: int) -> Tensor:
@@ -171,8 +262,21 @@ class WindowAttention(nn.Module):
         Returns:
             (B*nW)xNxC.
         """
-        bw, n, c = x.shape
-        qkv = self.qkv(x).view(bw, n, 3, self.num_heads, c // self.num_heads)
+        return self.proj(self.attend(self.qkv(x), mask))
+
+    def attend(self, qkv: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Attention of windows whose ``qkv`` projection is done, without the output ``proj``.
+
+        Args:
+            qkv: (B*nW)xNx3C projected window tokens.
+            mask: as for :meth:`forward`.
+
+        Returns:
+            (B*nW)xNxC attended tokens, before ``proj``.
+        """
+        bw, n, c3 = qkv.shape
+        c = c3 // 3
+        qkv = qkv.view(bw, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*nW) x heads x N x hd
         if not is_exporting():
             # Eager: the fused kernel with bias (+ shift mask) as one additive mask, 1.4x
@@ -183,7 +287,7 @@ class WindowAttention(nn.Module):
                 if mask.shape[0] > 1 and bw != mask.shape[0]:  # several images: image-major
                     bias = bias.repeat(bw // mask.shape[0], 1, 1, 1)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-            return self.proj(out.transpose(1, 2).reshape(bw, n, c))
+            return out.transpose(1, 2).reshape(bw, n, c)
         attn = (q * self.scale) @ k.transpose(-2, -1)
         attn = attn + self.relative_position_bias().unsqueeze(0)
         if mask is not None:
@@ -191,8 +295,7 @@ class WindowAttention(nn.Module):
             attn = attn.view(-1, num_windows, self.num_heads, n, n) + mask[None, :, None]
             attn = attn.view(-1, self.num_heads, n, n)
         attn = attn.softmax(dim=-1)
-        out = (attn @ v).transpose(1, 2).reshape(bw, n, c)
-        return self.proj(out)
+        return (attn @ v).transpose(1, 2).reshape(bw, n, c)
 
 
 class SwinBlock(nn.Module):
@@ -216,7 +319,14 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: Tensor, height: int, width: int, mask: Tensor | None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        height: int,
+        width: int,
+        mask: Tensor | None,
+        plan: WindowPlan | None = None,
+    ) -> Tensor:
         """Apply the block.
 
         Args:
@@ -224,14 +334,66 @@ class SwinBlock(nn.Module):
             height: H.
             width: W.
             mask: nWxNxN region mask of the padded map, used only if the block is shifted.
+            plan: this block's :func:`window_plan` (its shift); given, the windows are
+                gathered by it and ``qkv`` / ``proj`` see only the H*W real tokens.
 
         Returns:
             Bx(H*W)xC tokens.
         """
+        shortcut = x
+        if plan is not None:
+            x = self._attend_planned(self.norm1(x), plan, mask if self.shift > 0 else None)
+        else:
+            x = self._attend_padded(self.norm1(x), height, width, mask)
+        x = shortcut + drop_path(x, self.drop_path_prob, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_prob, self.training)
+
+    def _attend_planned(self, x: Tensor, plan: WindowPlan, mask: Tensor | None) -> Tensor:
+        """Window attention through a :class:`WindowPlan` (Bx(H*W)xC -> Bx(H*W)xC).
+
+        The reference pads the normalised map with zeros and projects every padded token;
+        ``qkv`` of a zero token is the layer's bias, so the projection runs on the real
+        tokens and the plan's pad slots take the bias row; ``proj`` (per token, like the
+        crop and roll it used to precede) runs after the tokens are gathered back. At
+        480x864 that skips a quarter of stage 3's and over half of stage 4's ``qkv`` and
+        ``proj`` rows. Equal to the padded form up to float rounding (``tests/model/test_swin.py``).
+        """
+        b, _, c = x.shape
+        n = self.window_size * self.window_size
+        qkv = self.attn.qkv(x)  # B x HW x 3C
+        bias = self.attn.qkv.bias
+        pad_row = (bias if bias is not None else qkv.new_zeros(qkv.shape[-1])).to(qkv.dtype)
+        if is_exporting():
+            qkv = torch.cat([pad_row.expand(b, 1, -1), qkv], 1)
+            windows = qkv.index_select(1, plan.to_windows)  # B x (nW*N) x 3C
+        else:  # one row gather, then the few pad slots (no copy of qkv with a pad row)
+            index = (plan.to_windows - 1).clamp_(min=0)
+            windows = _gather_rows(qkv, index)
+            pad_slots = (plan.to_windows == 0).nonzero().squeeze(1)
+            if pad_slots.numel():
+                windows[:, pad_slots] = pad_row
+        if not plan.groups:
+            out = self.attn.attend(windows.view(-1, n, 3 * c), mask)
+        else:  # eager shifted: one broadcast mask pattern per group of windows
+            windows = windows.view(b, -1, n, 3 * c)
+            assert mask is not None
+            parts = []
+            for first, end, pattern in plan.groups:
+                group = windows[:, first:end].reshape(-1, n, 3 * c)
+                parts.append(self.attn.attend(group, mask[pattern][None]).view(b, -1, n, c))
+            out = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+        out = out.reshape(b, -1, c)
+        if is_exporting():
+            out = out.index_select(1, plan.from_windows)
+        else:
+            out = _gather_rows(out, plan.from_windows)
+        return self.attn.proj(out)
+
+    def _attend_padded(self, x: Tensor, height: int, width: int, mask: Tensor | None) -> Tensor:
+        """Window attention the reference's way: pad, roll, partition (Bx(H*W)xC -> same)."""
         b, _, c = x.shape
         ws = self.window_size
-        shortcut = x
-        x = self.norm1(x).view(b, height, width, c)
+        x = x.view(b, height, width, c)
         # Pad after norm1, as the reference does: padded tokens are zeros, not masked out.
         pad_h, pad_w = _pad_amount(height, ws), _pad_amount(width, ws)
         if pad_h or pad_w or is_exporting():  # (eager: F.pad copies even when padding by 0)
@@ -246,9 +408,7 @@ class SwinBlock(nn.Module):
             x = window_reverse(windows, ws, b, hp, wp)
         if self.shift > 0:
             x = torch.roll(x, shifts=(self.shift, self.shift), dims=(1, 2))
-        x = x[:, :height, :width, :].reshape(b, -1, c)
-        x = shortcut + drop_path(x, self.drop_path_prob, self.training)
-        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_prob, self.training)
+        return x[:, :height, :width, :].reshape(b, -1, c)
 
     def _attend_shifted_by_pattern(self, x: Tensor, mask: Tensor) -> Tensor:
         """Shifted-window attention with one attention call per region-mask pattern.
@@ -338,6 +498,9 @@ class SwinStage(nn.Module):
             for j in range(depth)
         )
         self.downsample = PatchMerging(dim) if downsample else None
+        # Gather windows through a WindowPlan on padded maps (and in the export); False: the
+        # reference's pad / roll / partition in every block (kept for comparison).
+        self.planned = True
 
     def forward(self, x: Tensor, height: int, width: int) -> tuple[Tensor, Tensor | None]:
         """Run the blocks, then merge patches.
@@ -357,8 +520,14 @@ class SwinStage(nn.Module):
         mask = None
         if len(self.blocks) > 1:  # only odd blocks are shifted
             mask = shifted_window_mask(hp, wp, ws, self.shift, x.device).to(x.dtype)
+        plans: dict[int, WindowPlan] = {}
+        if self.planned and (hp != height or wp != width or is_exporting()):
+            exporting = is_exporting()
+            for shift in {block.shift for block in self.blocks}:
+                grouped = shift > 0 and not exporting
+                plans[shift] = window_plan(height, width, ws, shift, grouped, x.device)
         for block in self.blocks:
-            x = block(x, height, width, mask)
+            x = block(x, height, width, mask, plans.get(block.shift))
         down = self.downsample(x, height, width) if self.downsample is not None else None
         return x, down
 

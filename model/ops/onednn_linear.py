@@ -1,12 +1,12 @@
 """Linear layers through oneDNN on the CPU at inference (an option of ``TorchBackend``).
 
 PyTorch's CPU wheels run ``F.linear`` in float32 through MKL's sgemm. On AMD CPUs with
-AVX-512 (measured on Zen 5; Zen 4 assumed alike), MKL takes a slower code path than oneDNN, which the same wheels
-also ship: on a Zen 5 core pair the Swin-L trunk's linear layers run 1.5-2.3x faster through
-``torch.ops.mkldnn._linear_pointwise`` (the kernel Inductor uses for CPU linear layers), with
-results equal to MKL's up to float32 rounding (relative difference ~1e-6). For a handful of
-rows x features (under ~2M multiply-adds: the decoder's queries, a tiny model's layers)
-MKL's lower call overhead wins, so small products stay on it.
+AVX-512 (measured on Zen 5; Zen 4 assumed alike), MKL takes a slower code path than oneDNN,
+which the same wheels also ship: on a Zen 5 core pair the Swin-L trunk's linear layers run
+1.5-2.3x faster through ``torch.ops.mkldnn._linear_pointwise`` (the kernel Inductor uses for
+CPU linear layers), with results equal to MKL's up to float32 rounding (relative difference
+~1e-6). For a handful of rows x features (under ~2M multiply-adds: the decoder's queries, a
+tiny model's layers) MKL's lower call overhead wins, so small products stay on it.
 
 Where MKL has its fast path the opposite holds: on a Zen 3 core pair (AVX2, no AVX-512) the
 same Swin-L products take 1.04-1.37x longer through oneDNN. ``preferred()`` is therefore true

@@ -15,6 +15,7 @@ from model.backbone.swin import (
     WindowAttention,
     shifted_window_mask,
     window_partition,
+    window_plan,
 )
 from model.config import SwinConfig
 
@@ -126,8 +127,11 @@ def test_region_mask_matches_slice_construction(hp: int, wp: int) -> None:
     torch.testing.assert_close(ours, _slice_region_mask(hp, wp, 4, 2))
 
 
-def test_shifted_block_attention_matches_token_loop() -> None:
-    """Shifted block on a map needing padding == per-token attention over its region."""
+@pytest.mark.parametrize("plan", ["padded", "planned", "planned-grouped"])
+def test_shifted_block_attention_matches_token_loop(plan: str) -> None:
+    """Shifted block on a map needing padding == per-token attention over its region, for the
+    reference's pad / roll / partition form and for windows gathered by a plan (one call
+    with the full mask as in the export, or grouped by mask pattern as in eager)."""
     torch.manual_seed(0)
     ws, shift, dim, heads = 4, 2, 8, 2
     h, w = 6, 7
@@ -137,7 +141,12 @@ def test_shifted_block_attention_matches_token_loop() -> None:
     hp, wp = 8, 8
     mask = shifted_window_mask(hp, wp, ws, shift, torch.device("cpu"))
     with torch.no_grad():
-        ours = block(x, h, w, mask)
+        plans = {
+            "padded": None,
+            "planned": window_plan(h, w, ws, shift, False, x.device),
+            "planned-grouped": window_plan(h, w, ws, shift, True, x.device),
+        }
+        ours = block(x, h, w, mask, plans[plan])
         # Reference: pad after norm1, roll, then loop over tokens of the rolled map.
         grid = F.pad(block.norm1(x).view(1, h, w, dim), (0, 0, 0, wp - w, 0, hp - h))
         rolled = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2))[0]
@@ -234,3 +243,71 @@ def test_shifted_block_by_pattern_equals_one_call_with_full_mask(
     assert groups == (hp > ws) + (wp > ws) + (hp > ws and wp > ws) + 1
     assert len(calls) == groups + 1
     torch.testing.assert_close(grouped, one_call, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize(("h", "w"), [(10, 15), (4, 13), (12, 4), (4, 4), (3, 2), (8, 9)])
+@pytest.mark.parametrize("shift", [0, 2])
+def test_window_plan_is_pad_roll_partition_of_token_numbers(h: int, w: int, shift: int) -> None:
+    """The plan's gather equals padding with a 0 row, rolling and partitioning; its inverse
+    gathers every token back from its slot; grouped plans list each window once, and each
+    group's windows share the region-mask pattern of the window named for it."""
+    ws = 4
+    grid = torch.arange(1, h * w + 1).view(1, h, w, 1)
+    grid = F.pad(grid, (0, 0, 0, -w % ws, 0, -h % ws))
+    hp, wp = grid.shape[1], grid.shape[2]
+    if shift:
+        grid = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2))
+    windows = window_partition(grid, ws).reshape(-1)
+    plain = window_plan(h, w, ws, shift, False, torch.device("cpu"))
+    assert plain.groups == ()
+    assert torch.equal(plain.to_windows, windows)
+    assert torch.equal(plain.to_windows[plain.from_windows], torch.arange(1, h * w + 1))
+    grouped = window_plan(h, w, ws, shift, True, torch.device("cpu"))
+    n = ws * ws
+    starts = [g[0] for g in grouped.groups]
+    ends = [g[1] for g in grouped.groups]
+    assert starts[0] == 0 and ends[-1] == (hp // ws) * (wp // ws) and starts[1:] == ends[:-1]
+    assert torch.equal(grouped.to_windows[grouped.from_windows], torch.arange(1, h * w + 1))
+    by_window = {
+        tuple(plain.to_windows[i * n : (i + 1) * n].tolist()): i for i in range(len(windows) // n)
+    }
+    mask = shifted_window_mask(hp, wp, ws, 2, torch.device("cpu"))
+    seen = []
+    for first, end, pattern in grouped.groups:
+        for k in range(first, end):
+            original = by_window[tuple(grouped.to_windows[k * n : (k + 1) * n].tolist())]
+            seen.append(original)
+            assert torch.equal(mask[original], mask[pattern])
+    assert sorted(seen) == list(range(len(windows) // n))
+
+
+@pytest.mark.parametrize(("h", "w"), [(10, 15), (12, 4), (4, 4), (7, 7), (13, 11)])
+@pytest.mark.parametrize("exporting", [False, True])
+def test_planned_stage_equals_padded_stage(monkeypatch, h: int, w: int, exporting: bool) -> None:
+    """A stage whose blocks gather windows by plan (``qkv`` / ``proj`` on real tokens only)
+    equals the reference's pad / roll / partition in every block: float64, 2 images, eager
+    and the export form, maps that need padding on one, both or no sides."""
+    from model.backbone.swin import SwinStage
+
+    torch.manual_seed(5)
+    stage = SwinStage(12, 4, 3, 4, 2.0, [0.0] * 4, downsample=True).double().eval()
+    with torch.no_grad():
+        for block in stage.blocks:
+            block.attn.relative_position_bias_table.normal_()
+            block.attn.qkv.bias.normal_()
+    x = torch.randn(2, h * w, 12, dtype=torch.float64)
+    if exporting:
+        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    calls = []
+    original = SwinBlock._attend_planned
+    monkeypatch.setattr(SwinBlock, "_attend_planned", lambda *a: calls.append(1) or original(*a))
+    with torch.no_grad():
+        planned, planned_down = stage(x, h, w)
+        used_plan = len(calls)
+        stage.planned = False
+        padded, padded_down = stage(x, h, w)
+    padding = h % 4 != 0 or w % 4 != 0
+    assert used_plan == (4 if padding or exporting else 0)
+    assert len(calls) == used_plan
+    torch.testing.assert_close(planned, padded, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(planned_down, padded_down, atol=1e-12, rtol=1e-12)
