@@ -520,14 +520,16 @@ class SwinStage(nn.Module):
         mask = None
         if len(self.blocks) > 1:  # only odd blocks are shifted
             mask = shifted_window_mask(hp, wp, ws, self.shift, x.device).to(x.dtype)
-        plans: dict[int, WindowPlan] = {}
+        # block j is shifted iff j is odd; plans[j % 2] is its plan (or None)
+        plans: list[WindowPlan | None] = [None, None]
         if self.planned and (hp != height or wp != width or is_exporting()):
             exporting = is_exporting()
-            for shift in {block.shift for block in self.blocks}:
+            for odd in range(min(len(self.blocks), 2)):
+                shift = self.shift if odd else 0
                 grouped = shift > 0 and not exporting
-                plans[shift] = window_plan(height, width, ws, shift, grouped, x.device)
-        for block in self.blocks:
-            x = block(x, height, width, mask, plans.get(block.shift))
+                plans[odd] = window_plan(height, width, ws, shift, grouped, x.device)
+        for j, block in enumerate(self.blocks):
+            x = block(x, height, width, mask, plans[j % 2])
         down = self.downsample(x, height, width) if self.downsample is not None else None
         return x, down
 
