@@ -10,6 +10,7 @@ padding amounts and the shifted-window region mask are computed with tensor arit
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -103,11 +104,15 @@ class WindowPlan(NamedTuple):
         from_windows: (H*W,) int64 slot (in window order) of each token.
         groups: ``(first window, end window, mask window)`` per run of windows that share one
             region-mask pattern (eager shifted blocks), or ``()``: all windows in one call.
+        token_rows: (nW*N,) int64 token of every slot, 0 for padded ones (eager only, else None).
+        pad_slots: (K,) int64 slots of padded positions (eager only, else None).
     """
 
     to_windows: Tensor
     from_windows: Tensor
     groups: tuple[tuple[int, int, int], ...]
+    token_rows: Tensor | None = None
+    pad_slots: Tensor | None = None
 
 
 def window_plan(
@@ -162,7 +167,28 @@ def window_plan(
     if shift > 0:
         slots = torch.roll(slots, shifts=(shift, shift), dims=(1, 2))
     from_windows = slots[:, :height, :width].reshape(-1)
-    return WindowPlan(windows.reshape(-1), from_windows, groups)
+    to_windows = windows.reshape(-1)
+    if is_exporting():
+        return WindowPlan(to_windows, from_windows, groups)
+    token_rows = (to_windows - 1).clamp(min=0)
+    pad_slots = (to_windows == 0).nonzero().squeeze(1)
+    return WindowPlan(to_windows, from_windows, groups, token_rows, pad_slots)
+
+
+@functools.lru_cache(maxsize=64)
+def cached_window_plan(
+    height: int, width: int, window_size: int, shift: int, grouped: bool, device: torch.device
+) -> WindowPlan:
+    """:func:`window_plan` for eager inference: built once per size on the CPU (no device
+    synchronisation on GPUs), then kept on ``device``. Its tensors must not be modified."""
+    plan = window_plan(height, width, window_size, shift, grouped, torch.device("cpu"))
+    assert plan.token_rows is not None and plan.pad_slots is not None
+    return plan._replace(
+        to_windows=plan.to_windows.to(device),
+        from_windows=plan.from_windows.to(device),
+        token_rows=plan.token_rows.to(device),
+        pad_slots=plan.pad_slots.to(device),
+    )
 
 
 def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
@@ -367,11 +393,10 @@ class SwinBlock(nn.Module):
             qkv = torch.cat([pad_row.expand(b, 1, -1), qkv], 1)
             windows = qkv.index_select(1, plan.to_windows)  # B x (nW*N) x 3C
         else:  # one row gather, then the few pad slots (no copy of qkv with a pad row)
-            index = (plan.to_windows - 1).clamp_(min=0)
-            windows = _gather_rows(qkv, index)
-            pad_slots = (plan.to_windows == 0).nonzero().squeeze(1)
-            if pad_slots.numel():
-                windows[:, pad_slots] = pad_row
+            assert plan.token_rows is not None and plan.pad_slots is not None
+            windows = _gather_rows(qkv, plan.token_rows)
+            if plan.pad_slots.numel():
+                windows[:, plan.pad_slots] = pad_row
         if not plan.groups:
             out = self.attn.attend(windows.view(-1, n, 3 * c), mask)
         else:  # eager shifted: one broadcast mask pattern per group of windows
@@ -526,8 +551,10 @@ class SwinStage(nn.Module):
             exporting = is_exporting()
             for odd in range(min(len(self.blocks), 2)):
                 shift = self.shift if odd else 0
-                grouped = shift > 0 and not exporting
-                plans[odd] = window_plan(height, width, ws, shift, grouped, x.device)
+                if exporting:  # traced sizes: built in the graph
+                    plans[odd] = window_plan(height, width, ws, shift, False, x.device)
+                else:
+                    plans[odd] = cached_window_plan(height, width, ws, shift, shift > 0, x.device)
         for j, block in enumerate(self.blocks):
             x = block(x, height, width, mask, plans[j % 2])
         down = self.downsample(x, height, width) if self.downsample is not None else None

@@ -311,3 +311,25 @@ def test_planned_stage_equals_padded_stage(monkeypatch, h: int, w: int, exportin
     assert len(calls) == used_plan
     torch.testing.assert_close(planned, padded, atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(planned_down, padded_down, atol=1e-12, rtol=1e-12)
+
+
+def test_planned_stage_gradients_equal_padded_stage() -> None:
+    """Training goes through the plan too: input and parameter gradients (qkv bias included,
+    which now reaches the padded slots by assignment) equal the padded form's, float64."""
+    from model.backbone.swin import SwinStage
+
+    torch.manual_seed(6)
+    stage = SwinStage(12, 2, 3, 4, 2.0, [0.0, 0.0], downsample=False).double().train()
+    h, w = 7, 10
+    x = torch.randn(2, h * w, 12, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for planned in (True, False):
+        stage.planned = planned
+        stage.zero_grad()
+        x.grad = None
+        out, _ = stage(x, h, w)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in stage.parameters()])
+    assert grads[0][1].abs().sum() > 0
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
