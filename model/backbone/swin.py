@@ -175,7 +175,7 @@ def window_plan(
     return WindowPlan(to_windows, from_windows, groups, token_rows, pad_slots)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=32)
 def cached_window_plan(
     height: int, width: int, window_size: int, shift: int, grouped: bool, device: torch.device
 ) -> WindowPlan:
