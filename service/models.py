@@ -72,6 +72,13 @@ class ServedModel:
                 for i in range(cfg.num_classes)
             ],
             "device": self.device,
+            "dtype": self.backend.dtype if self.backend is not None else None,
+            # kernel behind the float32 CPU linear layers (CTVIS_ONEDNN_LINEAR's outcome)
+            "linear_kernel": (
+                "onednn"
+                if self.backend is not None and self.backend.onednn_linear_layers
+                else "default"
+            ),
             "random_weights": bool(self.warnings),
             "warnings": list(self.warnings),
             "provenance": self.provenance,
@@ -100,6 +107,15 @@ def load_served_model(
     """
     served = _load(checkpoint, device)
     served.backend = TorchBackend(served.segmenter, device, dtype, onednn_linear=onednn_linear)
+    log.info(
+        "model %s on %s, %s; linear layers: %s",
+        served.name,
+        device,
+        dtype,
+        f"oneDNN ({served.backend.onednn_linear_layers})"
+        if served.backend.onednn_linear_layers
+        else "default kernels",
+    )
     return served
 
 

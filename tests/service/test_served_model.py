@@ -22,6 +22,9 @@ def test_float32_on_cpu_uses_onednn_when_asked(monkeypatch: pytest.MonkeyPatch) 
     off = load_served_model(RANDOM_CHECKPOINT, onednn_linear=False)
     assert _onednn_layers(on) > 0
     assert _onednn_layers(off) == 0
+    assert on.describe()["linear_kernel"] == "onednn"
+    assert off.describe()["linear_kernel"] == "default"
+    assert on.describe()["dtype"] == "float32"
     half = load_served_model(RANDOM_CHECKPOINT, dtype="bfloat16")  # float32 only
     assert _onednn_layers(half) == 0
     # same weights (seeded tiny preset), same outputs up to float32 rounding
