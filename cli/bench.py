@@ -12,6 +12,8 @@ SCRIPTS = {
     "model": "bench_model.py",
     "service": "bench_service.py",
     "soak": "soak.py",
+    "kernels": "bench_kernels.py",
+    "train-step": "bench_train_step.py",
 }
 
 
