@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from service.engine import Engine, FaultInjection
     from service.jobqueue import JobWorker, run_job_worker
     from service.metrics import Metrics
-    from service.models import load_served_model
+    from service.models import load_served_model_for
     from service.remote import run_worker
     from service.settings import job_dir
 
@@ -60,9 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if not settings.redis_url:
         print("ctvis worker: --redis-url (or CTVIS_REDIS_URL) is required", file=sys.stderr)
         return 1
-    served = load_served_model(
-        settings.checkpoint, settings.device, settings.dtype, settings.onednn_linear_choice
-    )
+    served = load_served_model_for(settings)
     metrics = Metrics()
     if args.metrics_port:
         from prometheus_client import start_http_server

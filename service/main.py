@@ -23,7 +23,7 @@ from service.errors import ApiError, install_error_handlers
 from service.jobqueue import RedisJobManager
 from service.jobs import LocalJobManager
 from service.metrics import Metrics
-from service.models import ServedModel, load_served_model
+from service.models import ServedModel, load_served_model_for
 from service.remote import RedisFrameQueue
 from service.sessions import SessionService
 from service.settings import Settings, get_settings, job_dir
@@ -54,13 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.metrics = metrics
         app.state.api_key_digests = parse_api_keys(settings.api_keys)
-        served = await asyncio.to_thread(
-            load_served_model,
-            settings.checkpoint,
-            settings.device,
-            settings.dtype,
-            settings.onednn_linear_choice,
-        )
+        served = await asyncio.to_thread(load_served_model_for, settings)
         app.state.model = served
         app.state.store = make_store(settings.redis_url)
         if settings.worker:

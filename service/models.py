@@ -14,6 +14,7 @@ import torch
 from model.backend import Precision, TorchBackend
 from model.config import ModelConfig, PreprocessConfig, TrackerConfig, to_dict
 from model.structures import FrameOutputs
+from service.settings import Settings
 
 log = logging.getLogger("ctvis.service")
 
@@ -117,6 +118,17 @@ def load_served_model(
         else "default kernels",
     )
     return served
+
+
+def load_served_model_for(settings: Settings) -> ServedModel:
+    """``load_served_model`` with the model settings of ``ctvis serve`` / ``ctvis worker``.
+
+    Both processes load through here, so a model setting cannot be applied by one and
+    forgotten by the other (as ``CTVIS_DTYPE`` once was by both).
+    """
+    return load_served_model(
+        settings.checkpoint, settings.device, settings.dtype, settings.onednn_linear_choice
+    )
 
 
 def _load(checkpoint: str | None, device: str) -> ServedModel:

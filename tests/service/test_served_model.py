@@ -86,3 +86,18 @@ def test_bad_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CTVIS_ONEDNN_LINEAR", "sometimes")
     with pytest.raises(ValidationError, match="onednn_linear"):
         Settings()
+
+
+def test_serve_and_worker_load_with_the_model_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.models import load_served_model_for
+
+    monkeypatch.setenv("CTVIS_CHECKPOINT", RANDOM_CHECKPOINT)
+    monkeypatch.setenv("CTVIS_DTYPE", "bfloat16")
+    half = load_served_model_for(Settings())
+    assert half.describe()["dtype"] == "bfloat16" and _onednn_layers(half) == 0
+    monkeypatch.setenv("CTVIS_DTYPE", "float32")
+    monkeypatch.setenv("CTVIS_ONEDNN_LINEAR", "on")
+    on = load_served_model_for(Settings())
+    assert on.describe()["dtype"] == "float32" and _onednn_layers(on) > 0
+    monkeypatch.setenv("CTVIS_ONEDNN_LINEAR", "off")
+    assert _onednn_layers(load_served_model_for(Settings())) == 0
