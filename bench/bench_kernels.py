@@ -1,9 +1,10 @@
 """Kernel-level A/B timings behind two CPU choices of the network (printed as markdown tables).
 
-``linear``: every float32 product shape of the Swin-L trunk at 480x864 through PyTorch's
-default ``F.linear`` (MKL's sgemm in the CPU wheels) and through oneDNN's
-``torch.ops.mkldnn._linear_pointwise``; the ratio is what ``onednn_linear.preferred()`` decides
-on (oneDNN on AMD CPUs with AVX-512 only).
+``linear``: the Swin-L trunk's larger float32 products at 480x864 (``qkv`` and MLP layers of
+each stage; ``proj`` and patch merging are left out) through PyTorch's default ``F.linear``
+(MKL's sgemm in the CPU wheels) and through oneDNN's ``torch.ops.mkldnn._linear_pointwise``;
+the ratio is what ``onednn_linear.preferred()`` decides on (oneDNN on AMD CPUs with AVX-512
+only).
 
 ``swin-plan``: the Swin-L segmenter's forward with its stages gathering windows through a
 ``WindowPlan`` (``qkv`` / ``proj`` on real tokens only) against the reference's pad / roll /
@@ -30,18 +31,20 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# (rows, in, out) of the Swin-L trunk's linear layers at 480x864 (rows = tokens of the stage,
-# after this session's padded-token change; stage 3/4 qkv and proj on 1620 / 405 rows)
+# (rows, in, out) of the Swin-L trunk's qkv and MLP layers at 480x864 (rows = the stage's real
+# tokens: qkv skips the window padding of stages 3 / 4, see model.backbone.swin.WindowPlan)
 SWIN_L_SHAPES = [
     (25920, 192, 576),
     (25920, 192, 768),
     (25920, 768, 192),
+    (6480, 384, 1152),
     (6480, 384, 1536),
     (6480, 1536, 384),
     (1620, 768, 2304),
     (1620, 768, 3072),
     (1620, 3072, 768),
     (405, 1536, 4608),
+    (405, 1536, 6144),
     (405, 6144, 1536),
 ]
 

@@ -547,8 +547,8 @@ class SwinStage(nn.Module):
             mask = shifted_window_mask(hp, wp, ws, self.shift, x.device).to(x.dtype)
         # block j is shifted iff j is odd; plans[j % 2] is its plan (or None)
         plans: list[WindowPlan | None] = [None, None]
-        if self.planned and (hp != height or wp != width or is_exporting()):
-            exporting = is_exporting()
+        exporting = is_exporting()
+        if self.planned and (hp != height or wp != width or exporting):
             for odd in range(min(len(self.blocks), 2)):
                 shift = self.shift if odd else 0
                 if exporting:  # traced sizes: built in the graph
