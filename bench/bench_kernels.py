@@ -31,21 +31,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# (rows, in, out) of the Swin-L trunk's qkv and MLP layers at 480x864 (rows = the stage's real
-# tokens: qkv skips the window padding of stages 3 / 4, see model.backbone.swin.WindowPlan)
+# (rows, in, out) of the Swin-L trunk's qkv, fc1 and fc2 layers at 480x864, stage by stage
+# (rows = the stage's real tokens: qkv skips the window padding of stages 3 / 4, see
+# model.backbone.swin.WindowPlan; width C = 192 * 2**stage, MLP ratio 4)
 SWIN_L_SHAPES = [
-    (25920, 192, 576),
-    (25920, 192, 768),
-    (25920, 768, 192),
-    (6480, 384, 1152),
-    (6480, 384, 1536),
-    (6480, 1536, 384),
-    (1620, 768, 2304),
-    (1620, 768, 3072),
-    (1620, 3072, 768),
-    (405, 1536, 4608),
-    (405, 1536, 6144),
-    (405, 6144, 1536),
+    shape
+    for rows, dim in ((25920, 192), (6480, 384), (1620, 768), (405, 1536))
+    for shape in ((rows, dim, 3 * dim), (rows, dim, 4 * dim), (rows, 4 * dim, dim))
 ]
 
 
