@@ -386,17 +386,18 @@ class SwinBlock(nn.Module):
         """
         b, _, c = x.shape
         n = self.window_size * self.window_size
-        qkv = self.attn.qkv(x)  # B x HW x 3C
-        bias = self.attn.qkv.bias
-        pad_row = (bias if bias is not None else qkv.new_zeros(qkv.shape[-1])).to(qkv.dtype)
         if is_exporting():
-            qkv = torch.cat([pad_row.expand(b, 1, -1), qkv], 1)
+            # Row 0 of ``to_windows`` is the pad slot: a zero token in front of the C-wide
+            # input (a third of the bytes of a pad row in front of qkv) projects to the bias.
+            qkv = self.attn.qkv(torch.cat([x.new_zeros(b, 1, c), x], 1))  # B x (1+HW) x 3C
             windows = qkv.index_select(1, plan.to_windows)  # B x (nW*N) x 3C
         else:  # one row gather, then the few pad slots (no copy of qkv with a pad row)
             assert plan.token_rows is not None and plan.pad_slots is not None
+            qkv = self.attn.qkv(x)  # B x HW x 3C
             windows = _gather_rows(qkv, plan.token_rows)
             if plan.pad_slots.numel():
-                windows[:, plan.pad_slots] = pad_row
+                bias = self.attn.qkv.bias
+                windows[:, plan.pad_slots] = bias.to(qkv.dtype) if bias is not None else 0.0
         if not plan.groups:
             out = self.attn.attend(windows.view(-1, n, 3 * c), mask)
         else:  # eager shifted: one broadcast mask pattern per group of windows
