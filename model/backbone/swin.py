@@ -432,11 +432,11 @@ class SwinBlock(nn.Module):
         480x864 that skips a quarter of stage 3's and over half of stage 4's ``qkv`` and
         ``proj`` rows. Equal to the padded form up to float rounding (``tests/model/test_swin.py``).
         """
-        b, _, c = x.shape
-        n = self.window_size * self.window_size
         if is_exporting():
             return self.attn.attend_heads(x, plan.to_windows, plan.from_windows, mask)
         # Eager: one row gather, then the few pad slots (no copy of qkv with a pad row).
+        b, _, c = x.shape
+        n = self.window_size * self.window_size
         assert plan.token_rows is not None and plan.pad_slots is not None
         qkv = self.attn.qkv(x)  # B x HW x 3C
         windows = _gather_rows(qkv, plan.token_rows)
