@@ -55,6 +55,39 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest accepted encoded frame."
     )
+    max_video_pixels: int = Field(
+        4096 * 4096,
+        ge=64 * 64,
+        description="Largest video frame (width x height) a job accepts; the stream is probed "
+        "before any frame is decoded (413 `video_too_large` beyond).",
+    )
+    max_pending_jobs: int = Field(
+        16,
+        ge=1,
+        description="Video jobs queued or running at once (429 `too_many_jobs` beyond).",
+    )
+    max_job_bytes: int = Field(
+        4 * 1024 * 1024 * 1024,
+        ge=1024,
+        description="Total bytes of the uploads of queued or running video jobs "
+        "(507 `job_storage_full` beyond).",
+    )
+    body_idle_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request body that sends nothing for this long is abandoned (408).",
+    )
+    max_websockets: int = Field(
+        256,
+        ge=1,
+        description="Open WebSocket streams per process (close 1013 `try again later` beyond).",
+    )
+    ws_queue_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of frames one WebSocket may have waiting; past it the reader stops "
+        "(`block`) or drops the oldest frames (`drop_oldest`).",
+    )
     api_keys: str | None = Field(
         None,
         description="Comma-separated API keys (or `sha256:<hex>` digests) required as "
