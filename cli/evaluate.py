@@ -3,6 +3,12 @@
 Prints a table of AP/AR (in percent, as CTVIS does) plus identity switches and per-category AP,
 or with ``--json`` one JSON object whose metrics are fractions in [0, 1] (-1 for an empty
 area bucket). Semantics: ``training/ytvis_eval.py``.
+
+Results whose label space is not the ground truth's (category ids it does not list, or, where
+entries give a ``category_name`` as ``ctvis track`` writes it, other names for its ids) give
+meaningless numbers (AP near 0, or other classes compared) without any error; that is warned
+about in one line on stderr, and ``--strict`` refuses to evaluate them (exit 1). The numbers
+themselves never change.
 """
 
 from __future__ import annotations
@@ -22,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--json",
         action="store_true",
         help="print one JSON object (fractions, -1 for empty buckets) instead of a table",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (exit 1) when the results' categories are not the ground truth's "
+        "(unknown category ids, or other category names); default: warn and evaluate",
     )
 
 
@@ -44,16 +56,25 @@ def format_table(metrics: dict[str, Any], per_category: dict[str, float]) -> str
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate and print; exit 1 with a message on a missing or malformed file."""
-    from training.ytvis_data import YtvisFormatError
-    from training.ytvis_eval import evaluate_files
+    """Evaluate and print; exit 1 with a message on a missing or malformed file, or (with
+    ``--strict``) on results whose label space is not the ground truth's."""
+    from training.ytvis_data import YtvisFormatError, load_ground_truth, load_results
+    from training.ytvis_eval import evaluate, label_space_mismatch
 
     start = time.perf_counter()
     try:
-        result = evaluate_files(args.gt, args.results)
+        gt = load_ground_truth(args.gt)
+        results = load_results(args.results, gt)
     except YtvisFormatError as exc:
         print(f"ctvis evaluate: {exc}", file=sys.stderr)
         return 1
+    mismatch = label_space_mismatch(gt, results)
+    if mismatch is not None:
+        if args.strict:
+            print(f"ctvis evaluate: refused (--strict): {mismatch.message()}", file=sys.stderr)
+            return 1
+        print(f"ctvis evaluate: warning: {mismatch.message()}", file=sys.stderr)
+    result = evaluate(gt, results)
     elapsed = time.perf_counter() - start
     summary = result.to_dict()
     if args.json:

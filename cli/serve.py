@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -31,7 +32,10 @@ def run(args: argparse.Namespace) -> int:
 
     from cli.common import load_settings
     from service.api.ws import close_all_for_restart
+    from service.logs import install_redaction
     from service.main import create_app
+    from service.models import RANDOM_CHECKPOINT
+    from service.serving import header_deadline_protocol
 
     settings = load_settings(
         "serve",
@@ -47,6 +51,14 @@ def run(args: argparse.Namespace) -> int:
     )
     if settings is None:
         return 1
+    if settings.checkpoint and settings.checkpoint != RANDOM_CHECKPOINT:
+        from model.checkpoint import CheckpointError, check_checkpoint_dir
+
+        try:
+            check_checkpoint_dir(settings.checkpoint)
+        except CheckpointError as exc:
+            print(f"ctvis serve: checkpoint {exc}", file=sys.stderr)
+            return 2
     store = settings.redis_url or "in-process store"
     model = settings.checkpoint or "bundled demo checkpoint (synthetic shapes)"
     url = f"http://{settings.host}:{settings.port}"
@@ -58,9 +70,17 @@ def run(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        # A WebSocket message over this is refused with close 1009 before it is buffered; the
+        # 64 KiB margin lets a frame just over max_frame_bytes get a frame_too_large reply.
+        ws_max_size=settings.max_frame_bytes + 64 * 1024,
         # On SIGTERM uvicorn stops accepting and gives in-flight requests this long to finish.
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        http=header_deadline_protocol(settings.header_timeout_s),
+        limit_concurrency=settings.max_connections,
     )
+
+    # uvicorn has configured its loggers in Config(): secrets in URLs never reach a log line
+    install_redaction("uvicorn", "uvicorn.error", "uvicorn.access")
 
     class GracefulServer(uvicorn.Server):
         """On SIGTERM/SIGINT, first close live WebSockets with 1012 and a reconnect hint."""

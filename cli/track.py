@@ -13,8 +13,11 @@ Without ``--checkpoint`` the bundled demo checkpoint (``model.demo``) is used.
 
 Frames stream through the network in clips of ``PreprocessConfig.clip_frames`` and through the
 tracker one at a time, so memory holds RLE masks, not decoded frames. The results file is a
-YouTube-VIS results list (``spec/inference.md`` section 7). ``--overlay`` decodes the input a
-second time and draws every output track whose score reaches ``--overlay-score``.
+YouTube-VIS results list (``spec/inference.md`` section 7) whose entries also name their
+``track_id`` (and ``category_name`` when the checkpoint names its classes). ``--overlay``
+decodes the input a second time and draws, once per ``track_id``, the results entries whose
+score reaches ``--overlay-score`` (default ``model.runner.OVERLAY_MIN_SCORE``, the API's default
+too), so every ``#id`` drawn is a ``track_id`` of the results file.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ if TYPE_CHECKING:
     from model.video_io import FrameSource
 
 DEFAULT_OVERLAY_FPS = 10.0
+OVERLAY_SCORE_HELP_DEFAULT = "0.3"
+"""``model.runner.OVERLAY_MIN_SCORE`` as the help shows it (that module imports torch, which
+``ctvis --help`` must not; a test keeps the two equal)."""
 
 
 class TrackError(RuntimeError):
@@ -56,7 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="results JSON to write")
     parser.add_argument("--overlay", help="also write an MP4 with masks, boxes and track ids")
     parser.add_argument(
-        "--overlay-score", type=float, default=0.3, help="lowest track score drawn (0.3)"
+        "--overlay-score",
+        type=float,
+        help="lowest results score an overlay draws, in [0, 1] "
+        f"({OVERLAY_SCORE_HELP_DEFAULT}, as the API)",
     )
     parser.add_argument(
         "--fps",
@@ -101,6 +110,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise TrackError("--frame-stride must be >= 1")
     if args.max_frames is not None and args.max_frames < 1:
         raise TrackError("--max-frames must be >= 1")
+    if args.overlay_score is not None and not 0.0 <= args.overlay_score <= 1.0:  # NaN too
+        raise TrackError("--overlay-score must be within [0, 1]")
 
 
 def _load(args: argparse.Namespace) -> tuple[LoadedCheckpoint, Callable[[Any], FrameOutputs]]:
@@ -138,18 +149,13 @@ def _load(args: argparse.Namespace) -> tuple[LoadedCheckpoint, Callable[[Any], F
 
 def _tracker_overrides(base: TrackerConfig, overrides: list[str]) -> TrackerConfig:
     """``base`` with ``KEY=VALUE`` overrides (values parsed as YAML, type- and range-checked)."""
-    from model.config import TrackerConfig, to_dict, tracker_config_problems
-    from training.config import ConfigError, apply_overrides, config_from_dict
+    from model.config import TrackerOptionError, tracker_config_from_dict
+    from training.config import ConfigError, apply_overrides
 
     try:
-        data = apply_overrides(to_dict(base), overrides)
-        cfg = config_from_dict(TrackerConfig, data, "tracker")
-    except ConfigError as exc:
+        return tracker_config_from_dict(apply_overrides({}, overrides), base)
+    except (ConfigError, TrackerOptionError) as exc:
         raise TrackError(f"--tracker: {exc}") from exc
-    problems = tracker_config_problems(cfg)
-    if problems:
-        raise TrackError(f"--tracker: {'; '.join(problems)}")
-    return cfg
 
 
 def _progress_bar(total: int | None, desc: str, disable: bool) -> Any:
@@ -237,9 +243,10 @@ def run(args: argparse.Namespace) -> int:
             )
             results = result.results
             if args.overlay:
-                from model.runner import overlay_tracks, write_overlay
+                from model.runner import OVERLAY_MIN_SCORE, overlay_tracks, write_overlay
 
-                tracks = overlay_tracks(result, ckpt.model_cfg, args.overlay_score)
+                min_score = OVERLAY_MIN_SCORE if args.overlay_score is None else args.overlay_score
+                tracks = overlay_tracks(result, ckpt.model_cfg, min_score)
                 fps = source.fps or args.fps or DEFAULT_OVERLAY_FPS
                 count = write_overlay(args.overlay, source, tracks, fps)
                 print(
@@ -252,13 +259,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} ({len(results)} results)", file=sys.stderr)
     if args.evaluate:
         from cli.evaluate import format_table
-        from training.ytvis_data import YtvisFormatError
-        from training.ytvis_eval import evaluate_files
+        from training.ytvis_data import YtvisFormatError, load_ground_truth, load_results
+        from training.ytvis_eval import evaluate, label_space_mismatch
 
         try:
-            evaluation = evaluate_files(args.dataset, args.out)
+            gt = load_ground_truth(args.dataset)
+            tracked = load_results(args.out, gt)
         except YtvisFormatError as exc:
             print(f"ctvis track: results written, but cannot evaluate: {exc}", file=sys.stderr)
             return 1
+        mismatch = label_space_mismatch(gt, tracked)
+        if mismatch is not None:  # e.g. the demo model's shapes against a real dataset
+            print(f"ctvis track: warning: {mismatch.message()}", file=sys.stderr)
+        evaluation = evaluate(gt, tracked)
         print(format_table(evaluation.to_dict(), evaluation.per_category_ap))
     return 0

@@ -28,6 +28,7 @@ from model.config import (
     TrackerConfig,
     from_dict,
     to_dict,
+    tracker_config_from_dict,
 )
 from model.official_config import ConfigError, official_dataset_preset, read_official_config
 from model.official_weights import CheckpointError, official_key_to_ours, read_official_weights
@@ -37,6 +38,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "LoadedCheckpoint",
+    "check_checkpoint_dir",
     "convert_official",
     "load_checkpoint",
     "official_key_to_ours",
@@ -230,6 +232,25 @@ def _read_config(directory: Path) -> dict[str, Any]:
     return config
 
 
+def check_checkpoint_dir(directory: str | Path) -> None:
+    """Cheap checks that ``directory`` holds a checkpoint of ours, without loading weights.
+
+    Raises:
+        CheckpointError: one line naming the path and what is wrong with it.
+    """
+    directory = Path(directory)
+    if not directory.exists():
+        raise CheckpointError(f"{directory}: no such directory")
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a directory (give the checkpoint's directory)")
+    config = _read_config(directory)
+    for section in ("model", "preprocess", "tracker"):
+        if not isinstance(config.get(section), dict):
+            raise CheckpointError(f"{directory / CONFIG_FILE}: the {section!r} section is missing")
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
+
+
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Rebuild the segmenter saved by ``save_checkpoint`` and load its weights strictly.
 
@@ -252,7 +273,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     try:
         model_cfg = from_dict(ModelConfig, config["model"])
         pre_cfg = from_dict(PreprocessConfig, config["preprocess"])
-        trk_cfg = from_dict(TrackerConfig, config["tracker"])
+        trk_cfg = tracker_config_from_dict(config["tracker"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{directory / CONFIG_FILE}: invalid config: {exc}") from exc
     weights_path = directory / WEIGHTS_FILE

@@ -50,6 +50,7 @@ MODEL.TRACKER.NONE_FRAME_NUM                   TrackerConfig.none_frame_num
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -185,26 +186,138 @@ class TrackerConfig:
     mask_logit_offset: float = 0.0
 
 
-def tracker_config_problems(cfg: TrackerConfig) -> list[str]:
-    """What is out of range in ``cfg`` (empty when it is usable), one message per problem."""
-    problems = []
-    for name in (
-        "select_threshold",
-        "init_score_threshold",
-        "mask_nms_threshold",
-        "box_iou_weight",
-    ):
-        if not 0.0 <= getattr(cfg, name) <= 1.0:
-            problems.append(f"{name} must be within [0, 1]")
-    if cfg.match_metric not in ("bisoftmax", "cosine"):
-        problems.append("match_metric: bisoftmax or cosine")
-    if cfg.match_type not in ("greedy", "hungarian"):
-        problems.append("match_type: greedy or hungarian")
-    if not -10.0 <= cfg.mask_logit_offset <= 10.0:  # also rejects NaN
-        problems.append("mask_logit_offset must be within [-10, 10]")
-    if cfg.num_dead_frames < 0 or cfg.cache_size < 1:
-        problems.append("num_dead_frames >= 0, cache_size >= 1")
-    return problems
+@dataclass(frozen=True)
+class OptionRule:
+    """Type and allowed values of one tracker option.
+
+    ``kind`` is ``bool``, ``int``, ``float`` or ``str``; numbers must be finite and lie in
+    ``[low, high]``; strings must be one of ``choices``.
+    """
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """The allowed values in words, e.g. ``an integer in [1, 64]``."""
+        if self.kind is bool:
+            return "true or false"
+        if self.kind is str:
+            return "one of " + ", ".join(self.choices)
+        word = "an integer" if self.kind is int else "a number"
+        return f"{word} in [{self.low:g}, {self.high:g}]"
+
+
+TRACKER_OPTION_RULES: dict[str, OptionRule] = {
+    "match_metric": OptionRule(str, choices=("bisoftmax", "cosine")),
+    "match_type": OptionRule(str, choices=("greedy", "hungarian")),
+    "frame_weight": OptionRule(bool),
+    "temporal_score_type": OptionRule(str, choices=("mean", "max")),
+    "select_threshold": OptionRule(float, 0.0, 1.0),
+    "init_score_threshold": OptionRule(float, 0.0, 1.0),
+    "mask_nms_threshold": OptionRule(float, 0.0, 1.0),
+    "match_threshold": OptionRule(float, -1.0, 1.0),
+    "num_dead_frames": OptionRule(int, 0, 10_000),
+    "embed_type": OptionRule(
+        str, choices=("similarity_guided", "momentum", "last", "temporally_weighted")
+    ),
+    "cache_size": OptionRule(int, 1, 64),
+    "momentum": OptionRule(float, 0.0, 1.0),
+    "noise_frame_num": OptionRule(int, 0, 10_000),
+    "suppress_frame_num": OptionRule(int, 0, 10_000),
+    "none_frame_num": OptionRule(int, 0, 10_000),
+    "max_tracks": OptionRule(int, 1, 1024),
+    "box_iou_weight": OptionRule(float, 0.0, 1.0),
+    "mask_logit_offset": OptionRule(float, -10.0, 10.0),
+}
+"""Every ``TrackerConfig`` field with its type and range (one table for the API, the CLI,
+checkpoints and training configs)."""
+
+MAX_CACHE_ROWS = 16_384
+"""Ceiling of ``cache_size * max_tracks``: a session's raw-embedding cache (K x T x D floats)
+stays within 16 MiB at D = 256 whatever the options."""
+
+
+class TrackerOptionError(ValueError):
+    """A tracker option with the wrong type or out of its range.
+
+    Attributes:
+        option: the option's name (``tracker`` when the whole value is not a mapping).
+    """
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+def check_tracker_option(name: str, value: Any) -> Any:
+    """``value`` as tracker option ``name`` takes it (ints become floats for float options).
+
+    Raises:
+        TrackerOptionError: unknown name, wrong type, non-finite number or out of range; the
+            message names the option and its allowed values.
+    """
+    rule = TRACKER_OPTION_RULES.get(name)
+    if rule is None:
+        known = ", ".join(sorted(TRACKER_OPTION_RULES))
+        raise TrackerOptionError(name, f"unknown tracker option {name!r}; known: {known}")
+    allowed = f"tracker option {name!r} must be {rule.describe()}"
+    if rule.kind is bool:
+        if not isinstance(value, bool):
+            raise TrackerOptionError(name, f"{allowed}; got {_shown(value)}")
+        return value
+    if rule.kind is str:
+        if not isinstance(value, str) or value not in rule.choices:
+            raise TrackerOptionError(name, f"{allowed}; got {_shown(value)}")
+        return value
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if rule.kind is int and not isinstance(value, int):
+        is_number = False
+    if not is_number:
+        raise TrackerOptionError(name, f"{allowed}; got {_shown(value)}")
+    assert rule.low is not None and rule.high is not None
+    # exact for ints of any size; NaN and the infinities fail it (the bounds are finite)
+    if not rule.low <= value <= rule.high:
+        raise TrackerOptionError(name, f"{allowed}; got {_shown(value)}")
+    return float(value) if rule.kind is float else int(value)
+
+
+def _shown(value: Any) -> str:
+    """A short rendering of a client-supplied value for an error message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def tracker_config_from_dict(
+    data: Mapping[str, Any], base: TrackerConfig | None = None
+) -> TrackerConfig:
+    """``base`` (default: ``TrackerConfig()``) with the options in ``data``, each checked.
+
+    The one way a tracker configuration is read from outside: session options of the API,
+    the state a frame stream carries to a worker, ``ctvis track --tracker``, checkpoints and
+    training configs all come through here.
+
+    Raises:
+        TrackerOptionError: see ``check_tracker_option``; also when ``data`` is not a mapping
+            or ``cache_size * max_tracks`` exceeds ``MAX_CACHE_ROWS``.
+    """
+    if not isinstance(data, Mapping):
+        raise TrackerOptionError("tracker", "tracker options must be an object of name: value")
+    clean = {str(name): check_tracker_option(str(name), value) for name, value in data.items()}
+    cfg = dataclasses.replace(base or TrackerConfig(), **clean)
+    if cfg.cache_size * cfg.max_tracks > MAX_CACHE_ROWS:
+        raise TrackerOptionError(
+            "cache_size",
+            f"cache_size * max_tracks must be at most {MAX_CACHE_ROWS}; "
+            f"got {cfg.cache_size} * {cfg.max_tracks}",
+        )
+    return cfg
+
+
+def validate_tracker_config(cfg: TrackerConfig) -> TrackerConfig:
+    """``cfg`` itself when every field is within ``TRACKER_OPTION_RULES`` (else raises)."""
+    return tracker_config_from_dict(to_dict(cfg))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

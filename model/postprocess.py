@@ -315,9 +315,17 @@ def video_results(
 ) -> list[dict[str, Any]]:
     """YouTube-VIS results entries: top-k over (entry, class), mask-quality rescoring.
 
-    ``k = num_classes``; the same entry may appear with several labels. The rescoring factor
-    ``sum(sigmoid * mask) / (sum(mask) + 1e-6)`` depends only on the entry. Scores are left
-    in top-k order (unsorted after rescoring), as the reference writes them.
+    ``k = num_classes`` pairs are kept by class probability, as the official output keeps
+    them: the same entry may appear with several labels, and when a video has more output
+    tracks than the model has classes, tracks whose pairs all rank below the top k are not
+    in the results at all. The rescoring factor ``sum(sigmoid * mask) / (sum(mask) + 1e-6)``
+    depends only on the entry. Scores are left in top-k order (unsorted after rescoring), as
+    the reference writes them.
+
+    Every entry also carries the tracker's ``track_id`` (unique within its video: the id
+    overlays draw as ``#id`` and the live API returns) and, when the model config names its
+    classes, ``category_name`` (so an evaluator can tell a foreign label space); YouTube-VIS
+    evaluators ignore both.
 
     Args:
         entries: ``VideoAccumulator.finalize()`` output (masks must have been encoded).
@@ -327,7 +335,8 @@ def video_results(
         video_id: dataset video id written into every entry.
 
     Returns:
-        ``[{"video_id", "score", "category_id", "segmentations": [T RLEs]}]``.
+        ``[{"video_id", "score", "category_id", ["category_name",] "track_id",
+        "segmentations": [T RLEs]}]``.
     """
     if not entries:
         return []
@@ -339,13 +348,16 @@ def video_results(
     results = []
     for score, index in zip(top_scores.tolist(), top_index.tolist(), strict=True):
         entry = entries[index // num_classes]
+        label = index % num_classes
         quality = entry.sigmoid_sum / (entry.mask_sum + 1e-6)
-        results.append(
-            {
-                "video_id": video_id,
-                "score": float(score * quality),
-                "category_id": model_cfg.category_id(index % num_classes),
-                "segmentations": [r if r is not None else empty for r in entry.rles],
-            }
-        )
+        item: dict[str, Any] = {
+            "video_id": video_id,
+            "score": float(score * quality),
+            "category_id": model_cfg.category_id(label),
+        }
+        if model_cfg.class_names:
+            item["category_name"] = model_cfg.class_name(label)
+        item["track_id"] = entry.track_id
+        item["segmentations"] = [r if r is not None else empty for r in entry.rles]
+        results.append(item)
     return results

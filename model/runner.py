@@ -4,6 +4,17 @@
 so a long video is never held in memory; ``write_overlay`` decodes the input a second time to
 draw the final tracks. ``ctvis track`` and the service's video jobs both call these, so their
 results JSON is identical for the same input.
+
+What the results and the overlay show:
+
+* the **results** keep what the official output keeps: the top ``num_classes`` (track,
+  class) pairs by class probability, rescored by mask quality. A track may appear under
+  several classes, and in a video with more output tracks than the model has classes some
+  tracks are in no entry at all. Every entry names its ``track_id``.
+* the **overlay** is drawn from the results: each ``track_id`` whose best results entry
+  scores at least the overlay score (``OVERLAY_MIN_SCORE`` unless the caller asks for
+  another) is drawn once, with that entry's class and score. So every ``#id`` in an overlay
+  is the ``track_id`` of a results entry, and a track absent from the results is never drawn.
 """
 
 from __future__ import annotations
@@ -163,23 +174,39 @@ def track_frames(
 OverlayTrack = tuple[int, str, float, list[Any]]
 """(track id, class name, score, per-frame RLE or None) of one track to draw."""
 
+OVERLAY_MIN_SCORE = 0.3
+"""Lowest results score a track needs to be drawn in an overlay video: the default of
+``ctvis track --overlay-score`` and of ``POST /v1/videos?overlay_score=``. Lower-scoring
+entries are mostly tracks repeated under unlikely classes (the official top-k fills its ``k``
+slots with them) and weak detections; drawing them would bury the real tracks."""
+
 
 def overlay_tracks(
-    result: VideoResult, model_cfg: ModelConfig, min_score: float = 0.0
+    result: VideoResult, model_cfg: ModelConfig, min_score: float = OVERLAY_MIN_SCORE
 ) -> list[OverlayTrack]:
-    """Output tracks whose score reaches ``min_score``, in the form ``write_overlay`` draws.
+    """The tracks an overlay draws: results entries scoring at least ``min_score``.
 
-    The score is the one the results file gives the track's best class: temporal class
-    probability times the mask-quality factor (``spec/inference.md`` section 6).
+    One item per ``track_id``, from its highest-scoring results entry (its class and score;
+    for a track in the results that is its most probable class), in the tracker's output
+    order (the order masks are drawn in). Tracks the results do not contain are not drawn,
+    so every drawn id can be looked up in the results file.
     """
-    num_classes = model_cfg.num_classes
+    best: dict[int, dict[str, Any]] = {}
+    for item in result.results:
+        track_id = int(item["track_id"])
+        if item["score"] >= min_score and (
+            track_id not in best or item["score"] > best[track_id]["score"]
+        ):
+            best[track_id] = item
+    names = {
+        model_cfg.category_id(k): model_cfg.class_name(k) for k in range(model_cfg.num_classes)
+    }
     tracks: list[OverlayTrack] = []
     for entry in result.entries:
-        probs = entry.logits.float().softmax(-1)[:num_classes]
-        label = int(probs.argmax())
-        score = float(probs[label]) * entry.sigmoid_sum / (entry.mask_sum + 1e-6)
-        if score >= min_score:
-            tracks.append((entry.track_id, model_cfg.class_name(label), score, list(entry.rles)))
+        chosen = best.get(entry.track_id)
+        if chosen is not None:
+            name = names.get(chosen["category_id"], f"category {chosen['category_id']}")
+            tracks.append((entry.track_id, name, float(chosen["score"]), list(entry.rles)))
     return tracks
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -19,6 +21,24 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = headers
+
+
+log = logging.getLogger("ctvis.service")
+
+
+def store_unavailable(exc: BaseException) -> ApiError:
+    """The 503 a client gets when Redis / the session store fails.
+
+    The client learns only that it may retry; the cause (which names internal hosts and
+    ports) goes to this process's log.
+    """
+    log.warning("session store unavailable: %s: %s", type(exc).__name__, exc)
+    return ApiError(
+        503,
+        "state_store_unavailable",
+        "the session store is unavailable; retry shortly",
+        headers={"Retry-After": "1"},
+    )
 
 
 def error_body(code: str, message: str) -> dict[str, str]:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
+from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -12,6 +15,23 @@ from service.errors import ApiError
 
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP"}
 MAX_PIXELS = 4096 * 4096
+# ``<_io.BytesIO object at 0x7f...>`` and other default object reprs, and bare addresses
+_OBJECT_REPR = re.compile(r"<[^<>]*\bat 0x[0-9a-fA-F]+>")
+_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")
+
+
+def scrub(text: str, paths: Iterable[str | Path] = (), name: str = "the upload") -> str:
+    """``text`` fit for a client: object reprs, memory addresses and server paths removed.
+
+    Library messages (Pillow's, FFmpeg's) name the Python object or the file they read;
+    neither means anything to a client, and both tell it about the server. Each of ``paths``
+    (longest first, so a file inside a listed directory goes whole) becomes ``name``.
+    """
+    for path in sorted((str(p) for p in paths), key=len, reverse=True):
+        if path:
+            text = text.replace(path, name)
+    text = _OBJECT_REPR.sub(name, text)
+    return _ADDRESS.sub("an address", text)
 
 
 def decode_image(data: bytes, max_bytes: int) -> np.ndarray:
@@ -37,8 +57,12 @@ def decode_image(data: bytes, max_bytes: int) -> np.ndarray:
             img: Image.Image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ApiError(413, "frame_too_large", f"image is too large: {exc}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ApiError(415, "unsupported_frame", f"cannot decode image: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ApiError(
+            415, "unsupported_frame", "cannot decode the frame: not a JPEG, PNG or WebP image"
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ApiError(415, "unsupported_frame", _decode_failed(exc)) from exc
     try:
         with img:
             if img.format not in ALLOWED_FORMATS:
@@ -50,7 +74,11 @@ def decode_image(data: bytes, max_bytes: int) -> np.ndarray:
             img = ImageOps.exif_transpose(img)
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ApiError(415, "unsupported_frame", f"cannot decode image: {exc}") from exc
+        raise ApiError(415, "unsupported_frame", _decode_failed(exc)) from exc
+
+
+def _decode_failed(exc: BaseException) -> str:
+    return f"cannot decode the frame: {scrub(str(exc), name='the frame')}"
 
 
 def decode_raw_rgb(data: bytes, height: int, width: int, max_bytes: int) -> np.ndarray:

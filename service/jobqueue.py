@@ -9,6 +9,13 @@ accumulated so far) and heart-beats its claim. If the worker
 dies, another claims the job after ``job_claim_idle_ms`` and resumes from the checkpoint; the
 result equals an uninterrupted run's exactly. A job that fails ``max_job_attempts`` times moves
 to ``dead_letter`` with its error. Results are written once, atomically.
+
+Admission is counted in Redis, so the limits hold across API replicas: the sorted set
+``<jobs stream>:pending`` holds every upload under way and every job queued or running, scored
+with the time its place lapses (an upload's lease, renewed as its bytes arrive; a job's TTL,
+renewed by its worker), and the hash ``<jobs stream>:pending-bytes`` their upload sizes. One
+Lua script drops lapsed places and admits or refuses an upload atomically; a job leaves both
+when it ends (or its record is deleted), and both keys expire with the jobs.
 """
 
 from __future__ import annotations
@@ -27,19 +34,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from model.runner import Cancelled, progress_frames
-from model.video_io import VideoReadError
 from service.engine import FaultInjection
-from service.errors import ApiError
+from service.errors import ApiError, store_unavailable
 from service.jobs import (
     FINAL_STATES,
+    JobLimits,
     JobOptions,
+    job_error,
     new_job_dir,
     run_video_job,
     status_payload,
+    storage_full,
+    too_many_jobs,
     validate_or_discard,
 )
 from service.metrics import Metrics
 from service.models import ServedModel
+from service.settings import get_settings
 
 if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT
@@ -49,6 +60,35 @@ log = logging.getLogger("ctvis.jobs")
 JOB_KEY = "ctvis:job:{job_id}"
 JOBS_STREAM = "ctvis:jobs"
 JOB_GROUP = "ctvis-job-workers"
+PENDING_KEY = "{stream}:pending"  # zset: job id -> unix time its place lapses
+PENDING_BYTES_KEY = "{stream}:pending-bytes"  # hash: job id -> bytes of its upload
+
+# KEYS: pending zset, pending-bytes hash. ARGV: job id, bytes, lease s, max jobs, max bytes,
+# key TTL s. Returns {1, bytes held by the others} when admitted, {-1, 0} when max jobs are
+# pending, {-2, bytes held by the others} when the bytes would pass max bytes.
+_RESERVE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+end
+local known = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not known and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  return {-1, 0}
+end
+local used = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[2])) do used = used + tonumber(v) end
+used = used - tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if used + tonumber(ARGV[2]) > tonumber(ARGV[5]) then
+  return {-2, used}
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return {1, used}
+"""
 _JSON_FIELDS = ("options", "error")
 _STATUS_FIELDS = ("state", "frames_total", "frames_done", "options", "owner", "attempts",
                   "created_at", "started_at", "finished_at", "error", "cancel")  # fmt: skip
@@ -92,27 +132,64 @@ class RedisJobManager:
         self.max_frames = max_frames
         self.ttl_s = ttl_s
         self.stream = stream
+        self._pending = PENDING_KEY.format(stream=stream)
+        self._pending_bytes = PENDING_BYTES_KEY.format(stream=stream)
+        self._reserve = self._client.register_script(_RESERVE_LUA)
 
     def new_workdir(self) -> tuple[str, Path]:
         return new_job_dir(self.root)
+
+    async def reserve(self, job_id: str, nbytes: int, limits: JobLimits) -> None:
+        """Admit or refuse the upload of ``job_id`` against every replica's jobs."""
+        keys = [self._pending, self._pending_bytes]
+        key_ttl_s = max(self.ttl_s, int(limits.upload_lease_s) + 1)
+        limits_args = [limits.max_pending_jobs, limits.max_job_bytes, key_ttl_s]
+        args: list[str | int | float] = [job_id, nbytes, limits.upload_lease_s, *limits_args]
+        verdict, used = await self._call(self._reserve(keys=keys, args=args))
+        if verdict == -1:
+            raise too_many_jobs(limits)
+        if verdict == -2:
+            raise storage_full(int(used), nbytes, limits)
+
+    async def release(self, job_id: str) -> None:
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.zrem(self._pending, job_id)
+            pipe.hdel(self._pending_bytes, job_id)
+            await self._call(pipe.execute())
 
     async def _call(self, coro: Any) -> Any:
         try:
             return await coro
         except Exception as exc:  # noqa: BLE001 - connection errors of the client library
-            raise ApiError(503, "state_store_unavailable", f"Redis unavailable: {exc}") from exc
+            raise store_unavailable(exc) from exc
 
     async def create(
-        self, job_id: str, workdir: Path, options: JobOptions, owner: str | None
+        self,
+        job_id: str,
+        workdir: Path,
+        options: JobOptions,
+        owner: str | None,
+        limits: JobLimits,
     ) -> dict[str, Any]:
-        total = await validate_or_discard(workdir, options, self.max_frames)
+        """Validate the upload and queue the job; its reservation becomes the job's place
+        (lapsing with the job record) and its size the upload's actual one."""
+        total = await validate_or_discard(
+            workdir, options, self.max_frames, limits.max_video_pixels
+        )
+        size = (workdir / "input").stat().st_size
+        now = time.time()
         fields = {"state": "queued", "frames_total": total, "frames_done": 0,
                   "options": asdict(options), "owner": owner or "", "attempts": 0,
-                  "created_at": time.time(), "cancel": 0, "error": None}  # fmt: skip
+                  "created_at": now, "cancel": 0, "error": None,
+                  "max_pixels": limits.max_video_pixels}  # fmt: skip
         key = JOB_KEY.format(job_id=job_id)
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=_encode(fields))
             pipe.expire(key, self.ttl_s)
+            pipe.zadd(self._pending, {job_id: now + self.ttl_s})
+            pipe.hset(self._pending_bytes, job_id, size)
+            pipe.expire(self._pending, self.ttl_s)
+            pipe.expire(self._pending_bytes, self.ttl_s)
             pipe.xadd(self.stream, {"job_id": job_id})
             pipe.expire(self.stream, self.ttl_s)
             await self._call(pipe.execute())
@@ -152,7 +229,11 @@ class RedisJobManager:
         fields = await self._fields(job_id, owner)
         key = JOB_KEY.format(job_id=job_id)
         if fields["state"] in FINAL_STATES:
-            await self._call(self._client.delete(key))
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                pipe.zrem(self._pending, job_id)
+                pipe.hdel(self._pending_bytes, job_id)
+                await self._call(pipe.execute())
             shutil.rmtree(self.root / job_id, ignore_errors=True)
         else:
             await self._call(self._client.hset(key, "cancel", 1))
@@ -189,6 +270,8 @@ class JobWorker:
         self.checkpoint_every_clips = checkpoint_every_clips
         self.ttl_s = ttl_s
         self.stream = stream
+        self.pending = PENDING_KEY.format(stream=stream)
+        self.pending_bytes = PENDING_BYTES_KEY.format(stream=stream)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-jobs"
         self.faults = faults
 
@@ -235,10 +318,21 @@ class JobWorker:
         return entry_id, fields[b"job_id"].decode()
 
     def _update(self, job_id: str, **fields: Any) -> None:
+        """Write job fields and renew the job's TTL and its place among pending jobs."""
         key = JOB_KEY.format(job_id=job_id)
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(key, mapping=_encode(fields))
         pipe.expire(key, self.ttl_s)
+        pipe.zadd(self.pending, {job_id: time.time() + self.ttl_s}, xx=True)
+        pipe.expire(self.pending, self.ttl_s)
+        pipe.expire(self.pending_bytes, self.ttl_s)
+        pipe.execute()
+
+    def _forget(self, job_id: str) -> None:
+        """Free the job's place and bytes among pending jobs (it ended or is gone)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zrem(self.pending, job_id)
+        pipe.hdel(self.pending_bytes, job_id)
         pipe.execute()
 
     def _done(self, entry_id: bytes) -> None:
@@ -250,6 +344,7 @@ class JobWorker:
         key = JOB_KEY.format(job_id=job_id)
         raw = cast("dict[bytes, bytes]", self.client.hgetall(key))  # bytes: no decode_responses
         if not raw or _decode(raw)["state"] in FINAL_STATES:
+            self._forget(job_id)
             self._done(entry_id)  # expired, finished or deleted: nothing to do
             return "gone"
         fields = _decode(raw)
@@ -293,12 +388,14 @@ class JobWorker:
             return self.client.hget(key, "cancel") == b"1"
 
         options = JobOptions(**fields["options"])
+        # the API's budget travels with the job; this process's for jobs queued without one
+        max_pixels = int(fields.get("max_pixels") or get_settings().max_video_pixels)
         try:
             if faults and faults.fail_job_video_id == options.video_id:
                 raise RuntimeError("injected job failure")
             frames = run_video_job(
                 self.served, workdir, options, progress, should_stop, resume, checkpoint,
-                self.checkpoint_every_clips,
+                self.checkpoint_every_clips, max_pixels,
             )  # fmt: skip
         except _Interrupted:
             # Shutting down: hand the job back at once (its checkpoint stays) without
@@ -310,12 +407,11 @@ class JobWorker:
             return "interrupted"
         except Cancelled:
             return self._final(entry_id, job_id, "cancelled", None)
-        except (VideoReadError, ValueError) as exc:
-            error = {"code": "unsupported_video", "message": str(exc)}
-            return self._final(entry_id, job_id, "failed", error)
-        except Exception as exc:  # noqa: BLE001 - retried, then dead-lettered
+        except Exception as exc:  # noqa: BLE001 - bad input fails; the rest is retried
+            error = job_error(exc, workdir)
+            if error["code"] != "job_failed":  # the video itself: another try fails alike
+                return self._final(entry_id, job_id, "failed", error)
             log.warning("job %s attempt %d failed: %r", job_id, attempts, exc)
-            error = {"code": "job_failed", "message": repr(exc)}
             if attempts >= self.max_attempts:
                 return self._final(entry_id, job_id, "dead_letter", error)
             self._update(job_id, state="queued", error=error)
@@ -328,6 +424,7 @@ class JobWorker:
     def _final(self, entry_id: bytes, job_id: str, state: str, error: Any) -> str:
         self._update(job_id, state=state, error=error, finished_at=time.time())
         (self.root / job_id / "input").unlink(missing_ok=True)
+        self._forget(job_id)
         self.client.hdel(JOB_KEY.format(job_id=job_id), "progress")
         self._done(entry_id)
         if self.metrics is not None:

@@ -23,6 +23,7 @@ from service.errors import ApiError, install_error_handlers
 from service.jobqueue import RedisJobManager
 from service.jobs import LocalJobManager
 from service.metrics import Metrics
+from service.middleware import JsonBodyLimit
 from service.models import ServedModel, load_served_model_for
 from service.remote import RedisFrameQueue
 from service.sessions import SessionService
@@ -42,6 +43,26 @@ def _make_queue(engine: Engine, settings: Settings, metrics: Metrics) -> BatchQu
         metrics.model_seconds.observe(seconds)
 
     return BatchQueue(run, settings.max_batch_size, settings.max_wait_ms / 1000, observe)
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """``GET /docs``: Swagger UI from the ``swagger-ui-bundle`` package's files, so the page
+    works on hosts that cannot reach a CDN."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API documentation",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -89,7 +110,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Online video instance segmentation (CTVIS).",
         lifespan=lifespan,
+        docs_url=None,  # served below from local assets, never from a CDN
+        redoc_url=None,
     )
+    _mount_docs(app)
+    app.add_middleware(JsonBodyLimit, idle_timeout_s=settings.body_idle_timeout_s)
     install_error_handlers(app)
     app.state.api_key_digests = parse_api_keys(settings.api_keys)
     app.state.websockets = set()
@@ -119,9 +144,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body["status"] = "ready" if ready else "not_ready"
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], dependencies=secured)
     async def prometheus() -> Response:
-        """Prometheus metrics of this process."""
+        """Prometheus metrics of this process (needs an API key when keys are configured)."""
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models", tags=["models"], dependencies=secured)

@@ -23,6 +23,11 @@ RANDOM_WEIGHTS_WARNING = (
     "the 'tiny' preset with RANDOM WEIGHTS. Its outputs are meaningless. Set CTVIS_CHECKPOINT "
     "(or --checkpoint) to a checkpoint directory made by `ctvis convert` or by training."
 )
+DEMO_MODEL_WARNING = (
+    "This is the bundled demo model: a tiny network trained only on synthetic shapes (circle, "
+    "square, triangle, star, hexagon, cross). It finds nothing else and is not meant for real "
+    "video; serve a real model with CTVIS_CHECKPOINT (or --checkpoint)."
+)
 RANDOM_CHECKPOINT = "tiny-random"
 """``checkpoint`` value that asks for the random-weight tiny preset explicitly (tests, benches)."""
 
@@ -38,6 +43,7 @@ class ServedModel:
     tracker_cfg: TrackerConfig
     device: str
     warnings: list[str] = field(default_factory=list)
+    random_weights: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
     backend: TorchBackend | None = None
     """How ``forward`` runs the segmenter (precision, oneDNN); set by ``load_served_model``."""
@@ -80,7 +86,7 @@ class ServedModel:
                 if self.backend is not None and self.backend.onednn_linear_layers
                 else "default"
             ),
-            "random_weights": bool(self.warnings),
+            "random_weights": self.random_weights,
             "warnings": list(self.warnings),
             "provenance": self.provenance,
         }
@@ -151,6 +157,7 @@ def _load(checkpoint: str | None, device: str) -> ServedModel:
             preprocess_cfg=loaded.pre_cfg,
             tracker_cfg=loaded.trk_cfg,
             device=device,
+            warnings=[DEMO_MODEL_WARNING] if name == "ctvis-demo" else [],
             provenance=dict(getattr(loaded, "meta", {}) or {}),
         )
     from model.build import PRESETS, build_segmenter
@@ -167,4 +174,5 @@ def _load(checkpoint: str | None, device: str) -> ServedModel:
         tracker_cfg=trk_cfg,
         device=device,
         warnings=[RANDOM_WEIGHTS_WARNING],
+        random_weights=True,
     )

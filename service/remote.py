@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from model.config import TrackerConfig, to_dict
+from model.config import to_dict, tracker_config_from_dict
 from model.structures import Instance
 from model.tracker import codec
 from service.auth import new_id
 from service.engine import Engine, FrameItem, FrameOutcome
-from service.errors import ApiError
+from service.errors import ApiError, store_unavailable
 from service.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def decode_item(fields: dict[bytes, bytes]) -> tuple[str, str, FrameItem]:
     h, w = int(fields[b"height"]), int(fields[b"width"])
     frame = np.frombuffer(fields[b"frame"], dtype=np.uint8).reshape(h, w, 3)
     state = codec.loads(fields[b"state"])
-    cfg = TrackerConfig(**json.loads(fields[b"tracker"]))
+    cfg = tracker_config_from_dict(json.loads(fields[b"tracker"]))
     return (
         fields[b"request_id"].decode(),
         fields[b"model_id"].decode(),
@@ -165,7 +165,7 @@ class RedisFrameQueue:
         except ApiError:
             raise
         except Exception as exc:  # noqa: BLE001 - connection errors of the client library
-            raise ApiError(503, "state_store_unavailable", f"Redis unavailable: {exc}") from exc
+            raise store_unavailable(exc) from exc
         if reply is None:
             raise ApiError(
                 503, "worker_unavailable", f"no worker answered within {self.timeout_s:g} s"

@@ -6,6 +6,29 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from model.config import MAX_CACHE_ROWS, TRACKER_OPTION_RULES
+
+
+def tracker_options_schema() -> dict[str, Any]:
+    """JSON schema of the tracker options, built from ``TRACKER_OPTION_RULES`` (the table the
+    server validates with), so the OpenAPI document and the checks cannot disagree."""
+    properties: dict[str, Any] = {}
+    for name, rule in TRACKER_OPTION_RULES.items():
+        if rule.kind is bool:
+            properties[name] = {"type": "boolean"}
+        elif rule.kind is str:
+            properties[name] = {"type": "string", "enum": list(rule.choices)}
+        else:
+            kind = "integer" if rule.kind is int else "number"
+            properties[name] = {"type": kind, "minimum": rule.low, "maximum": rule.high}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": properties,
+        "description": "TrackerConfig overrides, each within its range; also "
+        f"cache_size * max_tracks <= {MAX_CACHE_ROWS} (422 invalid_tracker_option otherwise)",
+    }
+
 
 class ErrorOut(BaseModel):
     """Every error body."""
@@ -61,7 +84,7 @@ class SessionCreate(BaseModel):
 
     model: str | None = Field(None, description="served model name; default: the served one")
     tracker: dict[str, Any] = Field(
-        default_factory=dict, description="TrackerConfig overrides, e.g. {match_threshold: 0.4}"
+        default_factory=dict, json_schema_extra=tracker_options_schema()
     )
     backpressure: Literal["block", "drop_oldest"] = "block"
     queue_size: int = Field(4, ge=1, le=64, description="frames queued per session")

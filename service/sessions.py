@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from collections import OrderedDict
 from typing import Any, cast
 
 import numpy as np
 
-from model.config import TrackerConfig, to_dict, tracker_config_problems
+from model.config import TrackerConfig, TrackerOptionError, to_dict, tracker_config_from_dict
 from model.tracker import TrackState, codec, init_state
 from service.auth import hash_secret, new_id, new_token, token_matches
 from service.batching import BatchQueue
 from service.engine import FrameItem, FrameOutcome
-from service.errors import ApiError
+from service.errors import ApiError, store_unavailable
 from service.metrics import Metrics
 from service.models import ServedModel
 from service.remote import RedisFrameQueue, WorkerLost
@@ -41,32 +40,11 @@ from service.store import (
 
 
 def tracker_with_overrides(base: TrackerConfig, overrides: dict[str, Any]) -> TrackerConfig:
-    """``base`` with validated field overrides (unknown names or wrong types: 422)."""
-    fields = {f.name: f for f in dataclasses.fields(TrackerConfig)}
-    clean: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if key not in fields:
-            raise ApiError(422, "invalid_tracker_option", f"unknown tracker option {key!r}")
-        current = getattr(base, key)
-        if isinstance(current, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(current, (int, float)):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            value = type(current)(value) if ok else value
-        else:
-            ok = isinstance(value, str)
-        if not ok:
-            raise ApiError(422, "invalid_tracker_option", f"tracker option {key!r} has bad type")
-        clean[key] = value
-    cfg = dataclasses.replace(base, **clean)
-    _check_ranges(cfg)
-    return cfg
-
-
-def _check_ranges(cfg: TrackerConfig) -> None:
-    problems = tracker_config_problems(cfg)
-    if problems:
-        raise ApiError(422, "invalid_tracker_option", "; ".join(problems))
+    """``base`` with a client's overrides, each type- and range-checked (422 otherwise)."""
+    try:
+        return tracker_config_from_dict(overrides, base)
+    except TrackerOptionError as exc:
+        raise ApiError(422, "invalid_tracker_option", str(exc)) from exc
 
 
 class SessionService:
@@ -87,6 +65,11 @@ class SessionService:
         self.metrics = metrics
         self._locks: dict[str, asyncio.Lock] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
+        # monotonic time each session was last used here: per-session tables are pruned of
+        # sessions idle longer than the TTL (the store has expired them by then, or another
+        # replica keeps them alive and these tables simply refill)
+        self._last_used: dict[str, float] = {}
+        self._last_sweep = time.monotonic()
         # (version, state) of the sessions this replica saved last: the next frame of such a
         # session skips reading the ~100 KB state back (see service/store.py)
         self._states: OrderedDict[str, tuple[int, TrackState]] = OrderedDict()
@@ -101,16 +84,23 @@ class SessionService:
         except (SessionNotFound, StateConflict, ApiError):
             raise
         except Exception as exc:  # noqa: BLE001 - connection errors of any client library
-            raise ApiError(
-                503, "state_store_unavailable", f"session store unavailable: {exc}"
-            ) from exc
+            raise store_unavailable(exc) from exc
 
     async def create(self, options: SessionCreate) -> tuple[str, str, float]:
         """Create a session; returns (session_id, token, expires_at)."""
         if options.model not in (None, self.served.name):
             raise ApiError(404, "model_not_found", f"model {options.model!r} is not served here")
-        if len(self._locks) >= self.settings.max_sessions:
-            raise ApiError(429, "too_many_sessions", "live session limit reached")
+        self._sweep()
+        live = await self._store_call(self.store.count_live())
+        self.metrics.live_sessions.set(live)
+        if live >= self.settings.max_sessions:
+            raise ApiError(
+                429,
+                "too_many_sessions",
+                f"live session limit ({self.settings.max_sessions}) reached; idle sessions "
+                f"expire after {self.settings.session_ttl_s} s",
+                headers={"Retry-After": str(min(60, self.settings.session_ttl_s))},
+            )
         cfg = tracker_with_overrides(self.served.tracker_cfg, options.tracker)
         state = init_state(
             self.served.model_cfg.embed_dim, self.served.model_cfg.num_classes, cfg.cache_size
@@ -130,15 +120,14 @@ class SessionService:
         )
         await self._store_call(self.store.create(record, self.settings.session_ttl_s))
         self._remember(session_id, 0, state)
-        self._locks[session_id] = asyncio.Lock()
-        self.metrics.live_sessions.set(len(self._locks))
+        self._touch(session_id)
+        self.metrics.live_sessions.set(live + 1)
         return session_id, token, time.time() + self.settings.session_ttl_s
 
     def _check(self, session_id: str, meta: dict[str, Any] | None, token: str | None) -> None:
         """404 unknown/expired, 401 bad token, 409 session pinned to another model."""
         if meta is None:
-            self._locks.pop(session_id, None)
-            self._forget(session_id)
+            self._drop_tables(session_id)
             raise ApiError(404, "session_not_found", f"session {session_id} not found or expired")
         if not token_matches(token, meta["token_sha256"]):
             raise ApiError(401, "invalid_token", "missing or wrong session token")
@@ -177,9 +166,38 @@ class SessionService:
     async def delete(self, session_id: str, token: str | None) -> None:
         await self.check_access(session_id, token)
         await self._store_call(self.store.delete(session_id))
+        self._drop_tables(session_id)
+        self.metrics.live_sessions.dec()
+
+    def _touch(self, session_id: str) -> None:
+        self._last_used[session_id] = time.monotonic()
+
+    def _drop_tables(self, session_id: str) -> None:
+        """Forget everything this process keeps about one session."""
         self._forget(session_id)
-        self._locks.pop(session_id, None)
-        self.metrics.live_sessions.set(len(self._locks))
+        self._buckets.pop(session_id, None)
+        self._last_used.pop(session_id, None)
+        lock = self._locks.get(session_id)
+        if lock is not None and not lock.locked():
+            del self._locks[session_id]
+
+    def _sweep(self) -> None:
+        """Drop the per-session tables of sessions idle here for longer than the TTL.
+
+        Runs at most once a second, from session creation and frames, so the tables stay
+        bounded by the sessions used within one TTL whatever clients abandon.
+        """
+        now = time.monotonic()
+        if now - self._last_sweep < 1.0:
+            return
+        self._last_sweep = now
+        horizon = now - self.settings.session_ttl_s
+        for session_id in [k for k, used in self._last_used.items() if used < horizon]:
+            self._drop_tables(session_id)
+        # entries created without a _touch (e.g. a frame refused before its lease)
+        for table in (self._buckets, self._locks):
+            for session_id in [k for k in table if k not in self._last_used]:
+                self._drop_tables(session_id)
 
     def _check_rate(self, session_id: str) -> None:
         """Token bucket of ``max_session_fps`` frames per second (burst of one second)."""
@@ -252,7 +270,9 @@ class SessionService:
         dropped: int = 0,
     ) -> FrameResult:
         """Run one frame of a session and persist the new state (strictly in order)."""
+        self._sweep()
         self._check_rate(session_id)
+        self._touch(session_id)
         lock = self._locks.setdefault(session_id, asyncio.Lock())
         async with lock:
             owner = new_token()
@@ -277,7 +297,7 @@ class SessionService:
         self, session_id: str, lease: FrameLease, frame: np.ndarray, owner: str
     ) -> tuple[FrameOutcome, float]:
         assert lease.meta is not None
-        cfg = TrackerConfig(**_tracker_kwargs(lease.meta["tracker"]))
+        cfg = tracker_with_overrides(TrackerConfig(), lease.meta["tracker"])
         state = await self._state_at(session_id, lease.frame_index)
         queued_at = time.perf_counter()
         outcome = await self.queue.submit(FrameItem(frame, state, cfg))
@@ -348,8 +368,3 @@ class SessionService:
             lag=lag,
             dropped_frames=dropped,
         )
-
-
-def _tracker_kwargs(data: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(TrackerConfig)}
-    return {k: v for k, v in data.items() if k in names}

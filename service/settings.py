@@ -77,6 +77,17 @@ class Settings(BaseSettings):
         gt=0,
         description="A request body that sends nothing for this long is abandoned (408).",
     )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection whose request headers are not complete this long after it "
+        "opens (or after its previous response) is closed.",
+    )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        description="Open connections and requests per process; past it new requests get 503.",
+    )
     max_websockets: int = Field(
         256,
         ge=1,

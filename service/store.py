@@ -15,7 +15,8 @@ the next frame it expects. A frame is one short protocol of two round trips:
    100 KB state): they are written to a writer-private staging key in the same pipeline, and
    the script ``RENAME``s that key into place, which moves no bytes.
 
-Key names live in this one block.
+Live sessions are counted from the store's own expiry (``count_live``), so a session that
+expires without a DELETE frees its slot when its TTL passes. Key names live in this one block.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ SESSION_KEY = KEY_PREFIX + "session:{session_id}"  # hash: meta, frame_index
 STATE_KEY = KEY_PREFIX + "state:{session_id}"  # str: tracker state bytes
 STAGING_KEY = KEY_PREFIX + "staging:{session_id}:{owner}"  # str: a state being saved
 LEASE_KEY = KEY_PREFIX + "lease:{session_id}"  # str: owner token, short PX expiry
+# zset: session id -> unix time it expires; the live-session count, pruned as it is read
+SESSIONS_KEY = KEY_PREFIX + "sessions"
 STAGING_TTL_MS = 30_000  # a staging key outlives its save only if the writer died mid-save
 
 # Lease + metadata in one round trip: {-1} no session, {0} busy, {1, meta, frame_index}.
@@ -138,6 +141,10 @@ class SessionStore(Protocol):
 
     async def delete(self, session_id: str) -> bool: ...
 
+    async def count_live(self) -> int:
+        """Sessions that exist now (expired ones are not counted, whoever deleted them)."""
+        ...
+
     async def release_lease(self, session_id: str, owner: str) -> None: ...
 
     async def close(self) -> None: ...
@@ -162,6 +169,7 @@ class MemoryStore:
             return None
         if item[1] < time.monotonic():
             del self._data[session_id]
+            self._leases.pop(session_id, None)
             return None
         return item[0]
 
@@ -218,7 +226,16 @@ class MemoryStore:
 
     async def delete(self, session_id: str) -> bool:
         async with self._lock:
+            self._leases.pop(session_id, None)
             return self._data.pop(session_id, None) is not None
+
+    async def count_live(self) -> int:
+        now = time.monotonic()
+        async with self._lock:
+            for session_id in [k for k, (_, expiry) in self._data.items() if expiry < now]:
+                del self._data[session_id]
+                self._leases.pop(session_id, None)
+            return len(self._data)
 
     async def release_lease(self, session_id: str, owner: str) -> None:
         holder = self._leases.get(session_id)
@@ -296,6 +313,9 @@ class RedisStore:
             )
             pipe.expire(key, ttl_s)
             pipe.set(STATE_KEY.format(session_id=record.session_id), record.state, ex=ttl_s)
+            pipe.zadd(SESSIONS_KEY, {record.session_id: time.time() + ttl_s})
+            pipe.expire(SESSIONS_KEY, ttl_s, gt=True)
+            pipe.expire(SESSIONS_KEY, ttl_s, nx=True)
             await pipe.execute()
 
     async def load(self, session_id: str) -> SessionRecord | None:
@@ -356,6 +376,10 @@ class RedisStore:
             replies = await self._pipelined(
                 ("SET", staging, state, "PX", STAGING_TTL_MS),
                 ("EVALSHA", sha, len(keys), *keys, *args),
+                # the session's new expiry in the live-session count (XX: never re-adds one
+                # that was deleted); the count key lives as long as its longest member
+                ("ZADD", SESSIONS_KEY, "XX", "GT", time.time() + ttl_s, session_id),
+                ("EXPIRE", SESSIONS_KEY, ttl_s, "GT"),
             )
             if isinstance(replies[1], NoScriptError) and attempt == 0:
                 self._shas.pop(_SAVE_LUA, None)  # Redis restarted: load the script again
@@ -376,10 +400,20 @@ class RedisStore:
         return result
 
     async def delete(self, session_id: str) -> bool:
-        removed = await self._client.delete(
-            SESSION_KEY.format(session_id=session_id), STATE_KEY.format(session_id=session_id)
-        )
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.delete(
+                SESSION_KEY.format(session_id=session_id), STATE_KEY.format(session_id=session_id)
+            )
+            pipe.zrem(SESSIONS_KEY, session_id)
+            removed, _ = await pipe.execute()
         return bool(removed)
+
+    async def count_live(self) -> int:
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(SESSIONS_KEY, "-inf", time.time())
+            pipe.zcard(SESSIONS_KEY)
+            _, count = await pipe.execute()
+        return int(count)
 
     async def release_lease(self, session_id: str, owner: str) -> None:
         await self._evalsha(_RELEASE_LUA, [LEASE_KEY.format(session_id=session_id)], [owner])

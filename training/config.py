@@ -22,7 +22,14 @@ from typing import Any, Literal
 import yaml
 
 from model.build import PRESETS
-from model.config import ModelConfig, PreprocessConfig, TrackerConfig, to_dict
+from model.config import (
+    ModelConfig,
+    PreprocessConfig,
+    TrackerConfig,
+    TrackerOptionError,
+    to_dict,
+    validate_tracker_config,
+)
 
 __all__ = [
     "ClConfig",
@@ -355,6 +362,10 @@ def build_config(data: dict[str, Any]) -> TrainConfig:
     model_cfg, pre_cfg, trk_cfg = PRESETS[preset]
     base = TrainConfig(preset=preset, model=model_cfg, preprocess=pre_cfg, tracker=trk_cfg)
     cfg = config_from_dict(TrainConfig, data, base=base)
+    try:
+        validate_tracker_config(cfg.tracker)
+    except TrackerOptionError as exc:
+        raise ConfigError(f"tracker: {exc}") from exc
     if cfg.model.class_names and len(cfg.model.class_names) != cfg.model.num_classes:
         raise ConfigError("model.class_names must have model.num_classes entries")
     if cfg.data.clip_frames < 2 and cfg.cl.enabled:

@@ -7,13 +7,16 @@ ints) or a compressed RLE (``counts`` is a string); everything is normalised to 
 RLE dicts so that :mod:`pycocotools.mask` can work on it directly.
 
 Results are a JSON list of ``{"video_id", "category_id", "score", "segmentations"}`` with one
-compressed RLE or ``null`` per frame (section 7 of ``spec/inference.md``).
+compressed RLE or ``null`` per frame (section 7 of ``spec/inference.md``). Other keys are
+ignored, as the official evaluator ignores them, except an optional ``category_name`` (our
+results name the model's class), kept so that a label space foreign to the ground truth can
+be told (``training.ytvis_eval.label_space_mismatch``).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,8 @@ class Track:
         avg_area: Mean of the non-zero per-frame areas (0 if none), the value YTVOSeval
             buckets on. Ground truth uses the file's ``areas`` list when it has one, as the
             official evaluator does; results use the mask areas.
+        category_name: The class name a results entry gives (``category_name``), None when it
+            gives none and for ground truth (whose names are ``GroundTruth.categories``).
     """
 
     id: int
@@ -72,6 +77,7 @@ class Track:
     segmentations: tuple[Rle | None, ...]
     areas: np.ndarray
     avg_area: float
+    category_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -226,9 +232,11 @@ def parse_results(data: Any, gt: GroundTruth) -> tuple[Track, ...]:
                 raise YtvisFormatError(
                     f"result {index}: video {entry['video_id']} is not in the ground truth"
                 )
-            tracks.append(
-                _parse_track(entry, video, index, float(entry["score"]), file_areas=False)
-            )
+            track = _parse_track(entry, video, index, float(entry["score"]), file_areas=False)
+            name = entry.get("category_name")
+            if name is not None:
+                track = replace(track, category_name=str(name))
+            tracks.append(track)
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, YtvisFormatError):
                 raise

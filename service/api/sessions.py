@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
+from service.bodies import BodyLimit, read_body
 from service.deps import SessionsDep, SettingsDep
 from service.errors import ApiError
 from service.frames import decode_image, decode_raw_rgb
@@ -14,7 +15,7 @@ from service.schemas import ErrorOut, FrameResult, SessionCreate, SessionCreated
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (401, 404, 409, 413, 415, 422, 429, 503)
+    code: {"model": ErrorOut} for code in (400, 401, 404, 408, 409, 413, 415, 422, 429, 503)
 }
 
 TokenHeader = Annotated[
@@ -79,10 +80,15 @@ async def post_frame(
     received = time.perf_counter()
     # 401/404 before reading the body; reads only the session's metadata, not its state
     await sessions.check_access(session_id, x_token or token)
-    body = await request.body()
-    if height is not None or width is not None:
-        if height is None or width is None:
-            raise ApiError(422, "bad_shape", "raw frames need both height and width")
+    if (height is None) != (width is None):
+        raise ApiError(422, "bad_shape", "raw frames need both height and width")
+    # 413 for a declared Content-Length over the limit before reading; else read in chunks,
+    # stopping at the limit, each within the body idle timeout (408)
+    limit = BodyLimit(
+        settings.max_frame_bytes, settings.body_idle_timeout_s, "frame_too_large", "frame"
+    )
+    body = await read_body(request, limit)
+    if height is not None and width is not None:
         frame = decode_raw_rgb(body, height, width, settings.max_frame_bytes)
     else:
         frame = decode_image(body, settings.max_frame_bytes)

@@ -5,49 +5,25 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
+from model.runner import OVERLAY_MIN_SCORE
+from service.bodies import BodyLimit, check_declared, save_body
 from service.deps import CallerDep, JobsDep, SettingsDep
 from service.errors import ApiError
-from service.jobs import FINAL_STATES, JobOptions
+from service.jobs import FINAL_STATES, JobLimits, JobOptions, UploadQuota
 from service.schemas import ErrorOut
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (401, 404, 409, 413, 415, 422)
+    code: {"model": ErrorOut} for code in (400, 401, 404, 408, 409, 413, 415, 422, 429, 507)
 }
-CHUNK = 1 << 20
-
-
-async def _save_upload(request: Request, dest: Path, limit: int) -> None:
-    """Stream the request body (raw bytes or the first file of a multipart form) to ``dest``."""
-    content_type = request.headers.get("content-type", "")
-    size = 0
-    if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_part_size=limit)
-        uploads = [v for v in form.values() if hasattr(v, "read")]
-        if not uploads:
-            raise ApiError(422, "no_file", "multipart upload has no file part")
-        with dest.open("wb") as out:
-            while chunk := await uploads[0].read(CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(413, "upload_too_large", f"upload exceeds {limit} bytes")
-                out.write(chunk)
-        await form.close()
-    else:
-        with dest.open("wb") as out:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(413, "upload_too_large", f"upload exceeds {limit} bytes")
-                out.write(chunk)
-    if size == 0:
-        raise ApiError(415, "unsupported_video", "the upload is empty")
+MAX_VIDEO_ID = 2**31 - 1  # results carry it as a 32-bit signed int (YouTube-VIS ids)
 
 
 @router.post(
@@ -77,21 +53,48 @@ async def create_job(
     frame_stride: Annotated[int, Query(ge=1, le=1000)] = 1,
     max_frames: Annotated[int | None, Query(ge=1)] = None,
     overlay: bool = False,
-    video_id: Annotated[int, Query(ge=0)] = 1,
+    video_id: Annotated[int, Query(ge=0, le=MAX_VIDEO_ID)] = 1,
+    overlay_score: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=1,
+            description="lowest results score the overlay draws, 0 to 1 (each drawn `#id` "
+            "is the `track_id` of a results entry); the same default as `ctvis track`",
+        ),
+    ] = OVERLAY_MIN_SCORE,
 ) -> Response:
-    """Upload a video (raw body or multipart ``file``); returns 202 with ``Location``."""
+    """Upload a video (raw body or multipart ``file``); returns 202 with ``Location``.
+
+    Refused before the body is read: a declared size over ``max_upload_bytes`` (413), too
+    many jobs pending (429) or their uploads' bytes full (507). While it streams: the same
+    limits on the bytes received (413 / 507) and the idle timeout (408). Then from the
+    video's metadata: frames over ``max_video_pixels`` (413 ``video_too_large``).
+    """
     if max_frames is not None and max_frames > settings.max_video_frames:
         raise ApiError(
             422, "too_many_frames", f"max_frames is limited to {settings.max_video_frames}"
         )
+    limit = BodyLimit(
+        settings.max_upload_bytes, settings.body_idle_timeout_s, "upload_too_large", "upload"
+    )
+    declared = check_declared(request, limit)  # 413 before the disk or the job limits
+    limits = JobLimits.from_settings(settings)
     job_id, workdir = jobs.new_workdir()
+    quota = UploadQuota(jobs, job_id, limits)
     try:
-        await _save_upload(request, workdir / "input", settings.max_upload_bytes)
-    except Exception:
+        await quota.start(declared)  # 429 / 507 before a byte of the body is read
+        if await save_body(request, workdir / "input", limit, quota.grow) == 0:
+            raise ApiError(415, "unsupported_video", "the upload is empty")
+        options = JobOptions(
+            frame_stride, max_frames, overlay, video_id, overlay_score=overlay_score
+        )
+        status = await jobs.create(job_id, workdir, options, who, limits)
+    except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
+        with suppress(ApiError):  # the store being down must not hide the first error
+            await jobs.release(job_id)
         raise
-    options = JobOptions(frame_stride, max_frames, overlay, video_id)
-    status = await jobs.create(job_id, workdir, options, who)
     location = f"/v1/videos/{job_id}"
     body = json.dumps({"status_url": location, **status})
     return Response(body, 202, {"Location": location}, media_type="application/json")

@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("video", type=Path)
     job.add_argument("--out", type=Path, default=Path("."), help="folder for result/overlay")
     job.add_argument("--overlay", action="store_true")
+    job.add_argument(
+        "--overlay-score", type=float, help="lowest score the overlay draws (server default)"
+    )
     job.add_argument("--frame-stride", type=int, default=1)
     job.add_argument("--max-frames", type=int)
     job.add_argument("--poll", action="store_true", help="poll instead of server-sent events")
@@ -67,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
                 client.close_session(session)
             else:
                 status = client.submit_video(
-                    args.video, args.frame_stride, args.max_frames, args.overlay
+                    args.video,
+                    args.frame_stride,
+                    args.max_frames,
+                    args.overlay,
+                    overlay_score=args.overlay_score,
                 )
                 mode: Literal["events", "poll"] = "poll" if args.poll else "events"
                 client.wait_job(status.job_id, _print_progress, mode=mode)

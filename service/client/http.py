@@ -51,6 +51,39 @@ def _raw_frame(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame, dtype=np.uint8)
 
 
+# Refusals of the stream (close 1008): the reason is the API's error code.
+_REFUSAL_STATUS = {
+    "unauthorized": 401,
+    "invalid_token": 401,
+    "session_not_found": 404,
+    "model_mismatch": 409,
+}
+
+
+def _closed_error(exc: Any) -> ApiError:
+    """The ``ApiError`` for a stream the server closed before its ``end`` (a websockets
+    ``ConnectionClosed``): the close code says whether to fix something, retry or stop."""
+    close = exc.rcvd
+    code, reason = (close.code, close.reason) if close is not None else (1006, "")
+    name = reason.partition(":")[0].strip()
+    if code == 1008:
+        name = name or "unauthorized"
+        message = f"the server refused the stream ({name}): check the API key and session token"
+        return ApiError(_REFUSAL_STATUS.get(name, 403), name, message)
+    if code == 4001:
+        message = "another stream took over this session; this one was closed (do not reconnect)"
+        return ApiError(409, "superseded", message)
+    if code == 1013:
+        return ApiError(503, name or "try_again_later", f"server busy, try again later ({reason})")
+    if code == 1009:
+        return ApiError(413, "frame_too_large", "a frame exceeded the server's message size limit")
+    if code == 1012:
+        return ApiError(503, "server_restarting", f"server restarting; reconnect ({reason})")
+    if code == 1011:
+        return ApiError(500, name or "internal_error", f"server error: {reason or 'no reason'}")
+    return ApiError(503, "stream_closed", f"stream closed early: {exc}")
+
+
 def _send_all(ws: Any, frames: Iterable[Frame], failure: list[BaseException]) -> None:
     """Send ``frames`` (raw arrays after a ``raw`` control, or encoded bytes), then ``end``."""
     from websockets.exceptions import ConnectionClosed
@@ -168,7 +201,12 @@ class CtvisClient:
         """Track ``frames`` over the session's WebSocket, one result per frame, in order.
 
         A sender thread writes frames while results are read, so the server batches and
-        pipelines them. An error reply of the server raises ``ApiError``.
+        pipelines them. An error reply of the server raises ``ApiError``, and so does a close
+        before the end: ``code`` is the refusal (close 1008: ``unauthorized``,
+        ``invalid_token``, ``session_not_found``, ``model_mismatch``), ``superseded`` (4001:
+        another stream took over the session), ``too_many_streams`` (1013: retry later),
+        ``server_restarting`` (1012: reconnect), ``frame_too_large`` (1009) or
+        ``internal_error`` (1011).
         """
         from websockets.exceptions import ConnectionClosed, InvalidStatus
         from websockets.sync.client import connect
@@ -199,7 +237,7 @@ class CtvisClient:
                     except ConnectionClosed as exc:
                         if failure:
                             raise failure[0] from exc
-                        raise ApiError(503, "stream_closed", f"stream closed early: {exc}") from exc
+                        raise _closed_error(exc) from exc
                     if message.get("type") == "frame":
                         yield FrameResult.from_json(message)
                     elif message.get("type") == "error":
@@ -238,12 +276,18 @@ class CtvisClient:
         max_frames: int | None = None,
         overlay: bool = False,
         video_id: int = 1,
+        overlay_score: float | None = None,
     ) -> JobStatus:
-        """Upload a video file (streamed from disk) as a batch job; returns its first status."""
+        """Upload a video file (streamed from disk) as a batch job; returns its first status.
+
+        ``overlay_score``: lowest results score the overlay draws (None: the server's default).
+        """
         params: dict[str, Any] = {"frame_stride": frame_stride, "overlay": str(overlay).lower()}
         params["video_id"] = video_id
         if max_frames is not None:
             params["max_frames"] = max_frames
+        if overlay_score is not None:
+            params["overlay_score"] = overlay_score
 
         def chunks() -> Iterator[bytes]:
             with open(path, "rb") as handle:

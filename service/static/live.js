@@ -7,6 +7,9 @@ import { paintLabels, paintMasks, trackColor } from "./rle.js";
 const $ = (id) => document.getElementById(id);
 const MAX_IN_FLIGHT = 2; // frames sent and not yet answered; beyond that a tick is dropped
 const MAX_RETRIES = 40;
+const BUSY_RETRY_MS = 5000; // close 1013: the server is at its stream limit; wait this long
+const SUPERSEDED = 4001; // close 4001: another stream took over this session
+const TRY_AGAIN_LATER = 1013;
 
 const s = {
   active: false, ending: false, paused: false, session: null, token: null, ws: null,
@@ -223,12 +226,18 @@ function onClose(ev) {
     finish();
   } else if (ev.code === 1008) {
     refusal(ev.reason).finally(() => stop("refused"));
+  } else if (ev.code === SUPERSEDED) {
+    // Reconnecting would take the session back and close the other stream in turn.
+    showError("another stream took over this session", "superseded");
+    stop("superseded");
+  } else if (ev.code === TRY_AGAIN_LATER) {
+    scheduleReconnect(BUSY_RETRY_MS);
   } else {
     scheduleReconnect();
   }
 }
 
-function scheduleReconnect() {
+function scheduleReconnect(minDelay = 0) {
   s.retry += 1;
   if (s.retry > MAX_RETRIES) {
     showError("the connection to the server was lost and could not be re-established", "disconnected");
@@ -237,7 +246,7 @@ function scheduleReconnect() {
   }
   s.reconnecting = true;
   setStatus("reconnecting");
-  s.retryTimer = setTimeout(reconnect, Math.min(250 * 2 ** (s.retry - 1), 2000));
+  s.retryTimer = setTimeout(reconnect, Math.max(minDelay, Math.min(250 * 2 ** (s.retry - 1), 2000)));
 }
 
 async function reconnect() {

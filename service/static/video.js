@@ -47,23 +47,28 @@ function forgetUrls() {
   job.urls = [];
 }
 
-/** One row per track: results entries with identical masks are the same track. */
+/**
+ * One row per track of the results file: its entries grouped by `track_id` (the id the overlay
+ * draws as `#id`), in the order tracks first appear. A track may have several entries (one per
+ * class the official top-k kept); the row shows its best-scoring one. An entry without a
+ * `track_id` (a results file from elsewhere) is a track of its own, shown with id "–".
+ */
 export function trackRows(results) {
-  const byMasks = new Map();
-  for (const entry of results) {
-    const key = entry.segmentations.map((s) => (s ? s.counts : "")).join("|");
-    if (!byMasks.has(key)) byMasks.set(key, []);
-    byMasks.get(key).push(entry);
-  }
+  const byTrack = new Map();
+  results.forEach((entry, i) => {
+    const key = entry.track_id ?? `entry ${i}`;
+    if (!byTrack.has(key)) byTrack.set(key, []);
+    byTrack.get(key).push(entry);
+  });
   const rows = [];
-  for (const entries of byMasks.values()) {
+  for (const entries of byTrack.values()) {
     const best = entries.reduce((a, b) => (b.score > a.score ? b : a));
     const seen = [];
-    entries[0].segmentations.forEach((s, t) => {
+    best.segmentations.forEach((s, t) => {
       if (s && rleArea(s) > 0) seen.push(t);
     });
     rows.push({
-      id: rows.length + 1,
+      id: best.track_id ?? null,
       categoryId: best.category_id,
       first: seen.length ? seen[0] : null,
       last: seen.length ? seen[seen.length - 1] : null,
@@ -79,9 +84,9 @@ function fillTable(rows) {
   body.replaceChildren();
   for (const row of rows) {
     const tr = document.createElement("tr");
-    tr.dataset.trackId = String(row.id);
+    if (row.id !== null) tr.dataset.trackId = String(row.id);
     const name = classNames.get(row.categoryId) || `category ${row.categoryId}`;
-    const cells = [row.id, name, row.first ?? "–", row.last ?? "–", row.frames, row.score.toFixed(4)];
+    const cells = [row.id ?? "–", name, row.first ?? "–", row.last ?? "–", row.frames, row.score.toFixed(4)];
     cells.forEach((value, i) => {
       const td = document.createElement("td");
       if (i === 1) {

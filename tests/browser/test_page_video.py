@@ -14,18 +14,18 @@ from tests.browser.conftest import save_screenshot as shoot
 
 
 def expected_rows(results: list[dict[str, Any]], names: dict[int, str]) -> list[list[Any]]:
-    """The track table computed from the results JSON (same rules as the page)."""
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    """The track table computed from the results JSON: one row per ``track_id`` (the id the
+    overlay draws), from the track's best-scoring entry, in order of first appearance."""
+    groups: dict[int, list[dict[str, Any]]] = {}
     for entry in results:
-        key = tuple(s["counts"] if s else "" for s in entry["segmentations"])
-        groups.setdefault(key, []).append(entry)
+        groups.setdefault(entry["track_id"], []).append(entry)
     rows = []
-    for i, entries in enumerate(groups.values(), start=1):
+    for track_id, entries in groups.items():
         best = max(entries, key=lambda e: e["score"])
-        seen = [t for t, s in enumerate(entries[0]["segmentations"]) if s and decode_rle(s).any()]
+        seen = [t for t, s in enumerate(best["segmentations"]) if s and decode_rle(s).any()]
         rows.append(
             [
-                str(i),
+                str(track_id),
                 names.get(best["category_id"], f"category {best['category_id']}"),
                 str(seen[0]) if seen else "–",
                 str(seen[-1]) if seen else "–",
@@ -54,7 +54,7 @@ def test_upload_progress_overlay_tracks_download(
     frames = len(synthetic["frames"])
     assert abs(duration - frames / VIDEO_FPS) <= 1.0 / VIDEO_FPS + 1e-6, duration
 
-    # The track table matches GET /v1/videos/{job}/result.
+    # The track table matches GET /v1/videos/{job}/result, numbered by its track ids.
     result = keyed_server.get(f"/v1/videos/{job_id}/result")
     assert result.status_code == 200
     models = keyed_server.get("/v1/models").json()["models"][0]
@@ -68,6 +68,8 @@ def test_upload_progress_overlay_tracks_download(
         assert g[:5] == w[:5], (g, w)
         assert abs(float(g[5]) - w[5]) <= 5e-5, (g, w)
     assert all(int(r[4]) <= frames for r in got)
+    ids = page.eval_on_selector_all("#tracks tbody tr", "rows => rows.map(r => r.dataset.trackId)")
+    assert ids == [r[0] for r in want]
 
     # The downloaded JSON equals the API's bytes exactly.
     with page.expect_download() as info:

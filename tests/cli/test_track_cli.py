@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -120,9 +121,9 @@ def test_tracker_overrides_change_the_run(checkpoint: Path, video: Path, tmp_pat
         (["VIDEO", "--frame-stride", "0"], "--frame-stride"),
         (["VIDEO", "--backend", "onnx"], "no ONNX model"),
         (["VIDEO", "--evaluate"], "--evaluate needs --dataset"),
-        (["VIDEO", "--tracker", "box_iou_weight=2"], "box_iou_weight must be within [0, 1]"),
-        (["VIDEO", "--tracker", "no_such_option=1"], "unknown keys ['no_such_option']"),
-        (["VIDEO", "--tracker", "match_type=sometimes"], "is not one of"),
+        (["VIDEO", "--tracker", "box_iou_weight=2"], "'box_iou_weight' must be a number in [0, 1]"),
+        (["VIDEO", "--tracker", "no_such_option=1"], "unknown tracker option 'no_such_option'"),
+        (["VIDEO", "--tracker", "match_type=sometimes"], "must be one of greedy, hungarian"),
         (["VIDEO", "--tracker", "match_threshold"], "key.path=value"),
     ],
 )
@@ -149,3 +150,84 @@ def test_bad_checkpoint_exit_1(
     argv = ["track", str(video), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "r.json")]
     assert main(argv) == 1
     assert "not a checkpoint" in capsys.readouterr().err
+
+
+def test_overlay_draws_results_entries_from_the_shared_default(
+    checkpoint: Path, video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--overlay`` draws results entries at or above ``OVERLAY_MIN_SCORE`` (or the flag)."""
+    from model import runner
+
+    drawn: list[tuple[float, list[int]]] = []
+    real = runner.overlay_tracks
+
+    def spy(result: Any, model_cfg: Any, min_score: float) -> list[Any]:
+        tracks = real(result, model_cfg, min_score)
+        drawn.append((min_score, sorted(t[0] for t in tracks)))
+        return tracks
+
+    monkeypatch.setattr(runner, "overlay_tracks", spy)
+    common = [str(video), "--checkpoint", str(checkpoint), "--device", "cpu", "--no-progress"]
+    out = tmp_path / "results.json"
+    common += ["--out", str(out), "--overlay", str(tmp_path / "overlay.mp4")]
+    assert main(["track", *common]) == 0
+    assert drawn[-1][0] == runner.OVERLAY_MIN_SCORE
+    assert main(["track", *common, "--overlay-score", "0"]) == 0
+    results = _check_results(out, {1}, 8)
+    assert results and all(isinstance(r["track_id"], int) for r in results)
+    assert drawn[-1] == (0.0, sorted({r["track_id"] for r in results}))
+    cut = sorted(r["score"] for r in results)[len(results) // 2]
+    assert main(["track", *common, "--overlay-score", str(cut)]) == 0
+    assert drawn[-1][0] == cut
+    assert set(drawn[-1][1]) == {r["track_id"] for r in results if r["score"] >= cut}
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan"])
+def test_overlay_score_out_of_range_exit_1(
+    checkpoint: Path, video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    argv = ["track", str(video), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "r.json")]
+    argv += ["--overlay", str(tmp_path / "o.mp4"), "--overlay-score", value]
+    assert main(argv) == 1
+    assert "--overlay-score must be within [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_help_states_the_shared_overlay_default() -> None:
+    import argparse
+
+    from cli import track
+    from model.runner import OVERLAY_MIN_SCORE
+
+    parser = argparse.ArgumentParser()
+    track.add_arguments(parser)
+    assert f"({OVERLAY_MIN_SCORE:g}, as the API)" in " ".join(parser.format_help().split())
+
+
+def test_evaluate_warns_about_a_foreign_label_space(
+    checkpoint: Path, real_sample_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The tiny preset names YouTube-VIS 2019 classes; the real sample is YouTube-VIS 2021."""
+    from model.build import YTVIS_2019_CLASSES
+
+    gt = json.loads((real_sample_dir / "instances.json").read_text())
+    video = gt["videos"][2]
+    video["file_names"] = video["file_names"][:3]
+    annotations = [a for a in gt["annotations"] if a["video_id"] == video["id"]]
+    for ann in annotations:
+        for key in ("segmentations", "areas", "bboxes"):
+            ann[key] = ann[key][:3]
+    out = tmp_path / "results.json"
+    argv = ["track", "--dataset", "GT", "--frames-root", str(real_sample_dir / "JPEGImages")]
+    argv += ["--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu"]
+    argv += ["--no-progress", "--evaluate"]
+    own = [{"id": i + 1, "name": n} for i, n in enumerate(YTVIS_2019_CLASSES)]
+    for categories, warned in ((gt["categories"], True), (own, False)):
+        gt_path = tmp_path / "gt.json"
+        subset = {**gt, "videos": [video], "annotations": annotations, "categories": categories}
+        gt_path.write_text(json.dumps(subset))
+        assert main([a if a != "GT" else str(gt_path) for a in argv]) == 0
+        assert _check_results(out, {video["id"]}, 3)
+        captured = capsys.readouterr()
+        assert ("ctvis track: warning: results use names" in captured.err) == warned
+        assert "AP50" in captured.out

@@ -112,3 +112,24 @@ def test_video_results_topk_rescoring_and_category_ids() -> None:
         assert r["video_id"] == "v" and len(r["segmentations"]) == 2
         assert r["segmentations"][1] == rle.empty(3, 4)
     assert video_results([], 2, (3, 4), model_cfg, video_id=1) == []
+
+
+def test_video_results_name_their_track_and_class() -> None:
+    """Every entry gives its track's ``track_id``; ``category_name`` only when classes are named."""
+    entries = [_entry(4, [2.0, 0.0, 0.0, 0.0], 9.0, 12.0), _entry(6, [0.0, 3.0, 0.0, 0.0], 6, 12)]
+    named = ModelConfig(num_classes=3, class_names=("a", "b", "c"), category_ids=(7, 8, 9))
+    out = video_results(entries, 2, (3, 4), named, video_id=1)
+    by_track = {4: entries[0], 6: entries[1]}
+    assert {r["track_id"] for r in out} <= set(by_track)
+    for r in out:
+        assert r["category_name"] == "abc"[r["category_id"] - 7]
+        track = by_track[r["track_id"]]
+        assert r["segmentations"][0] == track.rles[0]  # the entry the result came from
+        quality = track.sigmoid_sum / (track.mask_sum + 1e-6)
+        probs = track.logits.softmax(-1)[r["category_id"] - 7]
+        assert r["score"] == pytest.approx(float(probs) * quality, abs=1e-6)
+    # The best pair of each track is in the top k: both tracks are in the results.
+    assert {r["track_id"] for r in out} == {4, 6}
+    unnamed = video_results(entries, 2, (3, 4), ModelConfig(num_classes=3), video_id=1)
+    assert all("category_name" not in r and "track_id" in r for r in unnamed)
+    assert list(unnamed[0]) == ["video_id", "score", "category_id", "track_id", "segmentations"]

@@ -1,4 +1,4 @@
-"""Streaming video runner: checkpoints on clip boundaries resume to the exact same result."""
+"""Streaming video runner: exact resume from checkpoints; results name tracks; overlay choice."""
 
 from __future__ import annotations
 
@@ -6,8 +6,19 @@ import numpy as np
 import pytest
 import torch
 
+from model import rle
 from model.build import PRESETS, build_segmenter
-from model.runner import Cancelled, load_progress, track_frames
+from model.config import ModelConfig
+from model.pipeline import VideoResult
+from model.postprocess import TrackEntry, video_results
+from model.runner import (
+    OVERLAY_MIN_SCORE,
+    Cancelled,
+    load_progress,
+    overlay_tracks,
+    track_frames,
+)
+from model.tracker.state import init_state
 from training.data.synthetic import config_for, render_video
 
 
@@ -51,3 +62,60 @@ def test_size_change_is_an_error(setup: tuple) -> None:
     mixed = list(frames[:6]) + [np.zeros((50, 50, 3), np.uint8)]
     with pytest.raises(ValueError, match="frame size changed"):
         track_frames(mixed, seg, model_cfg, pre_cfg, trk_cfg)
+
+
+def test_results_entries_carry_their_track_id(setup: tuple) -> None:
+    seg, model_cfg, pre_cfg, trk_cfg, frames = setup
+    result = track_frames(frames, seg, model_cfg, pre_cfg, trk_cfg)
+    assert result.results, "the tiny model should give results on this video"
+    entries = {e.track_id: e for e in result.entries}
+    empty = rle.empty(*frames[0].shape[:2])
+    for item in result.results:
+        entry = entries[item["track_id"]]
+        assert item["segmentations"] == [r if r is not None else empty for r in entry.rles]
+        label = model_cfg.category_ids.index(item["category_id"])
+        assert item["category_name"] == model_cfg.class_names[label]
+
+
+def _crowded() -> tuple[VideoResult, ModelConfig]:
+    """Three tracks, two classes: the top-2 (track, class) pairs leave track 30 out."""
+    model_cfg = ModelConfig(num_classes=2, class_names=("cat", "dog"), category_ids=(1, 2))
+    mask = rle.encode(torch.ones(3, 4, dtype=torch.bool))
+
+    def entry(track_id: int, logits: list[float], quality: float) -> TrackEntry:
+        return TrackEntry(track_id, torch.tensor(logits), [True], [mask], 12.0 * quality, 12.0)
+
+    entries = [
+        entry(10, [4.0, 0.0, 0.0], 0.9),  # cat, p ~ 0.96, score ~ 0.87
+        entry(20, [0.0, 3.0, 0.0], 0.3),  # dog, p ~ 0.91, score ~ 0.27
+        entry(30, [2.0, 0.0, 0.0], 0.9),  # cat, p ~ 0.79: below the top 2, in no entry
+    ]
+    results = video_results(entries, 1, (3, 4), model_cfg, video_id=1)
+    state = init_state(embed_dim=4, num_classes=2)
+    return VideoResult(results=results, entries=entries, trace=[], state=state), model_cfg
+
+
+def test_overlay_draws_results_entries_at_or_above_the_score() -> None:
+    result, model_cfg = _crowded()
+    assert {r["track_id"] for r in result.results} == {10, 20}
+    drawn = overlay_tracks(result, model_cfg, 0.0)
+    assert [t[0] for t in drawn] == [10, 20]  # track 30 is in no results entry: not drawn
+    for track_id, name, score, _ in drawn:
+        best = max(
+            (r for r in result.results if r["track_id"] == track_id), key=lambda r: r["score"]
+        )
+        assert (name, score) == (best["category_name"], best["score"])
+    # The default is the shared constant: track 20 (score ~0.27) falls below it.
+    assert OVERLAY_MIN_SCORE == 0.3
+    assert [t[0] for t in overlay_tracks(result, model_cfg)] == [10]
+    assert overlay_tracks(result, model_cfg, 1.0) == []
+
+
+def test_overlay_ids_are_results_track_ids(setup: tuple) -> None:
+    seg, model_cfg, pre_cfg, trk_cfg, frames = setup
+    result = track_frames(frames, seg, model_cfg, pre_cfg, trk_cfg)
+    scores = sorted({r["score"] for r in result.results})
+    for min_score in (0.0, scores[len(scores) // 2], OVERLAY_MIN_SCORE):
+        drawn = overlay_tracks(result, model_cfg, min_score)
+        want = {r["track_id"] for r in result.results if r["score"] >= min_score}
+        assert sorted(t[0] for t in drawn) == sorted(want)

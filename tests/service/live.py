@@ -7,6 +7,7 @@ resident memory (``/proc``), the bytes under its temp directory, and its log out
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -25,10 +26,8 @@ def _dir_bytes(path: Path) -> int:
     total = 0
     for root, _, files in os.walk(path):
         for name in files:
-            try:
+            with contextlib.suppress(OSError):  # a file deleted while walking
                 total += (Path(root) / name).stat().st_size
-            except OSError:
-                pass
     return total
 
 
@@ -64,9 +63,7 @@ class LiveServer:
             }
         )
         log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [exe, "serve"], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
+        self.proc = subprocess.Popen([exe, "serve"], stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         deadline = time.monotonic() + self._startup_s
         while time.monotonic() < deadline:

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.main import create_app
-from service.models import RANDOM_WEIGHTS_WARNING
+from service.models import DEMO_MODEL_WARNING, RANDOM_WEIGHTS_WARNING
 from service.settings import Settings
 
 
@@ -43,7 +43,9 @@ def test_embedded_default_is_the_bundled_demo_model(monkeypatch: pytest.MonkeyPa
     with TestClient(create_app(Settings())) as c:
         model = c.get("/v1/models").json()["models"][0]
     assert model["name"] == "ctvis-demo"
-    assert model["random_weights"] is False and model["warnings"] == []
+    assert model["random_weights"] is False
+    assert model["warnings"] == [DEMO_MODEL_WARNING]  # the page shows it above the forms
+    assert "only on synthetic shapes" in DEMO_MODEL_WARNING
     assert [k["name"] for k in model["classes"]] == [
         "circle", "square", "triangle", "star", "hexagon", "cross"
     ]  # fmt: skip

@@ -111,7 +111,7 @@ def test_stream_with_bad_token_raises(client: CtvisClient, video_frames: list[np
 def test_video_job_waits_and_downloads(
     client: CtvisClient, mp4_file: Path, tmp_path: Path, mode: str
 ) -> None:
-    submitted = client.submit_video(mp4_file, overlay=True, video_id=3)
+    submitted = client.submit_video(mp4_file, overlay=True, video_id=3, overlay_score=0.0)
     seen: list[JobStatus] = []
     final = client.wait_job(submitted.job_id, seen.append, timeout=120, mode=mode)  # type: ignore[arg-type]
     assert final.state == "done" and seen[-1] == final

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from service.errors import ApiError
-from service.frames import decode_image, decode_raw_rgb
+from service.frames import decode_image, decode_raw_rgb, scrub
 
 
 def _encode(arr: np.ndarray, fmt: str) -> bytes:
@@ -84,3 +84,31 @@ def test_huge_image_header_is_rejected_not_decoded(side: int) -> None:
         decode_image(_png_claiming(side, side), max_bytes=1 << 22)
     assert exc.value.status == 413
     assert exc.value.code == "frame_too_large"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not an image at all",
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 64,  # a PNG signature, then nothing valid
+        b"\xff\xd8\xff\xe0" + b"\x00" * 64,  # a JPEG marker, then nothing valid
+        b"RIFF\x00\x00\x00\x00WEBPVP8 " + b"\x00" * 40,
+    ],
+    ids=["text", "png", "jpeg", "webp"],
+)
+def test_decode_errors_name_no_python_objects(data: bytes) -> None:
+    with pytest.raises(ApiError) as exc:
+        decode_image(data, max_bytes=1 << 20)
+    assert exc.value.status == 415 and exc.value.code == "unsupported_frame"
+    message = exc.value.message
+    assert "0x" not in message and "object at" not in message and "BytesIO" not in message
+
+
+def test_scrub_removes_reprs_addresses_and_paths() -> None:
+    text = (
+        "cannot identify image file <_io.BytesIO object at 0x7f3a2b1c0d90>; "
+        "/srv/jobs/abc/input: failed (/srv/jobs/abc) at 0xdeadbeef00"
+    )
+    clean = scrub(text, ["/srv/jobs/abc", "/srv/jobs/abc/input"])
+    assert "0x" not in clean and "/srv" not in clean and "BytesIO" not in clean
+    assert clean.startswith("cannot identify image file the upload; the upload: failed")

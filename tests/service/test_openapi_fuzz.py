@@ -33,3 +33,27 @@ def running_app() -> Iterator[None]:
 def test_no_server_errors(case: schemathesis.Case) -> None:
     response = case.call()
     assert response.status_code < 500, (case.method, case.path, response.text)
+
+
+# Session options in depth: the tracker options' schema comes from the server's own rule
+# table, so generated cases cover each option's type and range edges; negative cases add
+# out-of-range values, wrong types and unknown names. All must be 201 or a 4xx.
+sessions_schema = schemathesis.openapi.from_asgi("/openapi.json", app).include(
+    path="/v1/sessions", method="POST"
+)
+sessions_schema.config.generation.update(
+    modes=[schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE]
+)
+
+
+@sessions_schema.parametrize()
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
+)
+def test_session_options_never_give_server_errors(case: schemathesis.Case) -> None:
+    response = case.call()
+    assert response.status_code < 500, (case.body, response.text)
+    if response.status_code == 422 and isinstance(case.body, dict):
+        tracker = case.body.get("tracker")
+        if isinstance(tracker, dict) and tracker:
+            assert response.json()["code"] in ("invalid_tracker_option", "invalid_request")

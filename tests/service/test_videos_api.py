@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
 from fastapi.testclient import TestClient
 
-from model.runner import track_frames
+from cli.main import main as ctvis
+from model.runner import OVERLAY_MIN_SCORE, track_frames
 from model.video_io import FrameSource
 from service.main import create_app
 from service.settings import Settings
@@ -115,3 +118,95 @@ def _wait_with(c: TestClient, job_id: str, headers: dict) -> None:
         if c.get(f"/v1/videos/{job_id}", headers=headers).json()["state"] != "running":
             return
         time.sleep(0.05)
+
+
+class _OverlaySpy:
+    """Wraps ``service.jobs.overlay_tracks``: records each job's score and drawn ids (sorted)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import service.jobs
+
+        self.calls: list[tuple[float, list[int]]] = []
+        self._real = service.jobs.overlay_tracks
+        monkeypatch.setattr(service.jobs, "overlay_tracks", self)
+
+    def __call__(self, result: Any, model_cfg: Any, min_score: float) -> list[Any]:
+        tracks = self._real(result, model_cfg, min_score)
+        self.calls.append((min_score, sorted(t[0] for t in tracks)))
+        return tracks
+
+
+def test_overlay_score_parameter(
+    mp4_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overlay draws the results entries at or above ``overlay_score`` (default: the
+    constant ``ctvis track`` uses), so every drawn id is a ``track_id`` of the result; the
+    result, track ids included, is byte for byte what ``ctvis track`` writes."""
+    monkeypatch.delenv("CTVIS_CHECKPOINT")  # the bundled demo model: real tracks and scores
+    spy = _OverlaySpy(monkeypatch)
+    data = mp4_file.read_bytes()
+    cli_out = tmp_path / "track.json"
+    argv = ["track", str(mp4_file), "--out", str(cli_out), "--device", "cpu", "--no-progress"]
+    assert ctvis(argv) == 0
+    with TestClient(create_app(Settings())) as client:
+        for query, min_score in (("", OVERLAY_MIN_SCORE), ("&overlay_score=0", 0.0)):
+            resp = client.post(f"/v1/videos?overlay=true{query}", content=data)
+            assert resp.status_code == 202, resp.text
+            job_id = resp.json()["job_id"]
+            assert _wait(client, job_id)["state"] == "done"
+            raw = client.get(f"/v1/videos/{job_id}/result").content
+            assert raw == cli_out.read_bytes()
+            result = json.loads(raw)
+            assert spy.calls[-1] == (
+                min_score,
+                sorted({r["track_id"] for r in result if r["score"] >= min_score}),
+            )
+        # The demo model finds more tracks in this clip than it has classes: the official
+        # top-k leaves one out of the results, and so the overlay leaves it out too.
+        served = client.app.state.model
+        expected = track_frames(
+            FrameSource(mp4_file), served.segmenter, served.model_cfg, served.preprocess_cfg,
+            served.tracker_cfg,
+        )  # fmt: skip
+        assert len(expected.entries) > len({r["track_id"] for r in expected.results})
+        for bad in ("1.5", "-0.1", "nan", "high"):
+            resp = client.post(f"/v1/videos?overlay=true&overlay_score={bad}", content=data)
+            assert resp.status_code == 422, (bad, resp.text)
+
+
+@pytest.mark.redis
+def test_overlay_score_reaches_the_redis_worker(
+    tmp_path: Path, mp4_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``overlay_score`` travels with the job to a ``ctvis worker`` (here run in process)."""
+    import threading
+    import uuid
+
+    from service.jobqueue import JobWorker
+
+    redis_url = os.environ.get("CTVIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    tag = uuid.uuid4().hex
+    settings = Settings(
+        redis_url=redis_url, worker=False, frames_stream=f"ctvis:test-frames:{tag}",
+        jobs_stream=f"ctvis:test-jobs:{tag}", job_dir=str(tmp_path / "jobs"),
+    )  # fmt: skip
+    spy = _OverlaySpy(monkeypatch)
+    with TestClient(create_app(settings)) as api:
+        resp = api.post("/v1/videos?overlay=true&overlay_score=0.05", content=mp4_file.read_bytes())
+        assert resp.status_code == 202, resp.text
+        job_id = resp.json()["job_id"]
+        worker = JobWorker(
+            redis_url, api.app.state.model, settings.job_dir, stream=settings.jobs_stream
+        )
+        try:
+            claimed = worker.next_job(block_ms=2000)
+            assert claimed is not None and claimed[1] == job_id
+            assert worker.run_one(*claimed, threading.Event()) == "done"
+            assert _wait(api, job_id)["state"] == "done"
+            result = api.get(f"/v1/videos/{job_id}/result").json()
+            drawn = sorted({r["track_id"] for r in result if r["score"] >= 0.05})
+            assert spy.calls == [(0.05, drawn)]
+            assert api.get(f"/v1/videos/{job_id}/overlay").status_code == 200
+        finally:
+            worker.client.delete(settings.jobs_stream, f"ctvis:job:{job_id}")
+            worker.client.close()

@@ -1,4 +1,4 @@
-"""YouTube-VIS evaluator: official numbers on the real sample, hand-made edge cases, IDSW."""
+"""YouTube-VIS evaluator: official numbers on the real sample, edge cases, IDSW, label space."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from training.ytvis_data import YtvisFormatError, parse_ground_truth, parse_results
+from training.ytvis_data import GroundTruth, YtvisFormatError, parse_ground_truth, parse_results
 from training.ytvis_eval import (
     METRIC_KEYS,
     EvalResult,
+    LabelSpaceMismatch,
     evaluate,
     evaluate_files,
     frame_intersections,
+    label_space_mismatch,
     video_iou,
 )
 
@@ -255,3 +257,67 @@ def test_vectorised_iou_matches_brute_force() -> None:
             inter = sum(int((a & b).sum()) for a, b in pairs)
             union = sum(int((a | b).sum()) for a, b in pairs)
             assert got[i, j] == pytest.approx(inter / union if union else 0.0, abs=1e-12)
+
+
+def _named_results(gt: GroundTruth, entries: list[tuple[int, str | None]]) -> tuple:
+    """One full-frame result per ``(category_id, category_name or None)``."""
+    raw = []
+    for i, (category_id, name) in enumerate(entries):
+        entry = {"video_id": 1, "category_id": category_id, "score": 0.9 - 0.1 * i}
+        entry["segmentations"] = [_rle(BOX_A), _rle(BOX_A)]
+        entry["track_id"] = i
+        if name is not None:
+            entry["category_name"] = name
+        raw.append(entry)
+    return parse_results(raw, gt)
+
+
+def test_label_space_agrees_up_to_case_and_separators() -> None:
+    gt = parse_ground_truth(_gt([{"boxes": [BOX_A, BOX_A]}], 2))  # categories 1 cat, 2 dog
+    assert label_space_mismatch(gt, _named_results(gt, [(1, "Cat"), (2, None), (2, "dog")])) is None
+    assert label_space_mismatch(gt, ()) is None
+    data = _gt([], 2)
+    data["categories"] = [{"id": 1, "name": "giant_panda"}, {"id": 2, "name": "tennis racket"}]
+    gt2 = parse_ground_truth(data)
+    same = _named_results(gt2, [(1, "Giant Panda"), (2, "tennis-racket")])
+    assert label_space_mismatch(gt2, same) is None
+
+
+def test_label_space_names_unknown_ids_and_other_names() -> None:
+    gt = parse_ground_truth(_gt([{"boxes": [BOX_A, BOX_A]}], 2))
+    results = _named_results(gt, [(1, "circle"), (1, "circle"), (7, "star"), (2, "dog"), (9, None)])
+    found = label_space_mismatch(gt, results)
+    assert found == LabelSpaceMismatch(
+        unknown_ids=(7, 9), renamed=((1, "circle", "cat"),), affected=4, total=5, gt_ids=(1, 2)
+    )
+    message = found.message()
+    assert "\n" not in message
+    assert message.startswith(
+        "results use category ids {7, 9} / names {1: 'circle' (ground truth: 'cat')} "
+        "not in the ground truth's label space (2 categories, ids 1-2); 4 of 5 results entries"
+    )
+    many = LabelSpaceMismatch(tuple(range(50, 60)), (), 10, 10, (1, 3))
+    assert "category ids {50, 51, 52, 53, 54, ... 5 more}" in many.message()
+    assert "(2 categories, ids {1, 3})" in many.message()
+
+
+def test_label_space_without_ground_truth_names_checks_ids_only() -> None:
+    data = _gt([], 2)
+    data["categories"] = [{"id": 1}, {"id": 2}]
+    gt = parse_ground_truth(data)
+    assert label_space_mismatch(gt, _named_results(gt, [(1, "circle"), (2, "square")])) is None
+    found = label_space_mismatch(gt, _named_results(gt, [(3, "circle")]))
+    assert found is not None and found.unknown_ids == (3,) and found.renamed == ()
+
+
+def test_extra_result_keys_change_no_number() -> None:
+    gt = parse_ground_truth(_gt([{"boxes": [BOX_A, BOX_B]}, {"boxes": [BOX_B, None]}], 2))
+    plain = [
+        {"video_id": 1, "category_id": 1, "score": s, "segmentations": [_rle(a), _rle(b)]}
+        for s, (a, b) in [(0.9, (BOX_A, BOX_B)), (0.8, (BOX_B, BOX_A)), (0.7, (BOX_B, None))]
+    ]
+    ours = [{**r, "track_id": i, "category_name": "circle"} for i, r in enumerate(plain)]
+    a, b = evaluate(gt, parse_results(plain, gt)), evaluate(gt, parse_results(ours, gt))
+    assert a.metrics == b.metrics and a.id_switches == b.id_switches
+    np.testing.assert_array_equal(a.precision, b.precision)
+    assert 0 < a.metrics["AP"] < 1
