@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from model.config import TrackerConfig, tracker_config_problems
+from model.config import TrackerConfig, TrackerOptionError, validate_tracker_config
 from model.tracker.select import (
     binarize,
     box_iou,
@@ -129,7 +130,7 @@ def test_mask_logit_offset_grows_masks_before_nms() -> None:
 
 
 def test_mask_logit_offset_is_validated() -> None:
-    assert tracker_config_problems(TrackerConfig(mask_logit_offset=1.5)) == []
+    validate_tracker_config(TrackerConfig(mask_logit_offset=1.5))
     for bad in (11.0, -11.0, float("nan")):
-        problems = tracker_config_problems(TrackerConfig(mask_logit_offset=bad))
-        assert problems == ["mask_logit_offset must be within [-10, 10]"]
+        with pytest.raises(TrackerOptionError, match="'mask_logit_offset' must be a number in"):
+            validate_tracker_config(TrackerConfig(mask_logit_offset=bad))
