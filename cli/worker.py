@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
             settings.frames_stream,
             claim_idle_ms=settings.claim_idle_ms,
             metrics=metrics,
+            redis_mode=settings.redis_mode,
         )
         jobs_worker = JobWorker(
             settings.redis_url or "",
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             stream=settings.jobs_stream,
             faults=FaultInjection.parse(settings.fault_inject),
             metrics=metrics,
+            redis_mode=settings.redis_mode,
         )
         done = await asyncio.gather(frames_until_stop(), run_job_worker(jobs_worker, stop))
         return done[0], done[1]

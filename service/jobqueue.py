@@ -1,7 +1,7 @@
 """Video jobs on ``ctvis worker`` processes, with progress checkpoints and dead letters.
 
 The API stores the upload under ``job_dir/<job>/input`` (a directory every API replica and
-worker shares), records the job in the Redis hash ``ctvis:job:<job>`` (with a TTL) and appends
+worker shares), records the job in a Redis hash (with a TTL) and appends
 its id to the jobs stream. A worker claims it through the consumer group, runs
 ``service.jobs.run_video_job`` and, every few clips, writes a progress checkpoint
 (the ``progress`` field of the job hash: frame cursor, tracker state and the tracks
@@ -11,11 +11,13 @@ result equals an uninterrupted run's exactly. A job that fails ``max_job_attempt
 to ``dead_letter`` with its error. Results are written once, atomically.
 
 Admission is counted in Redis, so the limits hold across API replicas: the sorted set
-``<jobs stream>:pending`` holds every upload under way and every job queued or running, scored
+``pending_key`` holds every upload under way and every job queued or running, scored
 with the time its place lapses (an upload's lease, renewed as its bytes arrive; a job's TTL,
-renewed by its worker), and the hash ``<jobs stream>:pending-bytes`` their upload sizes. One
+renewed by its worker), and the hash ``pending_bytes_key`` their upload sizes. One
 Lua script drops lapsed places and admits or refuses an upload atomically; a job leaves both
-when it ends (or its record is deleted), and both keys expire with the jobs.
+when it ends (or its record is deleted), and both keys expire with the jobs. Every key of
+one queue carries the queue's hash tag (``service.keys``), so its scripts and transactions stay
+on one slot of a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ from service.jobs import (
     too_many_jobs,
     validate_or_discard,
 )
+from service.keys import job_key, jobs_stream_key, pending_bytes_key, pending_key
 from service.metrics import Metrics
 from service.models import ServedModel
+from service.redis_conn import RedisMode, open_async, open_sync
 from service.settings import get_settings
 
 if TYPE_CHECKING:
@@ -57,11 +61,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ctvis.jobs")
 
-JOB_KEY = "ctvis:job:{job_id}"
 JOBS_STREAM = "ctvis:jobs"
 JOB_GROUP = "ctvis-job-workers"
-PENDING_KEY = "{stream}:pending"  # zset: job id -> unix time its place lapses
-PENDING_BYTES_KEY = "{stream}:pending-bytes"  # hash: job id -> bytes of its upload
 
 # KEYS: pending zset, pending-bytes hash. ARGV: job id, bytes, lease s, max jobs, max bytes,
 # key TTL s. Returns {1, bytes held by the others} when admitted, {-1, 0} when max jobs are
@@ -122,19 +123,35 @@ class RedisJobManager:
     """API side: jobs live in Redis and run on workers; same interface as LocalJobManager."""
 
     def __init__(
-        self, url: str, job_dir: str | Path, max_frames: int, ttl_s: int, stream: str = JOBS_STREAM
+        self,
+        url: str,
+        job_dir: str | Path,
+        max_frames: int,
+        ttl_s: int,
+        stream: str = JOBS_STREAM,
+        redis_mode: RedisMode = "auto",
     ) -> None:
-        from redis import asyncio as aioredis
-
-        self._client = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+        self._url = url
+        self._mode = redis_mode
+        self._client: Any = None
+        self._reserve: Any = None
         self.root = Path(job_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_frames = max_frames
         self.ttl_s = ttl_s
-        self.stream = stream
-        self._pending = PENDING_KEY.format(stream=stream)
-        self._pending_bytes = PENDING_BYTES_KEY.format(stream=stream)
-        self._reserve = self._client.register_script(_RESERVE_LUA)
+        self.queue = stream
+        self.stream = jobs_stream_key(stream)
+        self._pending = pending_key(stream)
+        self._pending_bytes = pending_bytes_key(stream)
+
+    async def _c(self) -> Any:
+        """The client, connected (and the server's mode asked) on first use."""
+        if self._client is None:
+            self._client = await open_async(
+                self._url, self._mode, socket_connect_timeout=2, socket_timeout=10
+            )
+            self._reserve = self._client.register_script(_RESERVE_LUA)
+        return self._client
 
     def new_workdir(self) -> tuple[str, Path]:
         return new_job_dir(self.root)
@@ -145,6 +162,7 @@ class RedisJobManager:
         key_ttl_s = max(self.ttl_s, int(limits.upload_lease_s) + 1)
         limits_args = [limits.max_pending_jobs, limits.max_job_bytes, key_ttl_s]
         args: list[str | int | float] = [job_id, nbytes, limits.upload_lease_s, *limits_args]
+        await self._call(self._c())
         verdict, used = await self._call(self._reserve(keys=keys, args=args))
         if verdict == -1:
             raise too_many_jobs(limits)
@@ -152,7 +170,8 @@ class RedisJobManager:
             raise storage_full(int(used), nbytes, limits)
 
     async def release(self, job_id: str) -> None:
-        async with self._client.pipeline(transaction=True) as pipe:
+        client = await self._call(self._c())
+        async with client.pipeline(transaction=True) as pipe:
             pipe.zrem(self._pending, job_id)
             pipe.hdel(self._pending_bytes, job_id)
             await self._call(pipe.execute())
@@ -182,8 +201,9 @@ class RedisJobManager:
                   "options": asdict(options), "owner": owner or "", "attempts": 0,
                   "created_at": now, "cancel": 0, "error": None,
                   "max_pixels": limits.max_video_pixels}  # fmt: skip
-        key = JOB_KEY.format(job_id=job_id)
-        async with self._client.pipeline(transaction=True) as pipe:
+        key = job_key(self.queue, job_id)
+        client = await self._call(self._c())
+        async with client.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=_encode(fields))
             pipe.expire(key, self.ttl_s)
             pipe.zadd(self._pending, {job_id: now + self.ttl_s})
@@ -198,7 +218,7 @@ class RedisJobManager:
     async def _fields(self, job_id: str, owner: str | None) -> dict[str, Any]:
         # HMGET the small fields only: the hash also holds the (large) progress checkpoint
         values = await self._call(
-            self._client.hmget(JOB_KEY.format(job_id=job_id), list(_STATUS_FIELDS))
+            (await self._call(self._c())).hmget(job_key(self.queue, job_id), list(_STATUS_FIELDS))
         )
         raw = {k.encode(): v for k, v in zip(_STATUS_FIELDS, values, strict=True) if v is not None}
         fields = _decode(raw) if raw else None
@@ -227,19 +247,22 @@ class RedisJobManager:
 
     async def cancel(self, job_id: str, owner: str | None) -> None:
         fields = await self._fields(job_id, owner)
-        key = JOB_KEY.format(job_id=job_id)
+        key = job_key(self.queue, job_id)
         if fields["state"] in FINAL_STATES:
-            async with self._client.pipeline(transaction=True) as pipe:
+            client = await self._call(self._c())
+            async with client.pipeline(transaction=True) as pipe:
                 pipe.delete(key)
                 pipe.zrem(self._pending, job_id)
                 pipe.hdel(self._pending_bytes, job_id)
                 await self._call(pipe.execute())
             shutil.rmtree(self.root / job_id, ignore_errors=True)
         else:
-            await self._call(self._client.hset(key, "cancel", 1))
+            client = await self._call(self._c())
+            await self._call(client.hset(key, "cancel", 1))
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
 
 class JobWorker:
@@ -258,10 +281,11 @@ class JobWorker:
         stream: str = JOBS_STREAM,
         faults: FaultInjection | None = None,
         metrics: Metrics | None = None,
+        redis_mode: RedisMode = "auto",
     ) -> None:
-        import redis
-
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=30)
+        self._url = url
+        self._mode = redis_mode
+        self._client: Any = None
         self.served = served
         self.root = Path(job_dir)
         self.metrics = metrics
@@ -269,11 +293,21 @@ class JobWorker:
         self.max_attempts = max_attempts
         self.checkpoint_every_clips = checkpoint_every_clips
         self.ttl_s = ttl_s
-        self.stream = stream
-        self.pending = PENDING_KEY.format(stream=stream)
-        self.pending_bytes = PENDING_BYTES_KEY.format(stream=stream)
+        self.queue = stream
+        self.stream = jobs_stream_key(stream)
+        self.pending = pending_key(stream)
+        self.pending_bytes = pending_bytes_key(stream)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-jobs"
         self.faults = faults
+
+    @property
+    def client(self) -> Any:
+        """The blocking client, connected (and the server's mode asked) on first use."""
+        if self._client is None:
+            self._client = open_sync(
+                self._url, self._mode, socket_connect_timeout=2, socket_timeout=30
+            )
+        return self._client
 
     def _ready(self) -> bool:
         import redis
@@ -319,7 +353,7 @@ class JobWorker:
 
     def _update(self, job_id: str, **fields: Any) -> None:
         """Write job fields and renew the job's TTL and its place among pending jobs."""
-        key = JOB_KEY.format(job_id=job_id)
+        key = job_key(self.queue, job_id)
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(key, mapping=_encode(fields))
         pipe.expire(key, self.ttl_s)
@@ -341,7 +375,7 @@ class JobWorker:
 
     def run_one(self, entry_id: bytes, job_id: str, stop: threading.Event) -> str:
         """Run (or resume) one claimed job; returns its new state."""
-        key = JOB_KEY.format(job_id=job_id)
+        key = job_key(self.queue, job_id)
         raw = cast("dict[bytes, bytes]", self.client.hgetall(key))  # bytes: no decode_responses
         if not raw or _decode(raw)["state"] in FINAL_STATES:
             self._forget(job_id)
@@ -425,7 +459,7 @@ class JobWorker:
         self._update(job_id, state=state, error=error, finished_at=time.time())
         (self.root / job_id / "input").unlink(missing_ok=True)
         self._forget(job_id)
-        self.client.hdel(JOB_KEY.format(job_id=job_id), "progress")
+        self.client.hdel(job_key(self.queue, job_id), "progress")
         self._done(entry_id)
         if self.metrics is not None:
             self.metrics.jobs.labels(state).inc()
@@ -443,7 +477,8 @@ class JobWorker:
             except Exception as exc:  # noqa: BLE001 - Redis restarts etc.: retry, stay up
                 log.warning("job worker loop error (retrying): %r", exc)
                 stop.wait(0.5)
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
         return count
 
 

@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.api_key_digests = parse_api_keys(settings.api_keys)
         served = await asyncio.to_thread(load_served_model_for, settings)
         app.state.model = served
-        app.state.store = make_store(settings.redis_url)
+        app.state.store = make_store(settings.redis_url, settings.redis_mode)
         if settings.worker:
             queue: BatchQueue | RedisFrameQueue = _make_queue(
                 Engine(served, FaultInjection.parse(settings.fault_inject)), settings, metrics
@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             assert settings.redis_url is not None  # checked by Settings
             queue = RedisFrameQueue(
                 settings.redis_url, served.model_id, settings.worker_timeout_s,
-                settings.frames_stream, settings.stream_ttl_s,
+                settings.frames_stream, settings.stream_ttl_s, settings.redis_mode,
             )  # fmt: skip
         queue.start()
         app.state.sessions = SessionService(settings, served, app.state.store, queue, metrics)
@@ -96,7 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             assert settings.redis_url is not None
             app.state.jobs = RedisJobManager(
                 settings.redis_url, job_dir(settings), settings.max_video_frames,
-                settings.job_ttl_s, settings.jobs_stream,
+                settings.job_ttl_s, settings.jobs_stream, settings.redis_mode,
             )  # fmt: skip
         try:
             yield

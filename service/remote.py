@@ -28,7 +28,9 @@ from model.tracker import codec
 from service.auth import new_id
 from service.engine import Engine, FrameItem, FrameOutcome
 from service.errors import ApiError, store_unavailable
+from service.keys import reply_key
 from service.metrics import Metrics
+from service.redis_conn import RedisMode, open_async
 
 if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT
@@ -37,7 +39,6 @@ log = logging.getLogger("ctvis.worker")
 
 FRAMES_STREAM = "ctvis:frames"
 WORKER_GROUP = "ctvis-workers"
-REPLY_KEY = "ctvis:reply:{request_id}"
 REPLY_TTL_S = 120
 STREAM_MAXLEN = 10_000
 STREAM_TTL_S = 3600
@@ -125,13 +126,11 @@ class RedisFrameQueue:
         timeout_s: float,
         stream: str = FRAMES_STREAM,
         stream_ttl_s: int = STREAM_TTL_S,
+        redis_mode: RedisMode = "auto",
     ) -> None:
-        import redis.asyncio as redis
-
-        # BLPOP blocks for up to timeout_s: the socket must wait longer than that.
-        self._client = redis.Redis.from_url(
-            url, socket_connect_timeout=2, socket_timeout=timeout_s + 5
-        )
+        self._url = url
+        self._mode = redis_mode
+        self._client: Any = None
         self.model_id = model_id
         self.timeout_s = timeout_s
         self.stream = stream
@@ -141,12 +140,22 @@ class RedisFrameQueue:
     def start(self) -> None:
         """Nothing to start: workers consume the stream."""
 
+    async def _c(self) -> Any:
+        """The client, connected (and the server's mode asked) on first use."""
+        if self._client is None:
+            # BLPOP blocks for up to timeout_s: the socket must wait longer than that.
+            self._client = await open_async(
+                self._url, self._mode, socket_connect_timeout=2, socket_timeout=self.timeout_s + 5
+            )
+        return self._client
+
     async def submit(self, item: FrameItem) -> FrameOutcome:
         """Queue the frame for a worker; 503 ``worker_unavailable`` if nobody answers."""
         request_id = new_id()
         fields = encode_item(item, self.model_id, request_id)
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
+            client = await self._c()
+            async with client.pipeline(transaction=False) as pipe:
                 pipe.xadd(self.stream, fields, maxlen=STREAM_MAXLEN, approximate=True)
                 # The stream disappears after an hour without traffic (no key outlives use).
                 pipe.expire(self.stream, self.stream_ttl_s)
@@ -156,9 +165,7 @@ class RedisFrameQueue:
                 # decode_responses is off: (key, value) as bytes, or None on timeout
                 reply = cast(
                     "tuple[bytes, bytes] | None",
-                    await self._client.blpop(
-                        [REPLY_KEY.format(request_id=request_id)], timeout=self.timeout_s
-                    ),
+                    await client.blpop([reply_key(request_id)], timeout=self.timeout_s),
                 )
             finally:
                 self.depth -= 1
@@ -173,7 +180,8 @@ class RedisFrameQueue:
         return decode_outcome(reply[1])
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
 
 async def _ensure_group(client: Any, stream: str) -> bool:
@@ -225,6 +233,7 @@ async def run_worker(
     stream: str = FRAMES_STREAM,
     metrics: Metrics | None = None,
     claim_idle_ms: int = 5_000,
+    redis_mode: RedisMode = "auto",
 ) -> int:
     """Consume frame requests until ``stop`` is set; returns the number of frames processed.
 
@@ -234,9 +243,7 @@ async def run_worker(
     are claimed after ``claim_idle_ms`` and retried once; a second loss answers
     ``WorkerLost``. On ``stop`` the current batch is finished and acknowledged first.
     """
-    from redis import asyncio as aioredis
-
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=30)
+    client: Any = None
     consumer = f"{socket.gethostname()}-{os.getpid()}"
     processed = 0
     next_claim = 0.0
@@ -244,6 +251,10 @@ async def run_worker(
     try:
         while not stop.is_set():
             try:
+                if client is None:
+                    client = await open_async(
+                        url, redis_mode, socket_connect_timeout=2, socket_timeout=30
+                    )
                 if not ready:
                     ready = await _ensure_group(client, stream)
                     if not ready:
@@ -264,7 +275,8 @@ async def run_worker(
             if time.monotonic() >= next_claim:
                 next_claim = time.monotonic() + claim_idle_ms / 2000
     finally:
-        await client.aclose()
+        if client is not None:
+            await client.aclose()
     return processed
 
 
@@ -342,7 +354,7 @@ async def _serve_entries(
             replies[request_id] = outcome
     async with client.pipeline(transaction=False) as pipe:
         for request_id, outcome in replies.items():
-            key = REPLY_KEY.format(request_id=request_id)
+            key = reply_key(request_id)
             pipe.lpush(key, encode_outcome(outcome, model_id))
             pipe.expire(key, REPLY_TTL_S)
         ids = [entry_id for entry_id, _ in entries] + [entry_id for entry_id, _ in lost]

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Redis URL for session state. Unset: in-process store (one replica)."
     )
+    redis_mode: Literal["auto", "single", "cluster"] = Field(
+        "auto",
+        description="How to talk to `redis_url`: `auto` asks the server (`INFO cluster`) and "
+        "uses the cluster client for a Redis Cluster node; `single` / `cluster` force one.",
+    )
     device: str = Field("cpu", description="Torch device for inference, e.g. `cpu`, `cuda:0`.")
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="Inference precision (half types run the forward under autocast)."

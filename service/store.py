@@ -16,7 +16,7 @@ the next frame it expects. A frame is one short protocol of two round trips:
    the script ``RENAME``s that key into place, which moves no bytes.
 
 Live sessions are counted from the store's own expiry (``count_live``), so a session that
-expires without a DELETE frees its slot when its TTL passes. Key names live in this one block.
+expires without a DELETE frees its slot when its TTL passes. Key names live in ``service.keys``.
 """
 
 from __future__ import annotations
@@ -28,14 +28,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from service.auth import new_id
+from service.keys import SESSIONS_KEY, lease_key, session_key, staging_key, state_key
+from service.redis_conn import RedisMode, is_cluster, open_async
 
-KEY_PREFIX = "ctvis:"
-SESSION_KEY = KEY_PREFIX + "session:{session_id}"  # hash: meta, frame_index
-STATE_KEY = KEY_PREFIX + "state:{session_id}"  # str: tracker state bytes
-STAGING_KEY = KEY_PREFIX + "staging:{session_id}:{owner}"  # str: a state being saved
-LEASE_KEY = KEY_PREFIX + "lease:{session_id}"  # str: owner token, short PX expiry
-# zset: session id -> unix time it expires; the live-session count, pruned as it is read
-SESSIONS_KEY = KEY_PREFIX + "sessions"
 STAGING_TTL_MS = 30_000  # a staging key outlives its save only if the writer died mid-save
 
 # Lease + metadata in one round trip: {-1} no session, {0} busy, {1, meta, frame_index}.
@@ -68,6 +63,14 @@ end
 redis.call('del', KEYS[2])
 if ARGV[3] ~= '' and redis.call('get', KEYS[4]) == ARGV[3] then redis.call('del', KEYS[4]) end
 return result
+"""
+
+# Readiness: a script touching two keys of one session slot, as every frame's scripts do.
+_PROBE_LUA = """
+redis.call('set', KEYS[2], '1', 'PX', 5000)
+redis.call('hset', KEYS[1], 'probe', '1')
+redis.call('pexpire', KEYS[1], 5000)
+return 1
 """
 
 # Delete the lease only if we still own it (it may have expired and been taken over).
@@ -247,42 +250,69 @@ class MemoryStore:
 
 
 class RedisStore:
-    """Store backed by ``redis.asyncio``: a frame costs two round trips (see the module doc)."""
+    """Store backed by ``redis.asyncio``: a frame costs two round trips (see the module doc).
+
+    Works on one Redis and on a Redis Cluster (``service.redis_conn`` picks the client on
+    first use): a session's keys share its hash tag, so every script and transaction stays on
+    its slot; only the live-session count lives elsewhere.
+    """
 
     kind = "redis"
 
-    def __init__(self, url: str) -> None:
-        import redis.asyncio as redis
-
-        self._client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    def __init__(self, url: str, mode: RedisMode = "auto") -> None:
+        self._url = url
+        self._mode = mode
+        self._client: Any = None
+        self._cluster = False
         self._shas: dict[str, str] = {}
+
+    async def _c(self) -> Any:
+        """The client, connected (and the server's mode asked) on first use."""
+        if self._client is None:
+            client = await open_async(
+                self._url, self._mode, socket_connect_timeout=2, socket_timeout=5
+            )
+            self._client, self._cluster = client, is_cluster(client)
+        return self._client
 
     async def _sha(self, script: str) -> str:
         sha = self._shas.get(script)
         if sha is None:
-            sha = self._shas[script] = str(await self._client.script_load(script))
+            # on a cluster SCRIPT LOAD goes to every primary (a slot may live on any)
+            sha = await (await self._c()).script_load(script)
+            sha = self._shas[script] = sha.decode() if isinstance(sha, bytes) else str(sha)
         return sha
 
     async def _evalsha(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        """EVALSHA, loading the script on first use and again after a Redis restart."""
+        """EVALSHA, loading the script on first use and again after a Redis restart or a
+        failover (a promoted replica has no scripts cached)."""
         from redis.exceptions import NoScriptError
 
+        client = await self._c()
         try:
-            return await self._client.evalsha(await self._sha(script), len(keys), *keys, *args)
+            return await client.evalsha(await self._sha(script), len(keys), *keys, *args)
         except NoScriptError:
             self._shas.pop(script, None)
-            return await self._client.evalsha(await self._sha(script), len(keys), *keys, *args)
+            return await client.evalsha(await self._sha(script), len(keys), *keys, *args)
 
     async def _pipelined(self, *commands: tuple[Any, ...]) -> list[Any]:
-        """Send ``commands`` in one write on one connection and read all their replies.
+        """Send ``commands`` in one write and read all their replies.
 
-        Error replies come back as exceptions in the list (the connection stays in sync);
-        connection failures raise. Leaner than ``client.pipeline()`` for a hot two-command
-        exchange (0.33 against 0.45 ms for a 128 KB SET + EVALSHA on the project's CI machine).
+        Error replies come back as exceptions in the list; connection failures raise. On one
+        Redis this writes to one connection directly, leaner than ``client.pipeline()`` for a
+        hot two-command exchange (0.33 against 0.45 ms for a 128 KB SET + EVALSHA on the
+        project's CI machine); on a cluster the cluster pipeline routes each command to its
+        slot's node and follows redirections.
         """
         from redis.exceptions import ResponseError
 
-        pool = self._client.connection_pool
+        client = await self._c()
+        if self._cluster:
+            pipe = client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute(raise_on_error=False))
+        pool = client.connection_pool
         conn = await pool.get_connection()
         try:
             await conn.send_packed_command(conn.pack_commands(commands))
@@ -300,29 +330,44 @@ class RedisStore:
             await pool.release(conn)
 
     async def ping(self) -> bool:
+        """A scripted round trip on two keys of one (random) session slot, as a frame needs:
+        a store this service cannot use (unreachable, or a cluster behind a plain client)
+        is not ready."""
         try:
-            return bool(await self._client.ping())
-        except Exception:  # noqa: BLE001 - any connection failure means "not reachable"
+            probe = f"readyz-{new_id()}"
+            reply = await self._evalsha(_PROBE_LUA, [session_key(probe), lease_key(probe)], [])
+            if not self._cluster:  # a plain client on a cluster node works for some slots only
+                info = await (await self._c()).info("cluster")
+                if str(info.get("cluster_enabled", "0")) == "1":
+                    return False
+            return int(reply) == 1
+        except Exception:  # noqa: BLE001 - any failure means "not usable"
             return False
 
     async def create(self, record: SessionRecord, ttl_s: int) -> None:
-        key = SESSION_KEY.format(session_id=record.session_id)
-        async with self._client.pipeline(transaction=True) as pipe:
+        sid = record.session_id
+        client = await self._c()
+        async with client.pipeline(transaction=True) as pipe:
             pipe.hset(
-                key, mapping={"meta": json.dumps(record.meta), "frame_index": record.frame_index}
+                session_key(sid),
+                mapping={"meta": json.dumps(record.meta), "frame_index": record.frame_index},
             )
-            pipe.expire(key, ttl_s)
-            pipe.set(STATE_KEY.format(session_id=record.session_id), record.state, ex=ttl_s)
-            pipe.zadd(SESSIONS_KEY, {record.session_id: time.time() + ttl_s})
+            pipe.expire(session_key(sid), ttl_s)
+            pipe.set(state_key(sid), record.state, ex=ttl_s)
+            await pipe.execute()
+        # the count lives on its own slot: a second round trip, at creation only
+        async with client.pipeline(transaction=not self._cluster) as pipe:
+            pipe.zadd(SESSIONS_KEY, {sid: time.time() + ttl_s})
             pipe.expire(SESSIONS_KEY, ttl_s, gt=True)
             pipe.expire(SESSIONS_KEY, ttl_s, nx=True)
             await pipe.execute()
 
     async def load(self, session_id: str) -> SessionRecord | None:
         # decode_responses is off: the client returns bytes
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.hgetall(SESSION_KEY.format(session_id=session_id))
-            pipe.get(STATE_KEY.format(session_id=session_id))
+        client = await self._c()
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(session_key(session_id))
+            pipe.get(state_key(session_id))
             raw, state = cast("tuple[dict[bytes, bytes], bytes | None]", await pipe.execute())
         if not raw or state is None:
             return None
@@ -335,15 +380,15 @@ class RedisStore:
 
     async def load_meta(self, session_id: str) -> dict[str, Any] | None:
         # only the small JSON field, not the (large) tracker state
-        raw = await self._client.hget(SESSION_KEY.format(session_id=session_id), "meta")
+        raw = await (await self._c()).hget(session_key(session_id), "meta")
         return None if raw is None else cast("dict[str, Any]", json.loads(raw))
 
     async def load_state(self, session_id: str) -> bytes | None:
-        raw = cast("bytes | None", await self._client.get(STATE_KEY.format(session_id=session_id)))
+        raw = cast("bytes | None", await (await self._c()).get(state_key(session_id)))
         return None if raw is None else bytes(raw)
 
     async def acquire_frame(self, session_id: str, owner: str, lease_ms: int) -> FrameLease | None:
-        keys = [SESSION_KEY.format(session_id=session_id), LEASE_KEY.format(session_id=session_id)]
+        keys = [session_key(session_id), lease_key(session_id)]
         reply = await self._evalsha(_ACQUIRE_LUA, keys, [owner, lease_ms])
         if int(reply[0]) < 0:
             return None
@@ -362,12 +407,12 @@ class RedisStore:
         from redis.exceptions import NoScriptError
 
         owner = release_owner or ""
-        staging = STAGING_KEY.format(session_id=session_id, owner=owner or new_id())
+        staging = staging_key(session_id, owner or new_id())
         keys = [
-            SESSION_KEY.format(session_id=session_id),
+            session_key(session_id),
             staging,
-            STATE_KEY.format(session_id=session_id),
-            LEASE_KEY.format(session_id=session_id),
+            state_key(session_id),
+            lease_key(session_id),
         ]
         args: list[int | str] = [expected_frame_index, ttl_s, owner]
         for attempt in range(2):
@@ -400,30 +445,29 @@ class RedisStore:
         return result
 
     async def delete(self, session_id: str) -> bool:
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.delete(
-                SESSION_KEY.format(session_id=session_id), STATE_KEY.format(session_id=session_id)
-            )
-            pipe.zrem(SESSIONS_KEY, session_id)
-            removed, _ = await pipe.execute()
+        client = await self._c()
+        removed = await client.delete(session_key(session_id), state_key(session_id))
+        await client.zrem(SESSIONS_KEY, session_id)
         return bool(removed)
 
     async def count_live(self) -> int:
-        async with self._client.pipeline(transaction=True) as pipe:
+        client = await self._c()
+        async with client.pipeline(transaction=not self._cluster) as pipe:
             pipe.zremrangebyscore(SESSIONS_KEY, "-inf", time.time())
             pipe.zcard(SESSIONS_KEY)
             _, count = await pipe.execute()
         return int(count)
 
     async def release_lease(self, session_id: str, owner: str) -> None:
-        await self._evalsha(_RELEASE_LUA, [LEASE_KEY.format(session_id=session_id)], [owner])
+        await self._evalsha(_RELEASE_LUA, [lease_key(session_id)], [owner])
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
 
-def make_store(redis_url: str | None) -> SessionStore:
+def make_store(redis_url: str | None, redis_mode: RedisMode = "auto") -> SessionStore:
     """A RedisStore for a URL, else the in-process MemoryStore."""
     if redis_url:
-        return RedisStore(redis_url)
+        return RedisStore(redis_url, redis_mode)
     return MemoryStore()

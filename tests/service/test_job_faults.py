@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from model.runner import track_frames
 from model.video_io import FrameSource, OverlayWriter
+from service.keys import job_key
 from service.main import create_app
 from service.settings import Settings
 from tests.service.conftest import free_port
@@ -108,7 +109,7 @@ def test_job_resumes_exactly_after_its_worker_dies(tmp_path: Path, long_video: P
             assert status["attempts"] == 2
             result = api.get(f"/v1/videos/{job_id}/result").json()
             assert result == _expected(api, long_video)
-            key = f"ctvis:job:{job_id}"
+            key = job_key(workers.env["CTVIS_JOBS_STREAM"], job_id)
             import redis
 
             client = redis.Redis.from_url(REDIS_URL)

@@ -13,6 +13,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from service.keys import session_key
 from service.main import create_app
 from service.settings import Settings
 from tests.service.conftest import free_port, png_bytes
@@ -53,8 +54,8 @@ def test_key_census_after_sessions_end(tmp_path: Path, video_frames: list[np.nda
             keys = _our_keys(client)
             assert keys, "expected live keys"
             assert all(ttl > 0 for ttl in keys.values()), keys  # -1 would mean no TTL
-            assert f"ctvis:session:{ids[0][0]}" not in keys
-            assert f"ctvis:session:{ids[1][0]}" in keys
+            assert session_key(ids[0][0]) not in keys
+            assert session_key(ids[1][0]) in keys
         deadline = time.monotonic() + 15
         while _our_keys(client) and time.monotonic() < deadline:
             time.sleep(0.2)

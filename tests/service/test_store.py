@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from service.keys import staging_key, state_key
 from service.store import (
     MemoryStore,
     RedisStore,
@@ -125,9 +126,9 @@ async def test_redis_save_leaves_no_staging_keys_and_survives_script_flush() -> 
         assert await store.save_state(rec.session_id, 0, state, 30, release_owner="x") == 1
         with pytest.raises(StateConflict):
             await store.save_state(rec.session_id, 0, b"stale", 30, release_owner="y")
-        assert [k async for k in raw.scan_iter(f"ctvis:staging:{rec.session_id}:*")] == []
+        assert [k async for k in raw.scan_iter(staging_key(rec.session_id, "*"))] == []
         assert await store.load_state(rec.session_id) == state
-        assert 0 < await raw.ttl(f"ctvis:state:{rec.session_id}") <= 30
+        assert 0 < await raw.ttl(state_key(rec.session_id)) <= 30
         await raw.script_flush()  # as after a Redis restart: scripts are loaded again
         assert await store.save_state(rec.session_id, 1, b"s2", 30) == 2
         lease = await store.acquire_frame(rec.session_id, "z", 1_000)

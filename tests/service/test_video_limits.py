@@ -20,8 +20,9 @@ from fastapi.testclient import TestClient
 
 from service.bodies import MULTIPART_ALLOWANCE
 from service.errors import ApiError
-from service.jobqueue import PENDING_BYTES_KEY, PENDING_KEY, JobWorker, RedisJobManager
+from service.jobqueue import JobWorker, RedisJobManager
 from service.jobs import JobLimits
+from service.keys import job_key, jobs_stream_key, pending_bytes_key, pending_key
 from service.main import create_app
 from service.settings import Settings
 
@@ -180,7 +181,7 @@ def redis_jobs(tmp_path: Path) -> Iterator[tuple[RedisJobManager, RedisJobManage
     b = RedisJobManager(REDIS_URL, tmp_path / "jobs", 50, 120, stream)
     yield a, b, stream
     client = redis.Redis.from_url(REDIS_URL)
-    client.delete(PENDING_KEY.format(stream=stream), PENDING_BYTES_KEY.format(stream=stream))
+    client.delete(pending_key(stream), pending_bytes_key(stream))
     client.close()
 
 
@@ -191,7 +192,7 @@ def test_redis_admission_across_replicas(
     a, b, stream = redis_jobs
     limits = JobLimits(2, max_job_bytes=1000, max_video_pixels=4096, upload_lease_s=60)
     client = redis.Redis.from_url(REDIS_URL)
-    pending, pending_bytes = (k.format(stream=stream) for k in (PENDING_KEY, PENDING_BYTES_KEY))
+    pending, pending_bytes = pending_key(stream), pending_bytes_key(stream)
 
     async def scenario() -> None:
         await a.reserve("one", 400, limits)
@@ -238,8 +239,8 @@ def test_redis_jobs_hold_their_place_until_they_end(tmp_path: Path, mp4_file: Pa
         max_pending_jobs=1, max_video_pixels=64 * 64,
     )  # fmt: skip
     client = redis.Redis.from_url(REDIS_URL)
-    pending = PENDING_KEY.format(stream=settings.jobs_stream)
-    pending_bytes = PENDING_BYTES_KEY.format(stream=settings.jobs_stream)
+    pending = pending_key(settings.jobs_stream)
+    pending_bytes = pending_bytes_key(settings.jobs_stream)
     video = _h264(64, 64, 3) + _h264(96, 80, 3)
     with TestClient(create_app(settings)) as api:
         resp = api.post("/v1/videos", content=video)
@@ -263,7 +264,9 @@ def test_redis_jobs_hold_their_place_until_they_end(tmp_path: Path, mp4_file: Pa
             assert client.exists(pending, pending_bytes) == 0
             assert api.delete(f"/v1/videos/{job_id}").status_code == 204
         finally:
-            worker.client.delete(settings.jobs_stream, f"ctvis:job:{job_id}")
+            worker.client.delete(
+                jobs_stream_key(settings.jobs_stream), job_key(settings.jobs_stream, job_id)
+            )
             worker.client.close()
             client.close()
 

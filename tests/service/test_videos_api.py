@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from cli.main import main as ctvis
 from model.runner import OVERLAY_MIN_SCORE, track_frames
 from model.video_io import FrameSource
+from service.keys import job_key, jobs_stream_key
 from service.main import create_app
 from service.settings import Settings
 
@@ -208,5 +209,7 @@ def test_overlay_score_reaches_the_redis_worker(
             assert spy.calls == [(0.05, drawn)]
             assert api.get(f"/v1/videos/{job_id}/overlay").status_code == 200
         finally:
-            worker.client.delete(settings.jobs_stream, f"ctvis:job:{job_id}")
+            worker.client.delete(
+                jobs_stream_key(settings.jobs_stream), job_key(settings.jobs_stream, job_id)
+            )
             worker.client.close()

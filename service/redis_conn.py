@@ -1,0 +1,70 @@
+"""Redis clients for one server or a Redis Cluster, chosen from what the server says it is.
+
+``CTVIS_REDIS_URL`` names one node. With ``CTVIS_REDIS_MODE=auto`` (the default) the first
+connection asks that node ``INFO cluster``: a node with ``cluster_enabled:1`` gets redis-py's
+cluster client (which discovers the other nodes and follows ``MOVED`` / ``ASK`` redirections),
+any other a plain client. ``single`` and ``cluster`` skip the question. Every key a session or
+a job's script touches shares one hash tag (``service.keys``), so scripts and pipelines stay on
+one slot in either mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+RedisMode = Literal["auto", "single", "cluster"]
+
+
+def _is_cluster_info(info: dict[str, Any]) -> bool:
+    return str(info.get("cluster_enabled", "0")) == "1"
+
+
+async def open_async(url: str, mode: RedisMode = "auto", **options: Any) -> Any:
+    """An asyncio client for ``url``: ``redis.asyncio.Redis`` or ``RedisCluster``.
+
+    Args:
+        url: ``redis://``, ``rediss://`` or ``unix://`` URL of one node.
+        mode: ``auto`` (ask the node), ``single`` or ``cluster``.
+        options: passed to the client (timeouts, ...).
+
+    Raises:
+        redis.exceptions.RedisError / OSError: the node cannot be reached (``auto``).
+    """
+    import redis.asyncio as redis
+    from redis.asyncio.cluster import RedisCluster
+
+    if mode == "auto":
+        probe = redis.Redis.from_url(url, **options)
+        try:
+            cluster = _is_cluster_info(await probe.info("cluster"))
+        finally:
+            await probe.aclose()
+        mode = "cluster" if cluster else "single"
+    if mode == "cluster":
+        return RedisCluster.from_url(url, **options)
+    return redis.Redis.from_url(url, **options)
+
+
+def open_sync(url: str, mode: RedisMode = "auto", **options: Any) -> Any:
+    """A blocking client for ``url`` (``redis.Redis`` or ``redis.cluster.RedisCluster``)."""
+    import redis
+    from redis.cluster import RedisCluster
+
+    if mode == "auto":
+        probe = redis.Redis.from_url(url, **options)
+        try:
+            cluster = _is_cluster_info(probe.info("cluster"))
+        finally:
+            probe.close()
+        mode = "cluster" if cluster else "single"
+    if mode == "cluster":
+        return RedisCluster.from_url(url, **options)
+    return redis.Redis.from_url(url, **options)
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` is a cluster client (sync or asyncio)."""
+    from redis.asyncio.cluster import RedisCluster as AsyncCluster
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, (AsyncCluster, RedisCluster))
