@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,14 +24,16 @@ from service.keys import session_key, state_key
 from service.main import create_app
 from service.settings import Settings
 from service.store import RedisStore, SessionRecord
+from tests.modules import REPO, load_module
 from tests.service.conftest import png_bytes
-from tests.service.redis_cluster import LocalCluster
+
+LocalCluster = load_module(REPO / "bench" / "_cluster.py", "ctvis_bench_cluster").LocalCluster
 
 pytestmark = pytest.mark.redis
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     with LocalCluster(tmp_path_factory.mktemp("cluster")) as c:
         yield c
 
@@ -48,7 +51,7 @@ def _track(client: TestClient, frames: list[np.ndarray]) -> list[list[tuple[int,
 
 
 def test_sessions_on_a_cluster_match_the_in_process_store(
-    cluster: LocalCluster, video_frames: list[np.ndarray]
+    cluster: Any, video_frames: list[np.ndarray]
 ) -> None:
     with TestClient(create_app(Settings())) as local:
         want = _track(local, video_frames)
@@ -60,7 +63,7 @@ def test_sessions_on_a_cluster_match_the_in_process_store(
             assert _track(api, video_frames) == want
 
 
-def test_a_session_keeps_its_keys_on_one_slot(cluster: LocalCluster) -> None:
+def test_a_session_keeps_its_keys_on_one_slot(cluster: Any) -> None:
     from redis.cluster import key_slot
 
     assert key_slot(session_key("abc").encode()) == key_slot(state_key("abc").encode())
@@ -81,7 +84,7 @@ def test_a_session_keeps_its_keys_on_one_slot(cluster: LocalCluster) -> None:
 
 
 def test_readiness_says_no_for_a_client_that_cannot_use_the_cluster(
-    cluster: LocalCluster,
+    cluster: Any,
 ) -> None:
     with TestClient(create_app(Settings(redis_url=cluster.url, redis_mode="single"))) as api:
         body = api.get("/readyz")
@@ -109,7 +112,7 @@ def _wait_job(api: TestClient, job_id: str, timeout_s: float = 120) -> dict:
 
 
 def test_api_replicas_and_workers_on_a_cluster(
-    cluster: LocalCluster, video_frames: list[np.ndarray], mp4_file: Path, tmp_path: Path
+    cluster: Any, video_frames: list[np.ndarray], mp4_file: Path, tmp_path: Path
 ) -> None:
     with TestClient(create_app(Settings())) as local:
         want = _track(local, video_frames)
@@ -138,3 +141,19 @@ def test_api_replicas_and_workers_on_a_cluster(
     assert "Traceback" not in out, out
     keys = cluster.all_keys()
     assert all(ttl > 0 for ttl in keys.values()), keys
+
+
+def test_primary_killed_while_sessions_stream_and_a_job_runs() -> None:
+    failover = load_module(REPO / "bench" / "failover.py", "ctvis_bench_failover")
+    report = failover.run_failover(
+        sessions=10, frames_per_session=24, kill_after_s=3.0, worker_timeout_s=5.0
+    )
+    # the replica took over: every session has the reference ids, the job the same result;
+    # frames caught by the election got retryable answers only
+    assert report.sessions_matching == 10, report
+    assert not report.other_errors, report
+    assert report.job_state == "done" and report.job_result_equal, report
+    assert report.frames == 10 * 24
+    assert set(report.retries) <= {
+        "state_store_unavailable", "worker_unavailable", "session_busy", "transport:ReadError",
+    }, report  # fmt: skip

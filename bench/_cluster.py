@@ -1,4 +1,4 @@
-"""A real Redis Cluster on loopback for tests: 3 primaries + 3 replicas from ``redis-server``."""
+"""A Redis Cluster on loopback for tests and benchmarks: primaries and replicas of redis-server."""
 
 from __future__ import annotations
 
@@ -91,13 +91,44 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
+    def primaries(self) -> list[int]:
+        """Ports of the live nodes that are primaries now."""
+        out = []
+        for port, proc in self.nodes.items():
+            if proc.poll() is not None:
+                continue
+            try:
+                if redis.Redis(port=port).info("replication").get("role") == "master":
+                    out.append(port)
+            except redis.ConnectionError:
+                continue
+        return out
+
+    def kill_primary(self) -> int:
+        """SIGKILL one primary other than the node ``url`` names; returns its port."""
+        victim = next(p for p in self.primaries() if p != self.ports[0])
+        self.nodes[victim].kill()
+        self.nodes[victim].wait(timeout=10)
+        return victim
+
+    def wait_ok(self, timeout_s: float = 30) -> float:
+        """Seconds until every live node says ``cluster_state:ok`` again."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            states = []
+            for port, proc in self.nodes.items():
+                if proc.poll() is None:
+                    states.append(redis.Redis(port=port).cluster("info").get("cluster_state"))
+            if states and all(s == "ok" for s in states):
+                return time.monotonic() - started
+            time.sleep(0.1)
+        raise RuntimeError("the cluster did not recover")
+
     def all_keys(self) -> dict[str, int]:
         """Every key on every primary with its PTTL (ms; -1 means no TTL)."""
         out: dict[str, int] = {}
-        for port in self.ports:
+        for port in self.primaries():
             client = redis.Redis(port=port)
-            if client.info("replication").get("role") != "master":
-                continue
             for key in client.scan_iter("*"):
                 out[key.decode()] = int(client.pttl(key))
         return out
