@@ -132,3 +132,87 @@ class LocalCluster:
             for key in client.scan_iter("*"):
                 out[key.decode()] = int(client.pttl(key))
         return out
+
+
+class LocalSentinel:
+    """One primary, one replica and three Sentinels on loopback (quorum 2, 1 s down-after).
+
+    ``url`` is the service's ``redis+sentinel://`` URL; ``kill_primary`` SIGKILLs the current
+    primary so the Sentinels promote the replica.
+    """
+
+    SERVICE = "ctvis"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.data_ports = [_free_cluster_port(), _free_cluster_port()]
+        self.sentinel_ports = [_free_cluster_port() for _ in range(3)]
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        self.url = f"redis+sentinel://{hosts}/{self.SERVICE}/0"
+
+    def _spawn(self, port: int, args: list[str]) -> None:
+        node_dir = self.workdir / str(port)
+        node_dir.mkdir(parents=True, exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            ["redis-server", *args], cwd=node_dir,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(port=port)
+        for _ in range(100):
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis process on {port} did not start")
+
+    def __enter__(self) -> LocalSentinel:
+        primary, replica = self.data_ports
+        common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self._spawn(primary, ["--port", str(primary), *common])
+        self._spawn(replica, ["--port", str(replica), *common,
+                              "--replicaof", "127.0.0.1", str(primary)])  # fmt: skip
+        for port in self.sentinel_ports:
+            conf = self.workdir / f"sentinel-{port}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {primary} 2\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} 1000\n"
+                f"sentinel failover-timeout {self.SERVICE} 5000\n"
+            )
+            self._spawn(port, [str(conf), "--sentinel"])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            info = redis.Redis(port=replica).info("replication")
+            if info.get("master_link_status") == "up":
+                return self
+            time.sleep(0.1)
+        raise RuntimeError("the replica did not sync")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def primary_port(self) -> int:
+        """The port the Sentinels name as primary now."""
+        client = redis.Redis(port=self.sentinel_ports[0])
+        _, port = client.sentinel_get_master_addr_by_name(self.SERVICE)
+        return int(port)
+
+    def kill_primary(self) -> int:
+        """SIGKILL the current primary; returns its port."""
+        victim = self.primary_port()
+        self.procs[victim].kill()
+        self.procs[victim].wait(timeout=10)
+        return victim

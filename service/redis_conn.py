@@ -6,6 +6,11 @@ cluster client (which discovers the other nodes and follows ``MOVED`` / ``ASK`` 
 any other a plain client. ``single`` and ``cluster`` skip the question. Every key a session or
 a job's script touches shares one hash tag (``service.keys``), so scripts and pipelines stay on
 one slot in either mode.
+
+Sentinel-managed Redis (one primary, replicas, Sentinels that promote a replica when the
+primary fails) is named by a ``redis+sentinel://host:port[,host:port...]/<service>[/<db>]``
+URL: the client asks the Sentinels for the current primary and asks again after a connection
+error, so a failover needs no restart.
 """
 
 from __future__ import annotations
@@ -13,6 +18,30 @@ from __future__ import annotations
 from typing import Any, Literal
 
 RedisMode = Literal["auto", "single", "cluster"]
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int]:
+    """(sentinel addresses, service name, db) of a ``redis+sentinel://`` URL.
+
+    Raises:
+        ValueError: a malformed URL (no address, no service name, bad port or db).
+    """
+    rest = url.removeprefix(SENTINEL_SCHEME)
+    hosts, _, path = rest.partition("/")
+    parts = [p for p in path.split("/") if p]
+    if not hosts or not parts or len(parts) > 2:
+        raise ValueError(f"expected {SENTINEL_SCHEME}host:port[,host:port]/service[/db]")
+    addresses = []
+    for item in hosts.split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"sentinel address {item!r} is not host:port")
+        addresses.append((host, int(port)))
+    db = parts[1] if len(parts) == 2 else "0"
+    if not db.isdigit():
+        raise ValueError(f"db {db!r} is not a number")
+    return addresses, parts[0], int(db)
 
 
 def _is_cluster_info(info: dict[str, Any]) -> bool:
@@ -33,6 +62,11 @@ async def open_async(url: str, mode: RedisMode = "auto", **options: Any) -> Any:
     import redis.asyncio as redis
     from redis.asyncio.cluster import RedisCluster
 
+    if url.startswith(SENTINEL_SCHEME):
+        from redis.asyncio.sentinel import Sentinel
+
+        addresses, service, db = parse_sentinel_url(url)
+        return Sentinel(addresses, **options).master_for(service, db=db, **options)
     if mode == "auto":
         probe = redis.Redis.from_url(url, **options)
         try:
@@ -50,6 +84,11 @@ def open_sync(url: str, mode: RedisMode = "auto", **options: Any) -> Any:
     import redis
     from redis.cluster import RedisCluster
 
+    if url.startswith(SENTINEL_SCHEME):
+        from redis.sentinel import Sentinel
+
+        addresses, service, db = parse_sentinel_url(url)
+        return Sentinel(addresses, **options).master_for(service, db=db, **options)
     if mode == "auto":
         probe = redis.Redis.from_url(url, **options)
         try:

@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.redis_conn import SENTINEL_SCHEME, parse_sentinel_url
+
 
 class Settings(BaseSettings):
     """Deployment knobs of ``ctvis serve`` / ``ctvis worker``.
@@ -29,7 +31,11 @@ class Settings(BaseSettings):
         "`tiny-random`: the tiny preset with random weights (for tests).",
     )
     redis_url: str | None = Field(
-        None, description="Redis URL for session state. Unset: in-process store (one replica)."
+        None,
+        description="Redis URL for session state: one server or any node of a Redis Cluster "
+        "(`redis://host:port/db`), or Sentinels "
+        "(`redis+sentinel://host:port,host:port/<service>/<db>`). Unset: in-process store "
+        "(one replica).",
     )
     redis_mode: Literal["auto", "single", "cluster"] = Field(
         "auto",
@@ -208,9 +214,13 @@ class Settings(BaseSettings):
         if (
             value is not None
             and value
-            and not value.startswith(("redis://", "rediss://", "unix://"))
+            and not value.startswith(("redis://", "rediss://", "unix://", SENTINEL_SCHEME))
         ):
-            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+            raise ValueError(
+                "redis_url must start with redis://, rediss://, unix:// or redis+sentinel://"
+            )
+        if value and value.startswith(SENTINEL_SCHEME):
+            parse_sentinel_url(value)  # ValueError names what is wrong
         return value or None
 
 
