@@ -27,6 +27,36 @@ def _free_cluster_port() -> int:
     raise RuntimeError("no free port pair for a cluster node")
 
 
+def _spawn_redis(port: int, args: list[str], workdir: Path) -> subprocess.Popen[bytes]:
+    """Start ``redis-server args`` in ``workdir/<port>`` and wait until it answers PING."""
+    node_dir = workdir / str(port)
+    node_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        ["redis-server", *args], cwd=node_dir,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            if client.ping():
+                return proc
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"redis process on {port} did not start")
+
+
+def _stop_all(procs: dict[int, subprocess.Popen[bytes]]) -> None:
+    """Terminate every process, killing those that do not exit within 10 s."""
+    for proc in procs.values():
+        proc.terminate()
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 class LocalCluster:
     """``redis-server --cluster-enabled yes`` nodes joined by ``redis-cli --cluster create``.
 
@@ -41,23 +71,14 @@ class LocalCluster:
         self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
 
     def start_node(self, port: int) -> None:
-        node_dir = self.workdir / str(port)
-        node_dir.mkdir(parents=True, exist_ok=True)
-        self.nodes[port] = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-             "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no",
-             "--dir", str(node_dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        """Start one cluster-enabled node on ``port``."""
+        self.nodes[port] = _spawn_redis(
+            port,
+            ["--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+             "--save", "", "--appendonly", "no"],
+            self.workdir,
         )  # fmt: skip
-        client = redis.Redis(port=port)
-        for _ in range(100):
-            try:
-                if client.ping():
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError(f"cluster node {port} did not start")
 
     def __enter__(self) -> LocalCluster:
         if shutil.which("redis-cli") is None:
@@ -83,13 +104,7 @@ class LocalCluster:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for proc in self.nodes.values():
-            proc.terminate()
-        for proc in self.nodes.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop_all(self.nodes)
 
     def primaries(self) -> list[int]:
         """Ports of the live nodes that are primaries now."""
@@ -152,20 +167,7 @@ class LocalSentinel:
         self.url = f"redis+sentinel://{hosts}/{self.SERVICE}/0"
 
     def _spawn(self, port: int, args: list[str]) -> None:
-        node_dir = self.workdir / str(port)
-        node_dir.mkdir(parents=True, exist_ok=True)
-        self.procs[port] = subprocess.Popen(
-            ["redis-server", *args], cwd=node_dir,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis(port=port)
-        for _ in range(100):
-            try:
-                if client.ping():
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis process on {port} did not start")
+        self.procs[port] = _spawn_redis(port, args, self.workdir)
 
     def __enter__(self) -> LocalSentinel:
         primary, replica = self.data_ports
@@ -196,13 +198,7 @@ class LocalSentinel:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for proc in self.procs.values():
-            proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop_all(self.procs)
 
     def primary_port(self) -> int:
         """The port the Sentinels name as primary now."""

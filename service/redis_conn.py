@@ -48,11 +48,18 @@ def _is_cluster_info(info: dict[str, Any]) -> bool:
     return str(info.get("cluster_enabled", "0")) == "1"
 
 
+def _from_sentinels(sentinel_class: Any, url: str, options: dict[str, Any]) -> Any:
+    """A client of the primary the Sentinels of a ``redis+sentinel://`` URL name."""
+    addresses, service, db = parse_sentinel_url(url)
+    return sentinel_class(addresses, **options).master_for(service, db=db, **options)
+
+
 async def open_async(url: str, mode: RedisMode = "auto", **options: Any) -> Any:
     """An asyncio client for ``url``: ``redis.asyncio.Redis`` or ``RedisCluster``.
 
     Args:
-        url: ``redis://``, ``rediss://`` or ``unix://`` URL of one node.
+        url: ``redis://``, ``rediss://`` or ``unix://`` URL of one node, or a
+            ``redis+sentinel://`` URL.
         mode: ``auto`` (ask the node), ``single`` or ``cluster``.
         options: passed to the client (timeouts, ...).
 
@@ -61,44 +68,35 @@ async def open_async(url: str, mode: RedisMode = "auto", **options: Any) -> Any:
     """
     import redis.asyncio as redis
     from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.sentinel import Sentinel
 
     if url.startswith(SENTINEL_SCHEME):
-        from redis.asyncio.sentinel import Sentinel
-
-        addresses, service, db = parse_sentinel_url(url)
-        return Sentinel(addresses, **options).master_for(service, db=db, **options)
+        return _from_sentinels(Sentinel, url, options)
     if mode == "auto":
         probe = redis.Redis.from_url(url, **options)
         try:
-            cluster = _is_cluster_info(await probe.info("cluster"))
+            mode = "cluster" if _is_cluster_info(await probe.info("cluster")) else "single"
         finally:
             await probe.aclose()
-        mode = "cluster" if cluster else "single"
-    if mode == "cluster":
-        return RedisCluster.from_url(url, **options)
-    return redis.Redis.from_url(url, **options)
+    return (RedisCluster if mode == "cluster" else redis.Redis).from_url(url, **options)
 
 
 def open_sync(url: str, mode: RedisMode = "auto", **options: Any) -> Any:
-    """A blocking client for ``url`` (``redis.Redis`` or ``redis.cluster.RedisCluster``)."""
+    """A blocking client for ``url`` (``redis.Redis`` or ``redis.cluster.RedisCluster``);
+    the same choice as ``open_async``."""
     import redis
     from redis.cluster import RedisCluster
+    from redis.sentinel import Sentinel
 
     if url.startswith(SENTINEL_SCHEME):
-        from redis.sentinel import Sentinel
-
-        addresses, service, db = parse_sentinel_url(url)
-        return Sentinel(addresses, **options).master_for(service, db=db, **options)
+        return _from_sentinels(Sentinel, url, options)
     if mode == "auto":
         probe = redis.Redis.from_url(url, **options)
         try:
-            cluster = _is_cluster_info(probe.info("cluster"))
+            mode = "cluster" if _is_cluster_info(probe.info("cluster")) else "single"
         finally:
             probe.close()
-        mode = "cluster" if cluster else "single"
-    if mode == "cluster":
-        return RedisCluster.from_url(url, **options)
-    return redis.Redis.from_url(url, **options)
+    return (RedisCluster if mode == "cluster" else redis.Redis).from_url(url, **options)
 
 
 def is_cluster(client: Any) -> bool:

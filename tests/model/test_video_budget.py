@@ -3,10 +3,8 @@ encoder."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,21 +16,7 @@ from model.video_io import (
     VideoReadError,
     VideoTooLarge,
 )
-
-
-def _h264(width: int, height: int, frames: int) -> bytes:
-    """An Annex-B H.264 stream of flat frames (raw streams concatenate into one stream)."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="h264") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(frames):
-            image = np.full((height, width, 3), 40 + 20 * i, np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buf.getvalue()
+from tests.media import h264_bytes
 
 
 def _mp4(path: Path, width: int, height: int, frames: int = 3) -> Path:
@@ -54,7 +38,7 @@ def test_declared_size_over_budget_refused_before_decoding(tmp_path: Path) -> No
 
 def test_resolution_change_mid_stream_stops_decoding(tmp_path: Path) -> None:
     path = tmp_path / "input"  # no suffix: as the service stores uploads
-    path.write_bytes(_h264(64, 64, 3) + _h264(96, 80, 2))
+    path.write_bytes(h264_bytes(64, 64, 3) + h264_bytes(96, 80, 2))
     assert [f.shape for f in FrameSource(path)][-1] == (80, 96, 3)  # no budget: decodes
     source = FrameSource(path, max_pixels=64 * 64)
     assert (source.width, source.height) == (64, 64)  # the metadata shows the first size

@@ -4,7 +4,6 @@ bytes (local and Redis job managers), ``video_id`` range, and readable job error
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import threading
 import time
@@ -25,6 +24,7 @@ from service.jobs import JobLimits
 from service.keys import job_key, jobs_stream_key, pending_bytes_key, pending_key
 from service.main import create_app
 from service.settings import Settings
+from tests.media import h264_bytes
 
 REDIS_URL = os.environ.get("CTVIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -41,21 +41,6 @@ def _wait(client: TestClient, job_id: str, timeout: float = 60) -> dict:
 
 def _leftovers(client: TestClient) -> list[Path]:
     return list(client.app.state.jobs.root.iterdir())
-
-
-def _h264(width: int, height: int, frames: int) -> bytes:
-    """An Annex-B H.264 stream of flat frames (raw streams concatenate into one stream)."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="h264") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(frames):
-            image = np.full((height, width, 3), 40 + 20 * i, np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buf.getvalue()
 
 
 def _chunks(data: bytes, size: int = 1000) -> Iterator[bytes]:
@@ -121,7 +106,7 @@ def test_frames_over_the_pixel_budget(mp4_file: Path) -> None:
 
 def test_resolution_change_mid_stream_fails_the_job_readably() -> None:
     with TestClient(create_app(Settings(max_video_pixels=64 * 64))) as tight:
-        resp = tight.post("/v1/videos", content=_h264(64, 64, 3) + _h264(96, 80, 3))
+        resp = tight.post("/v1/videos", content=h264_bytes(64, 64, 3) + h264_bytes(96, 80, 3))
         assert resp.status_code == 202, resp.text  # the metadata shows 64x64
         status = _wait(tight, resp.json()["job_id"])
         assert status["state"] == "failed"
@@ -241,7 +226,7 @@ def test_redis_jobs_hold_their_place_until_they_end(tmp_path: Path, mp4_file: Pa
     client = redis.Redis.from_url(REDIS_URL)
     pending = pending_key(settings.jobs_stream)
     pending_bytes = pending_bytes_key(settings.jobs_stream)
-    video = _h264(64, 64, 3) + _h264(96, 80, 3)
+    video = h264_bytes(64, 64, 3) + h264_bytes(96, 80, 3)
     with TestClient(create_app(settings)) as api:
         resp = api.post("/v1/videos", content=video)
         assert resp.status_code == 202, resp.text
