@@ -85,11 +85,20 @@ class LocalCluster:
             raise RuntimeError("redis-cli is needed to create a cluster")
         for port in self.ports:
             self.start_node(port)
+        if len(self.ports) == 1:  # redis-cli refuses fewer than 3 primaries: assign by hand
+            subprocess.run(
+                ["redis-cli", "-p", str(self.ports[0]), "cluster", "addslotsrange", "0", "16383"],
+                check=True, capture_output=True, timeout=30,
+            )  # fmt: skip
+            return self._wait_state_ok()
         subprocess.run(
             ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
              "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
+        return self._wait_state_ok()
+
+    def _wait_state_ok(self) -> LocalCluster:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             states = [redis.Redis(port=p).cluster("info") for p in self.ports]
