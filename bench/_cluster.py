@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 
@@ -27,6 +28,22 @@ def _free_cluster_port() -> int:
     raise RuntimeError("no free port pair for a cluster node")
 
 
+def _ask(port: int, command: str, *args: str) -> Any:
+    """One command to the Redis on ``port``, on a connection closed right after."""
+    with redis.Redis(port=port, socket_connect_timeout=2, socket_timeout=5) as client:
+        return client.execute_command(command, *args)
+
+
+def _info(port: int, section: str) -> dict[str, Any]:
+    with redis.Redis(port=port, socket_connect_timeout=2, socket_timeout=5) as client:
+        return dict(client.info(section))
+
+
+def _cluster_info(port: int) -> dict[str, Any]:
+    with redis.Redis(port=port, socket_connect_timeout=2, socket_timeout=5) as client:
+        return dict(client.cluster("info"))
+
+
 def _spawn_redis(port: int, args: list[str], workdir: Path) -> subprocess.Popen[bytes]:
     """Start ``redis-server args`` in ``workdir/<port>`` and wait until it answers PING."""
     node_dir = workdir / str(port)
@@ -35,10 +52,9 @@ def _spawn_redis(port: int, args: list[str], workdir: Path) -> subprocess.Popen[
         ["redis-server", *args], cwd=node_dir,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    client = redis.Redis(port=port)
     for _ in range(100):
         try:
-            if client.ping():
+            if _ask(port, "PING"):
                 return proc
         except redis.ConnectionError:
             time.sleep(0.05)
@@ -101,7 +117,7 @@ class LocalCluster:
     def _wait_state_ok(self) -> LocalCluster:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            states = [redis.Redis(port=p).cluster("info") for p in self.ports]
+            states = [_cluster_info(p) for p in self.ports]
             if all(s.get("cluster_state") == "ok" for s in states):
                 return self
             time.sleep(0.2)
@@ -122,7 +138,7 @@ class LocalCluster:
             if proc.poll() is not None:
                 continue
             try:
-                if redis.Redis(port=port).info("replication").get("role") == "master":
+                if _info(port, "replication").get("role") == "master":
                     out.append(port)
             except redis.ConnectionError:
                 continue
@@ -142,7 +158,7 @@ class LocalCluster:
             states = []
             for port, proc in self.nodes.items():
                 if proc.poll() is None:
-                    states.append(redis.Redis(port=port).cluster("info").get("cluster_state"))
+                    states.append(_cluster_info(port).get("cluster_state"))
             if states and all(s == "ok" for s in states):
                 return time.monotonic() - started
             time.sleep(0.1)
@@ -152,9 +168,9 @@ class LocalCluster:
         """Every key on every primary with its PTTL (ms; -1 means no TTL)."""
         out: dict[str, int] = {}
         for port in self.primaries():
-            client = redis.Redis(port=port)
-            for key in client.scan_iter("*"):
-                out[key.decode()] = int(client.pttl(key))
+            with redis.Redis(port=port) as client:
+                for key in client.scan_iter("*"):
+                    out[key.decode()] = int(client.pttl(key))
         return out
 
 
@@ -195,7 +211,7 @@ class LocalSentinel:
             self._spawn(port, [str(conf), "--sentinel"])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            info = redis.Redis(port=replica).info("replication")
+            info = _info(replica, "replication")
             if info.get("master_link_status") == "up":
                 return self
             time.sleep(0.1)
@@ -211,8 +227,8 @@ class LocalSentinel:
 
     def primary_port(self) -> int:
         """The port the Sentinels name as primary now."""
-        client = redis.Redis(port=self.sentinel_ports[0])
-        _, port = client.sentinel_get_master_addr_by_name(self.SERVICE)
+        with redis.Redis(port=self.sentinel_ports[0]) as client:
+            _, port = client.sentinel_get_master_addr_by_name(self.SERVICE)
         return int(port)
 
     def kill_primary(self) -> int:

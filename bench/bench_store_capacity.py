@@ -79,7 +79,8 @@ def _client_process(
 def _redis_cpu(ports: list[int]) -> float:
     total = 0.0
     for port in ports:
-        info = redis.Redis(port=port).info("cpu")
+        with redis.Redis(port=port) as client:
+            info = client.info("cpu")
         total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
     return total
 

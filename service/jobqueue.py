@@ -53,7 +53,7 @@ from service.jobs import (
 from service.keys import job_key, jobs_stream_key, pending_bytes_key, pending_key
 from service.metrics import Metrics
 from service.models import ServedModel
-from service.redis_conn import RedisMode, open_async, open_sync
+from service.redis_conn import LazyAsyncClient, RedisMode, open_sync
 from service.settings import get_settings
 
 if TYPE_CHECKING:
@@ -131,9 +131,7 @@ class RedisJobManager:
         stream: str = JOBS_STREAM,
         redis_mode: RedisMode = "auto",
     ) -> None:
-        self._url = url
-        self._mode = redis_mode
-        self._client: Any = None
+        self._lazy = LazyAsyncClient(url, redis_mode, socket_connect_timeout=2, socket_timeout=10)
         self._reserve: Any = None
         self.root = Path(job_dir)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -145,13 +143,10 @@ class RedisJobManager:
         self._pending_bytes = pending_bytes_key(stream)
 
     async def _c(self) -> Any:
-        """The client, connected (and the server's mode asked) on first use."""
-        if self._client is None:
-            self._client = await open_async(
-                self._url, self._mode, socket_connect_timeout=2, socket_timeout=10
-            )
-            self._reserve = self._client.register_script(_RESERVE_LUA)
-        return self._client
+        client = await self._lazy.get()
+        if self._reserve is None:
+            self._reserve = client.register_script(_RESERVE_LUA)
+        return client
 
     def new_workdir(self) -> tuple[str, Path]:
         return new_job_dir(self.root)
@@ -261,8 +256,7 @@ class RedisJobManager:
             await self._call(client.hset(key, "cancel", 1))
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        await self._lazy.close()
 
 
 class JobWorker:

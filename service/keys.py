@@ -20,6 +20,12 @@ def state_key(session_id: str) -> str:
     return f"{PREFIX}{{{session_id}}}:state"
 
 
+def delta_key(session_id: str, version: int | str) -> str:
+    """String: the state delta that made version ``version`` (deltas after the snapshot in
+    ``state_key`` are versions ``snapshot_at + 1 .. frame_index`` of the session hash)."""
+    return f"{PREFIX}{{{session_id}}}:delta:{version}"
+
+
 def staging_key(session_id: str, owner: str) -> str:
     """String: a state being saved by writer ``owner`` (renamed into ``state_key``)."""
     return f"{PREFIX}{{{session_id}}}:staging:{owner}"

@@ -25,6 +25,12 @@ class Metrics:
             "Frames whose session state was read from the store (not saved by this replica)",
             registry=r,
         )
+        self.state_bytes = Histogram(
+            "ctvis_state_save_bytes",
+            "Bytes of tracker state saved per live frame (a delta, or a periodic snapshot)",
+            buckets=(4096, 16384, 32768, 65536, 131072, 262144, 524288, 1048576, 4194304),
+            registry=r,
+        )
         self.batch_size = Histogram(
             "ctvis_batch_size",
             "Frames per model batch",

@@ -105,3 +105,39 @@ def is_cluster(client: Any) -> bool:
     from redis.cluster import RedisCluster
 
     return isinstance(client, (AsyncCluster, RedisCluster))
+
+
+class LazyAsyncClient:
+    """An asyncio client opened on first use (so a service starts while Redis is down, and
+    ``auto`` can ask the server what it is), once even when many requests ask at the same
+    time."""
+
+    def __init__(self, url: str, mode: RedisMode = "auto", **options: Any) -> None:
+        import asyncio
+
+        self._url, self._mode, self._options = url, mode, options
+        self._client: Any = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Any:
+        """The connected client (raises like ``open_async`` while Redis cannot be reached)."""
+        if self._client is None:
+            async with self._lock:
+                if self._client is None:
+                    self._client = await open_async(self._url, self._mode, **self._options)
+        return self._client
+
+    @property
+    def opened(self) -> Any:
+        """The client if it was opened, else None."""
+        return self._client
+
+    async def close(self) -> None:
+        """Close the client if it was opened (and, for Sentinel, its Sentinel connections)."""
+        if self._client is not None:
+            pool = getattr(self._client, "connection_pool", None)
+            manager = getattr(pool, "sentinel_manager", None)
+            await self._client.aclose()
+            for sentinel in getattr(manager, "sentinels", ()):
+                await sentinel.aclose()
+            self._client = None

@@ -30,7 +30,7 @@ from service.engine import Engine, FrameItem, FrameOutcome
 from service.errors import ApiError, store_unavailable
 from service.keys import reply_key
 from service.metrics import Metrics
-from service.redis_conn import RedisMode, open_async
+from service.redis_conn import LazyAsyncClient, RedisMode, open_async
 
 if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT
@@ -128,9 +128,10 @@ class RedisFrameQueue:
         stream_ttl_s: int = STREAM_TTL_S,
         redis_mode: RedisMode = "auto",
     ) -> None:
-        self._url = url
-        self._mode = redis_mode
-        self._client: Any = None
+        # BLPOP blocks for up to timeout_s: the socket must wait longer than that.
+        self._lazy = LazyAsyncClient(
+            url, redis_mode, socket_connect_timeout=2, socket_timeout=timeout_s + 5
+        )
         self.model_id = model_id
         self.timeout_s = timeout_s
         self.stream = stream
@@ -141,13 +142,7 @@ class RedisFrameQueue:
         """Nothing to start: workers consume the stream."""
 
     async def _c(self) -> Any:
-        """The client, connected (and the server's mode asked) on first use."""
-        if self._client is None:
-            # BLPOP blocks for up to timeout_s: the socket must wait longer than that.
-            self._client = await open_async(
-                self._url, self._mode, socket_connect_timeout=2, socket_timeout=self.timeout_s + 5
-            )
-        return self._client
+        return await self._lazy.get()
 
     async def submit(self, item: FrameItem) -> FrameOutcome:
         """Queue the frame for a worker; 503 ``worker_unavailable`` if nobody answers."""
@@ -180,8 +175,7 @@ class RedisFrameQueue:
         return decode_outcome(reply[1])
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        await self._lazy.close()
 
 
 async def _ensure_group(client: Any, stream: str) -> bool:

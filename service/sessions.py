@@ -21,6 +21,7 @@ import numpy as np
 
 from model.config import TrackerConfig, TrackerOptionError, to_dict, tracker_config_from_dict
 from model.tracker import TrackState, codec, init_state
+from model.tracker.delta import apply_delta, dumps_delta
 from service.auth import hash_secret, new_id, new_token, token_matches
 from service.batching import BatchQueue
 from service.engine import FrameItem, FrameOutcome
@@ -152,7 +153,8 @@ class SessionService:
 
     async def info(self, session_id: str, token: str | None) -> SessionInfo:
         record = await self.authorize(session_id, token)
-        meta = codec.read_metadata(record.state)
+        # the newest of the snapshot and its deltas says how many tracks live now
+        meta = codec.read_metadata(record.deltas[-1] if record.deltas else record.state)
         return SessionInfo(
             session_id=session_id,
             model=record.meta["model"],
@@ -254,10 +256,13 @@ class SessionService:
             self._states.move_to_end(session_id)
             return cached[1]
         self.metrics.state_cache_misses.inc()
-        raw = await self._store_call(self.store.load_state(session_id))
-        if raw is None:
+        stored = await self._store_call(self.store.load_state(session_id))
+        if stored is None:
             self._check(session_id, None, None)  # raises 404
-        return codec.loads(raw, expected_model_id=self.model_id)
+        state = codec.loads(stored.snapshot, expected_model_id=self.model_id)
+        for data in stored.deltas:
+            state = apply_delta(state, data)
+        return state
 
     async def process_frame(
         self,
@@ -308,8 +313,15 @@ class SessionService:
         if outcome.error is not None or outcome.state is None:
             self.metrics.errors.labels("frame_failed").inc()
             raise ApiError(422, "frame_failed", f"the model failed on this frame: {outcome.error}")
-        # Lossless: a float16 cache could flip a near-tie and break equality with `ctvis track`.
-        payload = codec.dumps(outcome.state, self.model_id, compact=False)
+        # Lossless either way: a float16 cache could flip a near-tie and break equality with
+        # `ctvis track`. Most frames save a delta; every state_snapshot_every-th a snapshot, so
+        # a state is read back as one snapshot and fewer than that many deltas.
+        as_delta = (lease.frame_index + 1) % self.settings.state_snapshot_every != 0
+        if as_delta:
+            payload = dumps_delta(state, outcome.state)
+        else:
+            payload = codec.dumps(outcome.state, self.model_id, compact=False)
+        self.metrics.state_bytes.observe(len(payload))
         try:
             saved = await self._store_call(
                 self.store.save_state(
@@ -318,6 +330,7 @@ class SessionService:
                     payload,
                     self.settings.session_ttl_s,
                     release_owner=owner,
+                    delta=as_delta,
                 )
             )
         except StateConflict as exc:

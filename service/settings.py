@@ -130,6 +130,12 @@ class Settings(BaseSettings):
         description="Sessions whose last saved tracker state a replica keeps in memory, so "
         "their next frame skips reading it back from the store (0 = always read).",
     )
+    state_snapshot_every: int = Field(
+        32,
+        ge=1,
+        description="A live frame saves only what it changed in the tracker state (a delta of "
+        "a few KB) except every Nth frame, which saves the whole state; 1 saves it every frame.",
+    )
     malloc_tuned: bool = Field(
         True,
         description="Raise glibc's mmap / trim thresholds (64 / 256 MiB) at start-up, so the "

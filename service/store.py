@@ -15,6 +15,11 @@ the next frame it expects. A frame is one short protocol of two round trips:
    100 KB state): they are written to a writer-private staging key in the same pipeline, and
    the script ``RENAME``s that key into place, which moves no bytes.
 
+A save is either a snapshot (the whole state) or a delta (``model.tracker.delta``: the rows
+a frame changed, a few KB), staged the same way and renamed into the state key or into the
+delta key of its version; a snapshot deletes the deltas before it. Reading a state returns the
+last snapshot and the deltas after it, in one script; the caller folds them.
+
 Live sessions are counted from the store's own expiry (``count_live``), so a session that
 expires without a DELETE frees its slot when its TTL passes. Key names live in ``service.keys``.
 """
@@ -28,8 +33,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from service.auth import new_id
-from service.keys import SESSIONS_KEY, lease_key, session_key, staging_key, state_key
-from service.redis_conn import RedisMode, is_cluster, open_async
+from service.keys import (
+    SESSIONS_KEY,
+    delta_key,
+    lease_key,
+    session_key,
+    staging_key,
+    state_key,
+)
+from service.redis_conn import LazyAsyncClient, RedisMode, is_cluster
 
 STAGING_TTL_MS = 30_000  # a staging key outlives its save only if the writer died mid-save
 
@@ -43,7 +55,11 @@ return {1, fields[1], fields[2]}
 
 # Compare-and-set of a session's state: returns the new frame index, -1 when the session is
 # gone, -2 when another writer advanced it first, -3 when the staged bytes are missing. The
-# staging key is always consumed, and the caller's lease (ARGV[3], if given) released.
+# staged bytes (KEYS[2]) are RENAMEd into place, never copied: into the state (KEYS[3]) for a
+# snapshot (ARGV[4] = 0), which also deletes the deltas since the previous snapshot, or into
+# the delta key of the new version (KEYS[5]) for a delta (ARGV[4] = 1), which also renews the
+# TTL of the earlier deltas. Delta keys are ARGV[5] .. version and share the session's hash
+# tag. The staging key is always consumed, and the caller's lease (ARGV[3], if given) released.
 _SAVE_LUA = """
 local current = redis.call('hget', KEYS[1], 'frame_index')
 local result
@@ -54,15 +70,51 @@ elseif tonumber(current) ~= tonumber(ARGV[1]) then
 elseif redis.call('exists', KEYS[2]) == 0 then
   result = -3
 else
-  redis.call('rename', KEYS[2], KEYS[3])
-  redis.call('hset', KEYS[1], 'frame_index', tonumber(ARGV[1]) + 1)
+  local new = tonumber(ARGV[1]) + 1
+  local since = tonumber(redis.call('hget', KEYS[1], 'snapshot_at') or '0')
+  if ARGV[4] == '1' then
+    redis.call('rename', KEYS[2], KEYS[5])
+    redis.call('expire', KEYS[5], ARGV[2])
+    for v = since + 1, new - 1 do redis.call('expire', ARGV[5] .. v, ARGV[2]) end
+  else
+    redis.call('rename', KEYS[2], KEYS[3])
+    for v = since + 1, new - 1 do redis.call('del', ARGV[5] .. v) end
+    redis.call('hset', KEYS[1], 'snapshot_at', new)
+  end
+  redis.call('hset', KEYS[1], 'frame_index', new)
   redis.call('expire', KEYS[1], ARGV[2])
   redis.call('expire', KEYS[3], ARGV[2])
-  result = tonumber(ARGV[1]) + 1
+  result = new
 end
 redis.call('del', KEYS[2])
 if ARGV[3] ~= '' and redis.call('get', KEYS[4]) == ARGV[3] then redis.call('del', KEYS[4]) end
 return result
+"""
+
+# A session's state as stored, in one consistent read: {} when the session is gone, else
+# {frame_index, snapshot bytes, delta bytes of versions snapshot_at + 1 .. frame_index}.
+_READ_LUA = """
+local fields = redis.call('hmget', KEYS[1], 'frame_index', 'snapshot_at')
+local snapshot = redis.call('get', KEYS[2])
+if not fields[1] or not snapshot then return {} end
+local out = {fields[1], snapshot}
+for v = tonumber(fields[2] or '0') + 1, tonumber(fields[1]) do
+  local delta = redis.call('get', ARGV[1] .. v)
+  if not delta then return redis.error_reply('state delta ' .. v .. ' is missing') end
+  out[#out + 1] = delta
+end
+return out
+"""
+
+# Delete a session: its hash, state and every delta key; returns 1 when it existed.
+_DELETE_LUA = """
+local fields = redis.call('hmget', KEYS[1], 'frame_index', 'snapshot_at')
+if fields[1] then
+  for v = tonumber(fields[2] or '0') + 1, tonumber(fields[1]) do
+    redis.call('del', ARGV[1] .. v)
+  end
+end
+return redis.call('del', KEYS[1], KEYS[2])
 """
 
 # Readiness: a script touching two keys of one session slot, as every frame's scripts do.
@@ -88,6 +140,16 @@ class SessionRecord:
     meta: dict[str, Any]
     state: bytes
     frame_index: int
+    deltas: tuple[bytes, ...] = ()
+    """State deltas saved after ``state`` (a snapshot), oldest first."""
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """A session's saved state: the last snapshot and the deltas saved after it."""
+
+    snapshot: bytes
+    deltas: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,7 +189,7 @@ class SessionStore(Protocol):
 
     async def load_meta(self, session_id: str) -> dict[str, Any] | None: ...
 
-    async def load_state(self, session_id: str) -> bytes | None: ...
+    async def load_state(self, session_id: str) -> StoredState | None: ...
 
     async def acquire_frame(
         self, session_id: str, owner: str, lease_ms: int
@@ -140,6 +202,7 @@ class SessionStore(Protocol):
         state: bytes,
         ttl_s: int,
         release_owner: str | None = None,
+        delta: bool = False,
     ) -> int: ...
 
     async def delete(self, session_id: str) -> bool: ...
@@ -187,9 +250,9 @@ class MemoryStore:
         record = self._get(session_id)
         return None if record is None else record.meta
 
-    async def load_state(self, session_id: str) -> bytes | None:
+    async def load_state(self, session_id: str) -> StoredState | None:
         record = self._get(session_id)
-        return None if record is None else record.state
+        return None if record is None else StoredState(record.state, record.deltas)
 
     async def acquire_frame(self, session_id: str, owner: str, lease_ms: int) -> FrameLease | None:
         record = self._get(session_id)
@@ -209,6 +272,7 @@ class MemoryStore:
         state: bytes,
         ttl_s: int,
         release_owner: str | None = None,
+        delta: bool = False,
     ) -> int:
         async with self._lock:
             try:
@@ -220,7 +284,12 @@ class MemoryStore:
                         f"session {session_id} is at frame {current.frame_index}, "
                         f"not {expected_frame_index}"
                     )
-                new = SessionRecord(session_id, current.meta, state, expected_frame_index + 1)
+                index = expected_frame_index + 1
+                if delta:
+                    deltas = (*current.deltas, state)
+                    new = SessionRecord(session_id, current.meta, current.state, index, deltas)
+                else:
+                    new = SessionRecord(session_id, current.meta, state, index)
                 self._data[session_id] = (new, time.monotonic() + ttl_s)
                 return new.frame_index
             finally:
@@ -260,20 +329,15 @@ class RedisStore:
     kind = "redis"
 
     def __init__(self, url: str, mode: RedisMode = "auto") -> None:
-        self._url = url
-        self._mode = mode
-        self._client: Any = None
+        self._lazy = LazyAsyncClient(url, mode, socket_connect_timeout=2, socket_timeout=5)
         self._cluster = False
         self._shas: dict[str, str] = {}
 
     async def _c(self) -> Any:
         """The client, connected (and the server's mode asked) on first use."""
-        if self._client is None:
-            client = await open_async(
-                self._url, self._mode, socket_connect_timeout=2, socket_timeout=5
-            )
-            self._client, self._cluster = client, is_cluster(client)
-        return self._client
+        client = await self._lazy.get()
+        self._cluster = is_cluster(client)
+        return client
 
     async def _sha(self, script: str) -> str:
         sha = self._shas.get(script)
@@ -350,7 +414,11 @@ class RedisStore:
         async with client.pipeline(transaction=True) as pipe:
             pipe.hset(
                 session_key(sid),
-                mapping={"meta": json.dumps(record.meta), "frame_index": record.frame_index},
+                mapping={
+                    "meta": json.dumps(record.meta),
+                    "frame_index": record.frame_index,
+                    "snapshot_at": record.frame_index,
+                },
             )
             pipe.expire(session_key(sid), ttl_s)
             pipe.set(state_key(sid), record.state, ex=ttl_s)
@@ -364,28 +432,29 @@ class RedisStore:
 
     async def load(self, session_id: str) -> SessionRecord | None:
         # decode_responses is off: the client returns bytes
-        client = await self._c()
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.hgetall(session_key(session_id))
-            pipe.get(state_key(session_id))
-            raw, state = cast("tuple[dict[bytes, bytes], bytes | None]", await pipe.execute())
-        if not raw or state is None:
+        meta = await self.load_meta(session_id)
+        read = await self._read(session_id)
+        if meta is None or read is None:
             return None
-        return SessionRecord(
-            session_id=session_id,
-            meta=json.loads(raw[b"meta"]),
-            state=bytes(state),
-            frame_index=int(raw[b"frame_index"]),
-        )
+        frame_index, stored = read
+        return SessionRecord(session_id, meta, stored.snapshot, frame_index, stored.deltas)
+
+    async def _read(self, session_id: str) -> tuple[int, StoredState] | None:
+        """(frame index, snapshot and deltas) in one consistent read, None when gone."""
+        keys = [session_key(session_id), state_key(session_id)]
+        reply = await self._evalsha(_READ_LUA, keys, [delta_key(session_id, "")])
+        if not reply:
+            return None
+        return int(reply[0]), StoredState(bytes(reply[1]), tuple(bytes(d) for d in reply[2:]))
 
     async def load_meta(self, session_id: str) -> dict[str, Any] | None:
         # only the small JSON field, not the (large) tracker state
         raw = await (await self._c()).hget(session_key(session_id), "meta")
         return None if raw is None else cast("dict[str, Any]", json.loads(raw))
 
-    async def load_state(self, session_id: str) -> bytes | None:
-        raw = cast("bytes | None", await (await self._c()).get(state_key(session_id)))
-        return None if raw is None else bytes(raw)
+    async def load_state(self, session_id: str) -> StoredState | None:
+        read = await self._read(session_id)
+        return None if read is None else read[1]
 
     async def acquire_frame(self, session_id: str, owner: str, lease_ms: int) -> FrameLease | None:
         keys = [session_key(session_id), lease_key(session_id)]
@@ -403,6 +472,7 @@ class RedisStore:
         state: bytes,
         ttl_s: int,
         release_owner: str | None = None,
+        delta: bool = False,
     ) -> int:
         from redis.exceptions import NoScriptError
 
@@ -413,8 +483,11 @@ class RedisStore:
             staging,
             state_key(session_id),
             lease_key(session_id),
+            delta_key(session_id, expected_frame_index + 1),
         ]
-        args: list[int | str] = [expected_frame_index, ttl_s, owner]
+        args: list[int | str] = [
+            expected_frame_index, ttl_s, owner, int(delta), delta_key(session_id, ""),
+        ]  # fmt: skip
         for attempt in range(2):
             # one round trip: stage the bytes, then install them by RENAME in the script
             sha = await self._sha(_SAVE_LUA)
@@ -433,21 +506,12 @@ class RedisStore:
                 if isinstance(reply, Exception):
                     raise reply
             break
-        result = int(replies[1])
-        if result == -1:
-            raise SessionNotFound(session_id)
-        if result == -2:
-            raise StateConflict(
-                f"session {session_id} moved past frame {expected_frame_index} (another writer)"
-            )
-        if result == -3:
-            raise StateConflict(f"session {session_id}: the staged state expired before saving")
-        return result
+        return _save_result(session_id, expected_frame_index, int(replies[1]))
 
     async def delete(self, session_id: str) -> bool:
-        client = await self._c()
-        removed = await client.delete(session_key(session_id), state_key(session_id))
-        await client.zrem(SESSIONS_KEY, session_id)
+        keys = [session_key(session_id), state_key(session_id)]
+        removed = await self._evalsha(_DELETE_LUA, keys, [delta_key(session_id, "")])
+        await (await self._c()).zrem(SESSIONS_KEY, session_id)
         return bool(removed)
 
     async def count_live(self) -> int:
@@ -462,8 +526,20 @@ class RedisStore:
         await self._evalsha(_RELEASE_LUA, [lease_key(session_id)], [owner])
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        await self._lazy.close()
+
+
+def _save_result(session_id: str, expected_frame_index: int, result: int) -> int:
+    """The new frame index of a save script's result, or the error it stands for."""
+    if result == -1:
+        raise SessionNotFound(session_id)
+    if result == -2:
+        raise StateConflict(
+            f"session {session_id} moved past frame {expected_frame_index} (another writer)"
+        )
+    if result == -3:
+        raise StateConflict(f"session {session_id}: the staged state expired before saving")
+    return result
 
 
 def make_store(redis_url: str | None, redis_mode: RedisMode = "auto") -> SessionStore:

@@ -17,6 +17,7 @@ from service.store import (
     SessionRecord,
     SessionStore,
     StateConflict,
+    StoredState,
 )
 
 REDIS_URL = os.environ.get("CTVIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -91,7 +92,7 @@ async def test_acquire_frame_reads_meta_and_serialises_owners(store: SessionStor
     assert await store.save_state(rec.session_id, 3, b"s4", 30, release_owner="a") == 4
     nxt = await store.acquire_frame(rec.session_id, "b", 5_000)
     assert nxt is not None and nxt.acquired and nxt.frame_index == 4
-    assert await store.load_state(rec.session_id) == b"s4"
+    assert await store.load_state(rec.session_id) == StoredState(b"s4")
     # a save by someone else never releases b's lease; a failed save by b still does
     await store.save_state(rec.session_id, 4, b"s5", 30, release_owner="not-b")
     assert not (await store.acquire_frame(rec.session_id, "c", 5_000)).acquired  # type: ignore[union-attr]
@@ -127,7 +128,7 @@ async def test_redis_save_leaves_no_staging_keys_and_survives_script_flush() -> 
         with pytest.raises(StateConflict):
             await store.save_state(rec.session_id, 0, b"stale", 30, release_owner="y")
         assert [k async for k in raw.scan_iter(staging_key(rec.session_id, "*"))] == []
-        assert await store.load_state(rec.session_id) == state
+        assert await store.load_state(rec.session_id) == StoredState(state)
         assert 0 < await raw.ttl(state_key(rec.session_id)) <= 30
         await raw.script_flush()  # as after a Redis restart: scripts are loaded again
         assert await store.save_state(rec.session_id, 1, b"s2", 30) == 2
@@ -137,3 +138,21 @@ async def test_redis_save_leaves_no_staging_keys_and_survives_script_flush() -> 
         await store.delete(rec.session_id)
         await raw.aclose()
         await store.close()
+
+
+async def test_deltas_append_and_a_snapshot_clears_them(store: SessionStore) -> None:
+    rec = _record()
+    await store.create(rec, ttl_s=30)
+    assert await store.save_state(rec.session_id, 0, b"d1", 30, delta=True) == 1
+    assert await store.save_state(rec.session_id, 1, b"d2", 30, delta=True) == 2
+    with pytest.raises(StateConflict):  # the compare-and-set holds for deltas too
+        await store.save_state(rec.session_id, 1, b"late", 30, delta=True)
+    assert await store.load_state(rec.session_id) == StoredState(rec.state, (b"d1", b"d2"))
+    loaded = await store.load(rec.session_id)
+    assert loaded is not None and loaded.deltas == (b"d1", b"d2") and loaded.frame_index == 2
+    assert await store.save_state(rec.session_id, 2, b"snap", 30) == 3
+    assert await store.load_state(rec.session_id) == StoredState(b"snap")
+    with pytest.raises(SessionNotFound):
+        await store.save_state("no-such-session", 0, b"d", 30, delta=True)
+    assert await store.delete(rec.session_id)
+    assert await store.load_state(rec.session_id) is None
