@@ -5,11 +5,11 @@
     python /opt/ctvis/healthcheck.py worker     # this host's `ctvis worker` reads its stream
 
 The image runs either ``ctvis serve`` or ``ctvis worker``. A worker serves no API (at most
-metrics), so its probe asks Redis instead (``check_worker``): the workers' consumer group must
-exist on the frames stream, and no consumer of this host (``service.remote.run_worker`` names
-itself ``<hostname>-<pid>``) may be stuck on a batch for longer than ``--max-busy-s``. Exit
-status 0 means healthy, 1 unhealthy. Settings come from the same ``CTVIS_*`` variables as the
-service.
+metrics), so its probe asks Redis instead (``check_worker``): Redis must answer, the workers'
+consumer group must exist on the frames stream once the stream does, and no consumer of this
+host (``service.remote.run_worker`` names itself ``<hostname>-<pid>``) may be stuck on a batch
+for longer than ``--max-busy-s``. Exit status 0 means healthy, 1 unhealthy. Settings come
+from the same ``CTVIS_*`` variables as the service.
 """
 
 from __future__ import annotations
@@ -55,6 +55,19 @@ def process_uptime_s(pid: int = 1) -> float | None:
         return None
 
 
+def redis_client(redis_url: str, timeout: float) -> Any:
+    """A blocking client the way the service makes one: one server, a Redis Cluster
+    (``CTVIS_REDIS_MODE``, ``auto`` asks the node) or a ``redis+sentinel://`` URL."""
+    options = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+    try:
+        from service.redis_conn import open_sync
+    except ImportError:  # run outside the image, without the service installed
+        import redis
+
+        return redis.Redis.from_url(redis_url, **options)
+    return open_sync(redis_url, os.environ.get("CTVIS_REDIS_MODE", "auto"), **options)
+
+
 def check_worker(
     redis_url: str,
     stream: str,
@@ -64,20 +77,26 @@ def check_worker(
 ) -> str | None:
     """None when this host's worker is attached to ``stream`` and not stuck on a batch.
 
-    Unhealthy: Redis unreachable, the workers' group missing (a worker creates it when it
-    starts), or a consumer of this host stuck for more than ``max_busy_s`` seconds (see
-    ``assess_consumers``).
+    Healthy while ``stream`` does not exist: the API creates it with the first frame (and it
+    expires when idle); workers only wait for it (``service.remote.run_worker``), so a new or
+    idle system has no stream and no group. Unhealthy: Redis unreachable, the stream there but
+    the workers' group missing (a waiting worker creates it within 0.1 s), or a consumer of
+    this host stuck for more than ``max_busy_s`` seconds (see ``assess_consumers``).
     """
     import redis
 
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    client = None
     try:
+        client = redis_client(redis_url, timeout)
+        if not client.exists(stream):
+            return None  # no traffic yet, or the idle stream expired
         groups = [g["name"] for g in client.xinfo_groups(stream)]
         consumers = client.xinfo_consumers(stream, WORKER_GROUP) if _has(groups) else []
-    except redis.RedisError as exc:
+    except (redis.RedisError, OSError) as exc:
         return f"redis: {exc}"
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     if not _has(groups):
         return f"no consumer group {WORKER_GROUP} on {stream}: the worker has not started"
     return assess_consumers(consumers, f"{socket.gethostname()}-", max_busy_s, uptime_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -146,3 +147,41 @@ def test_kubernetes_scrape_config(objects: dict) -> None:
     assert job["kubernetes_sd_configs"][0]["role"] == "pod"
     keep = [r for r in job["relabel_configs"] if r.get("action") == "keep"]
     assert {"api|worker", "true"} == {r["regex"] for r in keep}
+
+
+# The oldest Kubernetes release the manifests target (autoscaling/v2, the usual managed
+# offerings) and the newest one kubernetes-validate knows.
+K8S_VERSIONS = ("1.29.0", "latest")
+
+
+def _validator() -> Any:
+    return pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate comes with the dev extra"
+    )
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_manifests_match_the_kubernetes_schemas(
+    objects: dict[tuple[str, str], dict[str, Any]], version: str
+) -> None:
+    """Every object of the kustomization against the API schemas (offline: the package bundles
+    them), strict: an unknown or misspelt field is an error, not silently dropped."""
+    kv = _validator()
+    version = kv.latest_version() if version == "latest" else version
+    for (kind, name), obj in objects.items():
+        try:
+            kv.validate(obj, version, strict=True)
+        except kv.ValidationError as exc:  # pragma: no cover - shown on failure
+            raise AssertionError(f"{kind}/{name} (Kubernetes {version}): {exc}") from exc
+
+
+def test_schema_validation_catches_mistakes(objects: dict) -> None:
+    kv = _validator()
+    api = objects[("Deployment", "ctvis-api")]
+    misspelt = copy.deepcopy(api)
+    misspelt["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    wrong_type = copy.deepcopy(api)
+    wrong_type["spec"]["replicas"] = "two"
+    for bad in (misspelt, wrong_type):
+        with pytest.raises(kv.ValidationError):
+            kv.validate(bad, kv.latest_version(), strict=True)

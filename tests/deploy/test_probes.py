@@ -78,7 +78,12 @@ def test_worker_probe_reads_the_consumer_group(monkeypatch: pytest.MonkeyPatch) 
     client = redis.Redis.from_url(REDIS_URL)
     check = healthcheck.check_worker
     try:
-        assert check(REDIS_URL, stream, 60, 2).startswith("redis:")  # no stream yet
+        # No stream yet (a new or idle system: the API creates it with the first frame, the
+        # worker waits for it): healthy.
+        assert check(REDIS_URL, stream, 60, 2) is None
+        monkeypatch.setenv("CTVIS_REDIS_URL", REDIS_URL)
+        monkeypatch.setenv("CTVIS_FRAMES_STREAM", stream)
+        assert healthcheck.main(["worker"]) == 0
         client.xadd(stream, {"frame": b"x"})
         assert "no consumer group" in check(REDIS_URL, stream, 60, 2)
         client.xgroup_create(stream, remote.WORKER_GROUP, id="0")
@@ -87,8 +92,6 @@ def test_worker_probe_reads_the_consumer_group(monkeypatch: pytest.MonkeyPatch) 
         consumer = f"{socket.gethostname()}-{os.getpid()}"
         client.xreadgroup(remote.WORKER_GROUP, consumer, {stream: ">"}, count=1, block=10)
         assert check(REDIS_URL, stream, 60, 2) is None  # busy, within the limit
-        monkeypatch.setenv("CTVIS_REDIS_URL", REDIS_URL)
-        monkeypatch.setenv("CTVIS_FRAMES_STREAM", stream)
         assert healthcheck.main(["worker"]) == 0
         time.sleep(0.05)
         assert "holding 1 frame" in check(REDIS_URL, stream, 0.01, 2)  # stuck on the batch
@@ -96,8 +99,24 @@ def test_worker_probe_reads_the_consumer_group(monkeypatch: pytest.MonkeyPatch) 
     finally:
         client.delete(stream)
         client.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    assert check(f"redis://127.0.0.1:{closed}/0", stream, 60, 1).startswith("redis:")
     monkeypatch.delenv("CTVIS_REDIS_URL")
     assert healthcheck.main(["worker"]) == 1
+
+
+def test_worker_probe_speaks_every_redis_the_service_does() -> None:
+    """Sentinel URLs (and Cluster nodes) go through the service's own client factory."""
+    sentinel = healthcheck.redis_client("redis+sentinel://127.0.0.1:1/primary/0", 1.0)
+    assert type(sentinel.connection_pool).__name__ == "SentinelConnectionPool"
+    sentinel.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    problem = healthcheck.check_worker(f"redis+sentinel://127.0.0.1:{closed}/p/0", "s", 60, 1)
+    assert problem.startswith("redis:"), problem
 
 
 def test_assess_consumers() -> None:
