@@ -73,22 +73,37 @@ def _stop_all(procs: dict[int, subprocess.Popen[bytes]]) -> None:
             proc.kill()
 
 
-class LocalCluster:
+class _RedisProcesses:
+    """Redis processes by port, all stopped when the ``with`` block ends."""
+
+    def __init__(self) -> None:
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _stop_all(self.procs)
+
+
+class LocalCluster(_RedisProcesses):
     """``redis-server --cluster-enabled yes`` nodes joined by ``redis-cli --cluster create``.
 
-    ``url`` names the first node (the service needs only one); ``nodes`` maps port -> process.
+    ``url`` names the first node (the service needs only one); ``procs`` maps port -> process.
     """
 
     def __init__(self, workdir: Path, primaries: int = 3, replicas: int = 1) -> None:
+        super().__init__()
         self.workdir = workdir
         self.ports = [_free_cluster_port() for _ in range(primaries * (1 + replicas))]
         self.replicas = replicas
-        self.nodes: dict[int, subprocess.Popen[bytes]] = {}
         self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
 
     def start_node(self, port: int) -> None:
         """Start one cluster-enabled node on ``port``."""
-        self.nodes[port] = _spawn_redis(
+        self.procs[port] = _spawn_redis(
             port,
             ["--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
@@ -123,18 +138,10 @@ class LocalCluster:
             time.sleep(0.2)
         raise RuntimeError("the cluster did not reach state ok")
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        _stop_all(self.nodes)
-
     def primaries(self) -> list[int]:
         """Ports of the live nodes that are primaries now."""
         out = []
-        for port, proc in self.nodes.items():
+        for port, proc in self.procs.items():
             if proc.poll() is not None:
                 continue
             try:
@@ -147,8 +154,8 @@ class LocalCluster:
     def kill_primary(self) -> int:
         """SIGKILL one primary other than the node ``url`` names; returns its port."""
         victim = next(p for p in self.primaries() if p != self.ports[0])
-        self.nodes[victim].kill()
-        self.nodes[victim].wait(timeout=10)
+        self.procs[victim].kill()
+        self.procs[victim].wait(timeout=10)
         return victim
 
     def wait_ok(self, timeout_s: float = 30) -> float:
@@ -156,7 +163,7 @@ class LocalCluster:
         started = time.monotonic()
         while time.monotonic() - started < timeout_s:
             states = []
-            for port, proc in self.nodes.items():
+            for port, proc in self.procs.items():
                 if proc.poll() is None:
                     states.append(_cluster_info(port).get("cluster_state"))
             if states and all(s == "ok" for s in states):
@@ -174,7 +181,7 @@ class LocalCluster:
         return out
 
 
-class LocalSentinel:
+class LocalSentinel(_RedisProcesses):
     """One primary, one replica and three Sentinels on loopback (quorum 2, 1 s down-after).
 
     ``url`` is the service's ``redis+sentinel://`` URL; ``kill_primary`` SIGKILLs the current
@@ -184,10 +191,10 @@ class LocalSentinel:
     SERVICE = "ctvis"
 
     def __init__(self, workdir: Path) -> None:
+        super().__init__()
         self.workdir = workdir
         self.data_ports = [_free_cluster_port(), _free_cluster_port()]
         self.sentinel_ports = [_free_cluster_port() for _ in range(3)]
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
         hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
         self.url = f"redis+sentinel://{hosts}/{self.SERVICE}/0"
 
@@ -216,14 +223,6 @@ class LocalSentinel:
                 return self
             time.sleep(0.1)
         raise RuntimeError("the replica did not sync")
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        _stop_all(self.procs)
 
     def primary_port(self) -> int:
         """The port the Sentinels name as primary now."""

@@ -15,6 +15,7 @@ error, so a failover needs no restart.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Literal
 
 RedisMode = Literal["auto", "single", "cluster"]
@@ -113,18 +114,20 @@ class LazyAsyncClient:
     time."""
 
     def __init__(self, url: str, mode: RedisMode = "auto", **options: Any) -> None:
-        import asyncio
-
         self._url, self._mode, self._options = url, mode, options
         self._client: Any = None
         self._lock = asyncio.Lock()
+        self.cluster = False
+        """Whether the opened client is a cluster client (known once ``get`` returned)."""
 
     async def get(self) -> Any:
         """The connected client (raises like ``open_async`` while Redis cannot be reached)."""
         if self._client is None:
             async with self._lock:
                 if self._client is None:
-                    self._client = await open_async(self._url, self._mode, **self._options)
+                    client = await open_async(self._url, self._mode, **self._options)
+                    self.cluster = is_cluster(client)
+                    self._client = client
         return self._client
 
     @property

@@ -30,7 +30,7 @@ from service.engine import Engine, FrameItem, FrameOutcome
 from service.errors import ApiError, store_unavailable
 from service.keys import reply_key
 from service.metrics import Metrics
-from service.redis_conn import LazyAsyncClient, RedisMode, open_async
+from service.redis_conn import LazyAsyncClient, RedisMode
 
 if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT
@@ -237,7 +237,7 @@ async def run_worker(
     are claimed after ``claim_idle_ms`` and retried once; a second loss answers
     ``WorkerLost``. On ``stop`` the current batch is finished and acknowledged first.
     """
-    client: Any = None
+    lazy = LazyAsyncClient(url, redis_mode, socket_connect_timeout=2, socket_timeout=30)
     consumer = f"{socket.gethostname()}-{os.getpid()}"
     processed = 0
     next_claim = 0.0
@@ -245,10 +245,7 @@ async def run_worker(
     try:
         while not stop.is_set():
             try:
-                if client is None:
-                    client = await open_async(
-                        url, redis_mode, socket_connect_timeout=2, socket_timeout=30
-                    )
+                client = await lazy.get()
                 if not ready:
                     ready = await _ensure_group(client, stream)
                     if not ready:
@@ -269,8 +266,7 @@ async def run_worker(
             if time.monotonic() >= next_claim:
                 next_claim = time.monotonic() + claim_idle_ms / 2000
     finally:
-        if client is not None:
-            await client.aclose()
+        await lazy.close()
     return processed
 
 

@@ -196,10 +196,9 @@ class SessionService:
         horizon = now - self.settings.session_ttl_s
         for session_id in [k for k, used in self._last_used.items() if used < horizon]:
             self._drop_tables(session_id)
-        # entries created without a _touch (e.g. a frame refused before its lease)
-        for table in (self._buckets, self._locks):
-            for session_id in [k for k in table if k not in self._last_used]:
-                self._drop_tables(session_id)
+        # locks that were held when their session's tables were dropped
+        for session_id in [k for k in self._locks if k not in self._last_used]:
+            self._drop_tables(session_id)
 
     def _check_rate(self, session_id: str) -> None:
         """Token bucket of ``max_session_fps`` frames per second (burst of one second)."""

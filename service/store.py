@@ -41,7 +41,7 @@ from service.keys import (
     staging_key,
     state_key,
 )
-from service.redis_conn import LazyAsyncClient, RedisMode, is_cluster
+from service.redis_conn import LazyAsyncClient, RedisMode
 
 STAGING_TTL_MS = 30_000  # a staging key outlives its save only if the writer died mid-save
 
@@ -330,14 +330,16 @@ class RedisStore:
 
     def __init__(self, url: str, mode: RedisMode = "auto") -> None:
         self._lazy = LazyAsyncClient(url, mode, socket_connect_timeout=2, socket_timeout=5)
-        self._cluster = False
         self._shas: dict[str, str] = {}
 
     async def _c(self) -> Any:
         """The client, connected (and the server's mode asked) on first use."""
-        client = await self._lazy.get()
-        self._cluster = is_cluster(client)
-        return client
+        return await self._lazy.get()
+
+    @property
+    def _cluster(self) -> bool:
+        """Whether the client (opened by ``_c``) talks to a Redis Cluster."""
+        return self._lazy.cluster
 
     async def _sha(self, script: str) -> str:
         sha = self._shas.get(script)

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from model.tracker.codec import read_metadata
 from model.tracker.state import TRACK_FIELDS, TrackState
 
 DELTA_VERSION = "1"
@@ -89,20 +90,13 @@ def dumps_delta(prev: TrackState, new: TrackState) -> bytes:
     return st_save(tensors, metadata=metadata)
 
 
-def delta_metadata(data: bytes) -> dict[str, str]:
-    """The string metadata of a ``dumps_delta`` payload."""
-    from model.tracker.codec import read_metadata
-
-    return read_metadata(data)
-
-
 def apply_delta(prev: TrackState, data: bytes) -> TrackState:
     """``prev`` advanced by a ``dumps_delta(prev, new)`` payload: ``new``, bit for bit.
 
     Raises:
         ValueError: the delta was made from another version of the state, or is malformed.
     """
-    meta = delta_metadata(data)
+    meta = read_metadata(data)
     if meta.get("delta_version") != DELTA_VERSION:
         raise ValueError(f"unsupported state delta version {meta.get('delta_version')!r}")
     if int(meta["base_frame_index"]) != prev.frame_index:
