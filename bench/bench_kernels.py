@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # (rows, in, out) of the Swin-L trunk's qkv, fc1 and fc2 layers at 480x864, stage by stage
 # (rows = the stage's real tokens: qkv skips the window padding of stages 3 / 4, see
-# model.backbone.swin.WindowPlan; width C = 192 * 2**stage, MLP ratio 4)
+# model.nn.backbone.swin_windows.WindowPlan; width C = 192 * 2**stage, MLP ratio 4)
 SWIN_L_SHAPES = [
     shape
     for rows, dim in ((25920, 192), (6480, 384), (1620, 768), (405, 1536))
@@ -53,7 +53,7 @@ def _best_ms(fn: Callable[[], object], repeats: int) -> float:
 
 def bench_linear(repeats: int) -> None:
     """Print F.linear against oneDNN per Swin-L product shape."""
-    from model.ops import onednn_linear
+    from model.nn.ops import onednn_linear
 
     print(f"CPU vendor {onednn_linear.cpu_vendor() or '?'}, ", end="")
     print(f"capability {torch.backends.cpu.get_cpu_capability()}, ", end="")
@@ -76,8 +76,8 @@ def bench_linear(repeats: int) -> None:
 
 def bench_swin_plan(rounds: int, height: int, width: int) -> None:
     """Print the Swin-L forward with and without window plans, alternated."""
-    from model.backend import TorchBackend
-    from model.build import PRESETS, build_segmenter
+    from model.nn.build import PRESETS, build_segmenter
+    from model.runtime.backend import TorchBackend
 
     torch.manual_seed(0)
     segmenter = build_segmenter(PRESETS["ytvis19_swinl"][0])

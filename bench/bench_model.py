@@ -42,7 +42,7 @@ def _set_threads(threads: int) -> None:
 def _our_segmenter(model: str) -> Any:
     import torch
 
-    from model.build import PRESETS, build_segmenter
+    from model.nn.build import PRESETS, build_segmenter
 
     torch.manual_seed(SEED)
     return build_segmenter(PRESETS[PRESET[model]][0]).eval()
@@ -100,12 +100,12 @@ def _hf_model(model: str) -> Any:
 def _make_runner(backend: str, model: str, onnx_path: str, threads: int) -> tuple[Any, Any]:
     """Return ``(call, module_or_None)`` where ``call(pixels)`` runs one forward."""
     if backend == "torch":
-        from model.backend import TorchBackend
+        from model.runtime.backend import TorchBackend
 
         segmenter = _our_segmenter(model)
         return TorchBackend(segmenter), segmenter
     if backend == "onnx":
-        from model.backend import OnnxBackend
+        from model.runtime.backend import OnnxBackend
 
         onnx_backend = OnnxBackend(onnx_path, ["CPUExecutionProvider"], num_threads=threads)
         return onnx_backend, None
@@ -183,7 +183,7 @@ def _spawn(args: argparse.Namespace, backend: str, onnx_path: str, flops: bool) 
 def _export(args: argparse.Namespace, path: Path) -> float:
     import torch
 
-    from model.export_onnx import export_onnx
+    from model.runtime.export_onnx import export_onnx
 
     _set_threads(args.threads)
     start = time.perf_counter()

@@ -30,7 +30,8 @@ from _proc import free_port, rss_mb  # noqa: E402
 
 from model.tracker import codec, init_state  # noqa: E402
 from service.batching import BatchQueue  # noqa: E402
-from service.store import _RELEASE_LUA, RedisStore, SessionRecord  # noqa: E402
+from service.store import RedisStore, SessionRecord  # noqa: E402
+from service.store_scripts import RELEASE_LUA  # noqa: E402
 from training.data.synthetic import config_for, render_video  # noqa: E402
 
 
@@ -107,9 +108,10 @@ async def redis_round_trip(url: str, n: int = 300) -> dict:
     * ``hit``: the replica saved the previous frame itself (the steady state): lease + meta
       (one Lua call), then the staged compare-and-set save that releases the lease;
     * ``miss``: another replica saved it: the same plus reading the state;
-    * ``legacy``: the earlier protocol's load + save (HGETALL, big-argument Lua CAS), the
-      number reported before; ``legacy_frame``: the same with its separate lease acquire and
-      release, i.e. the store time of a frame then;
+    * ``legacy``: a baseline four-round-trip protocol's load + save (HGETALL of a hash that
+      holds the state, a Lua CAS that takes the state as a script argument);
+      ``legacy_frame``: the same with its separate lease acquire and release, i.e. that
+      protocol's whole store time per frame;
     * ``codec``: ``hit`` plus the codec encode the service does per frame;
     * ``hit_save``: the state's own round trip in ``hit`` (the save; nothing is read).
     """
@@ -149,7 +151,7 @@ async def redis_round_trip(url: str, n: int = 300) -> dict:
         assert await raw.hgetall(legacy_key)
         assert int(await legacy(keys=[legacy_key], args=[i - 1, payloads[i], 60])) == i
         t2 = time.perf_counter()
-        await raw.eval(_RELEASE_LUA, 1, "ctvis:bench-legacy-lease", f"o{i}")
+        await raw.eval(RELEASE_LUA, 1, "ctvis:bench-legacy-lease", f"o{i}")
         times["legacy"].append((t2 - t1) * 1000)
         times["legacy_frame"].append((time.perf_counter() - t0) * 1000)
         await frame("codec", f"o{i}c", 3 * i)
@@ -263,8 +265,8 @@ def main() -> None:
         ("hit", "steady state: lease + meta, staged CAS save + release"),
         ("hit_save", "steady state, the state round trip alone (staged CAS save)"),
         ("miss", "another replica saved last: + state read"),
-        ("legacy", "earlier protocol: HGETALL + big-argument Lua CAS, leases not counted"),
-        ("legacy_frame", "earlier protocol incl. its lease acquire + release"),
+        ("legacy", "baseline protocol: HGETALL + big-argument Lua CAS, leases not counted"),
+        ("legacy_frame", "baseline protocol incl. its lease acquire + release"),
         ("codec", "steady state + codec encode"),
     ):
         print(f"| Redis store time per frame, {what}, {rt['state_bytes']} B state, p50 / p99 | "

@@ -6,7 +6,7 @@ Runs the real tracker (D=256, K=10, 40 classes) on synthetic detections for thre
 10 live tracks all seen every frame; 50 live tracks all seen every frame; 50 live tracks of
 which 10 are seen each frame (the rest wait within ``num_dead_frames``). Each session's
 states are saved through ``service.store.RedisStore`` to a private ``redis-server`` twice:
-whole states every frame (the protocol before deltas) and the service's scheme (a delta per
+whole states every frame (the baseline) and the service's scheme (a delta per
 frame, a snapshot every ``--snapshot-every``). Reports bytes sent per frame and the Redis
 CPU time per frame (``INFO cpu`` before and after). Loopback only, bounded.
 """

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cluster import LocalCluster  # noqa: E402
 from _proc import free_port  # noqa: E402
 
-from model.video_io import OverlayWriter  # noqa: E402
+from model.video.overlay import OverlayWriter  # noqa: E402
 from training.data.synthetic import config_for, render_video  # noqa: E402
 
 RETRYABLE = {503, 409}

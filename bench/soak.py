@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _proc import free_port, rss_mb  # noqa: E402
 
-from model.video_io import OverlayWriter  # noqa: E402
+from model.video.overlay import OverlayWriter  # noqa: E402
 from training.data.synthetic import config_for, render_video  # noqa: E402
 
 RETRYABLE = {"worker_lost", "worker_unavailable", "session_busy", "state_store_unavailable"}

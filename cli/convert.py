@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert; print a one-line summary. Returns 0, or 1 with a message on stderr."""
-    from model.checkpoint import CheckpointError, convert_official
+    from model.checkpoint import CheckpointError
+    from model.official.convert import convert_official
 
     try:
         result = convert_official(args.official, args.official_config, args.out, args.preset)

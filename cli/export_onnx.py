@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from model.build import PRESETS, build_segmenter
-    from model.export_onnx import export_onnx
+    from model.nn.build import PRESETS, build_segmenter
+    from model.runtime.export_onnx import export_onnx
 
     if args.out is None and args.checkpoint is None:
         print("ctvis export-onnx: --out is required with --preset", file=sys.stderr)
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     path = export_onnx(segmenter, out, height, width, opset=args.opset)
     print(f"wrote {path} (traced at {height}x{width}, opset {args.opset}; batch/H/W dynamic)")
     if args.check:
-        from model.backend import OnnxBackend, TorchBackend
+        from model.runtime.backend import OnnxBackend, TorchBackend
 
         pixels = torch.randn(1, 3, height, width)
         expected = TorchBackend(segmenter)(pixels)

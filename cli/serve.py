@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from service.api.ws import close_all_for_restart
     from service.logs import install_redaction
     from service.main import create_app
-    from service.models import RANDOM_CHECKPOINT
+    from service.served import RANDOM_CHECKPOINT
     from service.serving import header_deadline_protocol
 
     settings = load_settings(

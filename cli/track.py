@@ -13,11 +13,13 @@ Without ``--checkpoint`` the bundled demo checkpoint (``model.demo``) is used.
 
 Frames stream through the network in clips of ``PreprocessConfig.clip_frames`` and through the
 tracker one at a time, so memory holds RLE masks, not decoded frames. The results file is a
-YouTube-VIS results list (``spec/inference.md`` section 7) whose entries also name their
-``track_id`` (and ``category_name`` when the checkpoint names its classes). ``--overlay``
-decodes the input a second time and draws, once per ``track_id``, the results entries whose
-score reaches ``--overlay-score`` (default ``model.runner.OVERLAY_MIN_SCORE``, the API's default
-too), so every ``#id`` drawn is a ``track_id`` of the results file.
+YouTube-VIS results list (as the official ``instances_to_coco_json_video`` in
+``ctvis/data/vis/ytvis_eval.py`` of https://github.com/KainingYing/CTVIS writes it) whose
+entries also name their ``track_id`` (and ``category_name`` when the checkpoint names its
+classes). ``--overlay`` decodes the input a second time and draws, once per ``track_id``, the
+results entries whose score reaches ``--overlay-score`` (default
+``model.video.overlay.OVERLAY_MIN_SCORE``, the API's default too), so every ``#id`` drawn is a
+``track_id`` of the results file.
 """
 
 from __future__ import annotations
@@ -25,23 +27,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from model.checkpoint import LoadedCheckpoint
     from model.config import TrackerConfig
-    from model.pipeline import VideoResult
+    from model.pipeline import ProgressFn, VideoResult
     from model.structures import FrameOutputs
-    from model.video_io import FrameSource
+    from model.video.reader import FrameSource
+    from training.ytvis_json import GroundTruth, Video, YtvisFormatError
 
 DEFAULT_OVERLAY_FPS = 10.0
 OVERLAY_SCORE_HELP_DEFAULT = "0.3"
-"""``model.runner.OVERLAY_MIN_SCORE`` as the help shows it (that module imports torch, which
+"""``model.video.overlay.OVERLAY_MIN_SCORE`` as the help shows it (that module imports torch, which
 ``ctvis --help`` must not; a test keeps the two equal)."""
 
 
@@ -118,8 +120,8 @@ def _load(args: argparse.Namespace) -> tuple[LoadedCheckpoint, Callable[[Any], F
     """Load the checkpoint and build the forward function of the chosen backend."""
     import torch
 
-    from model.backend import OnnxBackend, TorchBackend
     from model.checkpoint import CheckpointError, load_checkpoint
+    from model.runtime.backend import OnnxBackend, TorchBackend
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not args.checkpoint:
@@ -148,20 +150,39 @@ def _load(args: argparse.Namespace) -> tuple[LoadedCheckpoint, Callable[[Any], F
 
 
 def _tracker_overrides(base: TrackerConfig, overrides: list[str]) -> TrackerConfig:
-    """``base`` with ``KEY=VALUE`` overrides (values parsed as YAML, type- and range-checked)."""
-    from model.config import TrackerOptionError, tracker_config_from_dict
-    from training.config import ConfigError, apply_overrides
+    """``base`` with ``KEY=VALUE`` overrides: each value is parsed as YAML (``0.5``, ``true``,
+    ``greedy``), then ``model.config.tracker_config_from_dict`` checks type and range by the
+    rules the API and checkpoints are held to."""
+    import yaml
 
+    from model.config import TrackerOptionError, tracker_config_from_dict
+
+    options: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise TrackError(f"--tracker: override {item!r} is not of the form key.path=value")
+        try:
+            options[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise TrackError(f"--tracker: override {item!r}: cannot parse value: {exc}") from exc
     try:
-        return tracker_config_from_dict(apply_overrides({}, overrides), base)
-    except (ConfigError, TrackerOptionError) as exc:
+        return tracker_config_from_dict(options, base)
+    except TrackerOptionError as exc:
         raise TrackError(f"--tracker: {exc}") from exc
 
 
-def _progress_bar(total: int | None, desc: str, disable: bool) -> Any:
+@contextmanager
+def _progress(total: int | None, desc: str, quiet: bool) -> Iterator[ProgressFn]:
+    """A tqdm bar on stderr over one video's frames, as a ``track_frames`` progress callback."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="frame", disable=disable, file=sys.stderr)
+    with tqdm(total=total, desc=desc, unit="frame", disable=quiet, file=sys.stderr) as bar:
+
+        def progress(done: int, _total: int | None) -> None:
+            bar.update(done - bar.n)
+
+        yield progress
 
 
 def _track_one(
@@ -172,13 +193,9 @@ def _track_one(
     desc: str,
     quiet: bool,
 ) -> VideoResult:
-    from model.runner import track_frames
+    from model.video.runner import track_frames
 
-    with _progress_bar(source.num_frames, desc, quiet) as bar:
-
-        def progress(done: int, _total: int | None) -> None:
-            bar.update(done - bar.n)
-
+    with _progress(source.num_frames, desc, quiet) as progress:
         try:
             return track_frames(
                 source,
@@ -196,81 +213,100 @@ def _track_one(
 
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as JSON atomically (temp file + rename), creating parent folders."""
+    from model.files import write_atomic
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    write_atomic(path, json.dumps(data))
+
+
+def _read_dataset(
+    path: str, annotated: bool
+) -> tuple[GroundTruth | dict[int, Video], YtvisFormatError | None]:
+    """``path``'s ground truth when ``annotated`` (``--evaluate``) and readable, else its videos,
+    with the reason its ground truth could not be read (its videos are tracked all the same,
+    so the results are written before that is reported)."""
+    from training.ytvis_json import YtvisFormatError, load_ground_truth, load_videos
+
+    gt_error = None
+    if annotated:
+        try:
+            return load_ground_truth(path), None
+        except YtvisFormatError as exc:
+            gt_error = exc
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return load_videos(path), gt_error
+    except YtvisFormatError as exc:
+        raise TrackError(f"{path}: not a YouTube-VIS dataset json ({exc})") from exc
 
 
-def _run_dataset(args: argparse.Namespace, ckpt: LoadedCheckpoint, forward_fn: Any) -> list[Any]:
-    from model.video_io import FrameSource
-    from training.ytvis_data import YtvisFormatError, read_json
+def _run_dataset(args: argparse.Namespace, ckpt: LoadedCheckpoint, forward_fn: Any) -> int:
+    """Track every video of ``--dataset``, write the results and (``--evaluate``) print scores."""
+    from cli.evaluate import format_table
+    from training.dataset_eval import DatasetVideoError, track_dataset
+    from training.ytvis_json import YtvisFormatError
+
+    dataset, gt_error = _read_dataset(args.dataset, args.evaluate)
+
+    def bar(video: Video, index: int, total: int) -> AbstractContextManager[ProgressFn]:
+        return _progress(video.length, f"video {video.id} ({index}/{total})", args.no_progress)
+
+    def write(results: list[dict[str, Any]]) -> None:
+        write_json(args.out, results)
+        print(f"wrote {args.out} ({len(results)} results)", file=sys.stderr)
 
     try:
-        data = read_json(args.dataset)
-        videos = data["videos"]
-        jobs = [(int(v["id"]), list(v["file_names"])) for v in videos]
-    except (YtvisFormatError, KeyError, TypeError) as exc:
-        raise TrackError(f"{args.dataset}: not a YouTube-VIS dataset json ({exc})") from exc
-    root = Path(args.frames_root)
-    results: list[Any] = []
-    for index, (video_id, names) in enumerate(jobs, start=1):
-        source = FrameSource([root / name for name in names])
-        desc = f"video {video_id} ({index}/{len(jobs)})"
-        results += _track_one(source, ckpt, forward_fn, video_id, desc, args.no_progress).results
-    return results
+        run = track_dataset(
+            dataset, args.frames_root, forward_fn, ckpt.model_cfg, ckpt.pre_cfg, ckpt.trk_cfg,
+            on_video=bar, on_results=write,
+        )  # fmt: skip
+    except DatasetVideoError as exc:
+        raise TrackError(str(exc)) from exc
+    except YtvisFormatError as exc:  # our masks do not have the sizes the file declares
+        gt_error = YtvisFormatError(f"{args.out}: {exc}")
+    if gt_error is not None:
+        print(f"ctvis track: results written, but cannot evaluate: {gt_error}", file=sys.stderr)
+        return 1
+    if run.score is not None:
+        if run.score.mismatch is not None:  # e.g. the demo model's shapes against a real dataset
+            print(f"ctvis track: warning: {run.score.mismatch.message()}", file=sys.stderr)
+        evaluation = run.score.evaluation
+        print(format_table(evaluation.to_dict(), evaluation.per_category_ap))
+    return 0
+
+
+def _run_input(args: argparse.Namespace, ckpt: LoadedCheckpoint, forward_fn: Any) -> list[Any]:
+    """Track the single ``INPUT`` (and draw ``--overlay``); its results entries."""
+    from model.video.reader import FrameSource
+
+    source = FrameSource(args.input, args.frame_stride, args.max_frames)
+    result = _track_one(
+        source, ckpt, forward_fn, args.video_id, Path(args.input).name, args.no_progress
+    )
+    if args.overlay:
+        from model.video.overlay import OVERLAY_MIN_SCORE, overlay_tracks, write_overlay
+
+        min_score = OVERLAY_MIN_SCORE if args.overlay_score is None else args.overlay_score
+        tracks = overlay_tracks(result, ckpt.model_cfg, min_score)
+        fps = source.fps or args.fps or DEFAULT_OVERLAY_FPS
+        count = write_overlay(args.overlay, source, tracks, fps)
+        print(f"wrote {args.overlay} ({count} frames, {len(tracks)} tracks)", file=sys.stderr)
+    return result.results
 
 
 def run(args: argparse.Namespace) -> int:
     """Track, write the results (and overlay); exit 1 with a message on bad input."""
-    from model.video_io import FrameSource, VideoReadError
+    from model.video.reader import VideoReadError
 
     try:
         _check_args(args)
         ckpt, forward_fn = _load(args)
         if args.dataset is not None:
-            results = _run_dataset(args, ckpt, forward_fn)
-        else:
-            source = FrameSource(args.input, args.frame_stride, args.max_frames)
-            result = _track_one(
-                source, ckpt, forward_fn, args.video_id, Path(args.input).name, args.no_progress
-            )
-            results = result.results
-            if args.overlay:
-                from model.runner import OVERLAY_MIN_SCORE, overlay_tracks, write_overlay
-
-                min_score = OVERLAY_MIN_SCORE if args.overlay_score is None else args.overlay_score
-                tracks = overlay_tracks(result, ckpt.model_cfg, min_score)
-                fps = source.fps or args.fps or DEFAULT_OVERLAY_FPS
-                count = write_overlay(args.overlay, source, tracks, fps)
-                print(
-                    f"wrote {args.overlay} ({count} frames, {len(tracks)} tracks)", file=sys.stderr
-                )
+            return _run_dataset(args, ckpt, forward_fn)
+        results = _run_input(args, ckpt, forward_fn)
         write_json(args.out, results)
     except (TrackError, VideoReadError) as exc:
         print(f"ctvis track: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {args.out} ({len(results)} results)", file=sys.stderr)
-    if args.evaluate:
-        from cli.evaluate import format_table
-        from training.ytvis_data import YtvisFormatError, load_ground_truth, load_results
-        from training.ytvis_eval import evaluate, label_space_mismatch
-
-        try:
-            gt = load_ground_truth(args.dataset)
-            tracked = load_results(args.out, gt)
-        except YtvisFormatError as exc:
-            print(f"ctvis track: results written, but cannot evaluate: {exc}", file=sys.stderr)
-            return 1
-        mismatch = label_space_mismatch(gt, tracked)
-        if mismatch is not None:  # e.g. the demo model's shapes against a real dataset
-            print(f"ctvis track: warning: {mismatch.message()}", file=sys.stderr)
-        evaluation = evaluate(gt, tracked)
-        print(format_table(evaluation.to_dict(), evaluation.per_category_ap))
     return 0

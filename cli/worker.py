@@ -31,16 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve frames until SIGTERM / SIGINT, then finish the current batch and exit 0."""
-    import asyncio
-    import signal
-
     from cli.common import load_settings
-    from service.engine import Engine, FaultInjection
-    from service.jobqueue import JobWorker, run_job_worker
-    from service.metrics import Metrics
-    from service.models import load_served_model_for
-    from service.remote import run_worker
-    from service.settings import job_dir
+    from service.worker_main import run_worker
 
     settings = load_settings(
         "worker",
@@ -60,57 +52,6 @@ def run(args: argparse.Namespace) -> int:
     if not settings.redis_url:
         print("ctvis worker: --redis-url (or CTVIS_REDIS_URL) is required", file=sys.stderr)
         return 1
-    served = load_served_model_for(settings)
-    metrics = Metrics()
-    if args.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(args.metrics_port, addr="0.0.0.0", registry=metrics.registry)
-
-    async def main() -> tuple[int, int]:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        print(
-            f"ctvis worker: model {served.model_id} on {settings.device}, "
-            f"stream {settings.frames_stream}",
-            flush=True,
-        )
-
-        async def frames_until_stop() -> int:
-            try:
-                return await frames_loop
-            finally:
-                stop.set()  # if the frame loop ends for any reason, stop the job loop too
-
-        frames_loop = run_worker(
-            settings.redis_url or "",
-            Engine(served, FaultInjection.parse(settings.fault_inject)),
-            served.model_id,
-            settings.max_batch_size,
-            stop,
-            settings.frames_stream,
-            claim_idle_ms=settings.claim_idle_ms,
-            metrics=metrics,
-            redis_mode=settings.redis_mode,
-        )
-        jobs_worker = JobWorker(
-            settings.redis_url or "",
-            served,
-            job_dir(settings),
-            claim_idle_ms=settings.job_claim_idle_ms,
-            max_attempts=settings.max_job_attempts,
-            checkpoint_every_clips=settings.job_checkpoint_clips,
-            ttl_s=settings.job_ttl_s,
-            stream=settings.jobs_stream,
-            faults=FaultInjection.parse(settings.fault_inject),
-            metrics=metrics,
-            redis_mode=settings.redis_mode,
-        )
-        done = await asyncio.gather(frames_until_stop(), run_job_worker(jobs_worker, stop))
-        return done[0], done[1]
-
-    frames_done, jobs_done = asyncio.run(main())
+    frames_done, jobs_done = run_worker(settings, args.metrics_port)
     print(f"ctvis worker: stopped after {frames_done} frames and {jobs_done} jobs", flush=True)
     return 0

@@ -7,9 +7,9 @@
 The image runs either ``ctvis serve`` or ``ctvis worker``. A worker serves no API (at most
 metrics), so its probe asks Redis instead (``check_worker``): Redis must answer, the workers'
 consumer group must exist on the frames stream once the stream does, and no consumer of this
-host (``service.remote.run_worker`` names itself ``<hostname>-<pid>``) may be stuck on a batch
-for longer than ``--max-busy-s``. Exit status 0 means healthy, 1 unhealthy. Settings come
-from the same ``CTVIS_*`` variables as the service.
+host (``service.frame_stream.run_frame_worker`` names itself ``<hostname>-<pid>``) may be
+stuck on a batch for longer than ``--max-busy-s``. Exit status 0 means healthy, 1 unhealthy.
+Settings come from the same ``CTVIS_*`` variables as the service.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-WORKER_GROUP = "ctvis-workers"  # service.remote.WORKER_GROUP (a test keeps them equal)
+WORKER_GROUP = "ctvis-workers"  # service.frame_stream.WORKER_GROUP (a test keeps them equal)
 
 
 def detect_role(cmdline_file: Path = Path("/proc/1/cmdline")) -> str:
@@ -78,10 +78,11 @@ def check_worker(
     """None when this host's worker is attached to ``stream`` and not stuck on a batch.
 
     Healthy while ``stream`` does not exist: the API creates it with the first frame (and it
-    expires when idle); workers only wait for it (``service.remote.run_worker``), so a new or
-    idle system has no stream and no group. Unhealthy: Redis unreachable, the stream there but
-    the workers' group missing (a waiting worker creates it within 0.1 s), or a consumer of
-    this host stuck for more than ``max_busy_s`` seconds (see ``assess_consumers``).
+    expires when idle); workers only wait for it (``service.frame_stream.run_frame_worker``), so
+    a new or idle system has no stream and no group. Unhealthy: Redis unreachable, the stream
+    there but the workers' group missing (a waiting worker creates it within 0.1 s), or a
+    consumer of this host stuck for more than ``max_busy_s`` seconds (see
+    ``assess_consumers``).
     """
     import redis
 

@@ -25,7 +25,8 @@
 # Environment (all optional): SMOKE_ENGINE (docker|podman), SMOKE_CACHE (/var/tmp/ctvis-smoke),
 # SMOKE_PROJECT (ctvis-smoke), SMOKE_IMAGE (localhost/ctvis-serve-smoke; tag cpu), CPU_IMAGE,
 # SMOKE_LOCAL_BASE=1 (skip the pull and use the Debian base), DEBIAN_MIRROR, REDIS_IMAGE,
-# NGINX_IMAGE, SMOKE_JOB_FRAMES (480), SMOKE_LIVE_FRAMES (24), SMOKE_KEEP, PYTHON (the
+# NGINX_IMAGE, SMOKE_JOB_FRAMES (480), SMOKE_LIVE_FRAMES (24), SMOKE_KEEP, SMOKE_REDIS
+# (single | cluster: deploy/compose.redis-cluster.yml's 3+3-node Redis Cluster), PYTHON (the
 # project's .venv/bin/python: the driver needs httpx, websockets, PyAV, pycocotools).
 #
 # Podman without a Docker engine (Debian: apt-get install podman runc uidmap slirp4netns
@@ -57,6 +58,9 @@ TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON="$(command -v python3)"
 
+EXTRA_COMPOSE=()
+if [ "${SMOKE_REDIS:-single}" = cluster ]; then EXTRA_COMPOSE=(-f deploy/compose.redis-cluster.yml); fi
+
 T0=$SECONDS
 TIMES=()
 SUMMARY_EXTRA=""
@@ -85,7 +89,7 @@ finish() {
   fi
   local times
   times="$(IFS=' '; echo "${TIMES[*]}")"
-  echo "SMOKE $status ($what) engine=${ENGINE:-none} base=${CPU_IMAGE:-none} ${times} total=$((SECONDS - T0))s${SUMMARY_EXTRA:+ | $SUMMARY_EXTRA}"
+  echo "SMOKE $status ($what) redis=${SMOKE_REDIS:-single} engine=${ENGINE:-none} base=${CPU_IMAGE:-none} ${times} total=$((SECONDS - T0))s${SUMMARY_EXTRA:+ | $SUMMARY_EXTRA}"
   [ "$status" = PASS ]
   exit $?
 }
@@ -390,7 +394,7 @@ compose() {
   (cd "$ROOT" && env -i PATH="$PATH" HOME="${HOME:-/root}" \
     ${CONTAINERS_CONF:+CONTAINERS_CONF="$CONTAINERS_CONF"} ${DOCKER_HOST:+DOCKER_HOST="$DOCKER_HOST"} \
     "${COMPOSE[@]}" --env-file "$RUN/smoke.env" -p "$PROJECT" \
-    -f docker-compose.yml -f deploy/compose.cpu.yml "$@")
+    -f docker-compose.yml -f deploy/compose.cpu.yml "${EXTRA_COMPOSE[@]}" "$@")
 }
 
 compose_down() {
@@ -433,6 +437,10 @@ wait_healthy() {
     ids="$(engine ps -a -q --filter "label=com.docker.compose.project=$PROJECT")"
     pending=""
     for c in $ids; do
+      # A one-shot service (redis-cluster-init) is done once it exited with status 0.
+      if [ "$(engine inspect --format '{{.State.Status}} {{.State.ExitCode}}' "$c")" = "exited 0" ]; then
+        continue
+      fi
       if [ "$ENGINE" = podman ]; then
         podman healthcheck run "$c" > /dev/null 2>&1 || pending+=" $c"
       else

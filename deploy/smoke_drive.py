@@ -91,6 +91,15 @@ class Stack:
     def exec(self, container: str, *argv: str, timeout: float = 60) -> str:
         return self.run("exec", container, *argv, timeout=timeout)
 
+    def redis_cli(self, *argv: str) -> str:
+        """``redis-cli`` in the stack's Redis: the single ``redis`` service, or a node of the
+        Redis Cluster of deploy/compose.redis-cluster.yml (``-c`` follows redirections)."""
+        nodes = self.containers("redis-node-1")
+        if nodes:
+            return self.exec(nodes[0], "redis-cli", "-c", *argv)
+        (redis,) = self.containers("redis")
+        return self.exec(redis, "redis-cli", *argv)
+
     def metrics(self, container: str, port: int) -> str:
         """``/metrics`` of a container, fetched inside it (worker ports are not published)."""
         code = (
@@ -119,7 +128,7 @@ def png(frame: np.ndarray) -> bytes:
 
 
 def write_mp4(frames: list[np.ndarray], path: Path) -> Path:
-    from model.video_io import OverlayWriter
+    from model.video.overlay import OverlayWriter
 
     h, w = frames[0].shape[:2]
     with OverlayWriter(path, 10, (w, h)) as writer:
@@ -333,13 +342,10 @@ def local_track(video: Path, out: Path) -> list[dict[str, Any]]:
 def job_holder(stack: Stack) -> str | None:
     """Hostname of the worker that holds the (only) pending entry of the jobs stream (the
     key names come from the service's own code: the same tree the image was built from)."""
-    from service.jobqueue import JOB_GROUP, JOBS_STREAM
+    from service.jobs.redis_manager import JOB_GROUP, JOBS_STREAM
     from service.keys import jobs_stream_key
 
-    (redis,) = stack.containers("redis")
-    out = stack.exec(
-        redis, "redis-cli", "XPENDING", jobs_stream_key(JOBS_STREAM), JOB_GROUP, "-", "+", "10"
-    )
+    out = stack.redis_cli("XPENDING", jobs_stream_key(JOBS_STREAM), JOB_GROUP, "-", "+", "10")
     lines = out.split()
     if len(lines) < 4:
         return None
@@ -349,11 +355,10 @@ def job_holder(stack: Stack) -> str | None:
 
 def job_field(stack: Stack, job_id: str, field: str) -> str:
     """One field of the job's Redis hash."""
-    from service.jobqueue import JOBS_STREAM
+    from service.jobs.redis_manager import JOBS_STREAM
     from service.keys import job_key
 
-    (redis,) = stack.containers("redis")
-    return stack.exec(redis, "redis-cli", "HGET", job_key(JOBS_STREAM, job_id), field).strip()
+    return stack.redis_cli("HGET", job_key(JOBS_STREAM, job_id), field).strip()
 
 
 def drive_jobs(

@@ -15,8 +15,8 @@ _EXPORTS = {
     "ModelConfig": "model.config",
     "PreprocessConfig": "model.config",
     "TrackerConfig": "model.config",
-    "build_segmenter": "model.build",
-    "PRESETS": "model.build",
+    "build_segmenter": "model.nn.build",
+    "PRESETS": "model.nn.build",
     "load_checkpoint": "model.checkpoint",
     "save_checkpoint": "model.checkpoint",
 }

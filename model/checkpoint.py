@@ -1,4 +1,5 @@
-"""Our checkpoint format, and conversion from official CTVIS / Mask2Former checkpoints.
+"""Our checkpoint format: save, check and load (conversion of official checkpoints is in
+``model.official.convert``).
 
 A checkpoint is a directory holding ``model.safetensors`` (the segmenter's state dict, keys as in
 the official models minus ``criterion.*``) and ``config.json`` (model, preprocessing and tracker
@@ -12,16 +13,15 @@ configs.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from model.build import PRESETS, build_segmenter
 from model.config import (
     ModelConfig,
     PreprocessConfig,
@@ -30,19 +30,15 @@ from model.config import (
     to_dict,
     tracker_config_from_dict,
 )
-from model.official_config import ConfigError, official_dataset_preset, read_official_config
-from model.official_weights import CheckpointError, official_key_to_ours, read_official_weights
-from model.segmenter import Segmenter
+from model.nn.build import build_segmenter
+from model.nn.segmenter import Segmenter
 
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "LoadedCheckpoint",
     "check_checkpoint_dir",
-    "convert_official",
     "load_checkpoint",
-    "official_key_to_ours",
-    "read_official_weights",
     "save_checkpoint",
 ]
 
@@ -50,6 +46,10 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 _MAX_LISTED = 8  # keys listed per problem in error messages
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or config cannot be read, is unsafe, or does not match the model."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class LoadedCheckpoint:
     meta: dict[str, Any]
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -80,10 +80,17 @@ def _listed(keys: list[str]) -> str:
 # --- matching weights to the model --------------------------------------------------------
 
 
-def _match_weights(
-    model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str, lenient: bool = False
+def match_weights(
+    model: torch.nn.Module,
+    weights: dict[str, torch.Tensor],
+    source: str,
+    lenient: bool = False,
+    key_map: Callable[[str], str | None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
-    """Map official weights onto ``model``'s keys and check them.
+    """Map weights onto ``model``'s keys and check them.
+
+    ``key_map`` renames a source key to ours (None drops it); our own checkpoints use our keys
+    as they are, official ones pass ``model.official.weights.official_key_to_ours``.
 
     ``lenient`` (COCO Mask2Former ``.pkl`` files): a shape-mismatched ``class_embed`` or query
     embedding and a missing ``reid_embed`` are skipped (left at init). Otherwise, and for every
@@ -95,7 +102,7 @@ def _match_weights(
     expected = model.state_dict()
     mapped: dict[str, torch.Tensor] = {}
     for key, value in weights.items():
-        ours = official_key_to_ours(key)
+        ours = key if key_map is None else key_map(key)
         if ours is not None:
             mapped[ours] = value
     num_classes = expected["sem_seg_head.predictor.class_embed.weight"].shape[0] - 1
@@ -134,7 +141,7 @@ def _match_weights(
     return state, left_at_init + skipped, skipped
 
 
-def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         own = model.state_dict()
         for key, value in state.items():
@@ -161,12 +168,12 @@ def _build_with_weights(
     """
     with torch.device("meta"):
         segmenter = build_segmenter(model_cfg)
-    state, _, _ = _match_weights(segmenter, weights, source)
+    state, _, _ = match_weights(segmenter, weights, source)
     segmenter.load_state_dict(state, strict=True, assign=True)
     if not _has_meta_tensors(segmenter):
         return segmenter
-    segmenter = build_segmenter(model_cfg)  # pragma: no cover - no such module today
-    _load_into(segmenter, state)  # pragma: no cover
+    segmenter = build_segmenter(model_cfg)  # pragma: no cover - no module has such a tensor
+    load_state_into(segmenter, state)  # pragma: no cover
     return segmenter  # pragma: no cover
 
 
@@ -287,83 +294,3 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     meta = {k: config.get(k) for k in ("format_version", "class_names", "category_ids")}
     meta["provenance"] = config.get("provenance") or {}
     return LoadedCheckpoint(segmenter.to(device).eval(), model_cfg, pre_cfg, trk_cfg, meta)
-
-
-# --- conversion ---------------------------------------------------------------------------
-
-
-def _with_class_names(cfg: ModelConfig, preset: str | None, dataset: str | None) -> ModelConfig:
-    name = preset
-    if name is None and dataset is not None:
-        name = official_dataset_preset(dataset, cfg.backbone)
-    if name is None:
-        return cfg
-    if name not in PRESETS:
-        raise CheckpointError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-    names = PRESETS[name][0].class_names
-    if len(names) != cfg.num_classes:
-        if preset is None:  # inferred from the dataset name only: keep generic names
-            return cfg
-        raise CheckpointError(
-            f"preset {name!r} has {len(names)} classes but the config has {cfg.num_classes}"
-        )
-    ids = PRESETS[name][0].category_ids or tuple(range(1, len(names) + 1))
-    return dataclasses.replace(cfg, class_names=names, category_ids=ids)
-
-
-def convert_official(
-    ckpt_path: str | Path,
-    config_path: str | Path,
-    out_dir: str | Path,
-    preset: str | None = None,
-) -> LoadedCheckpoint:
-    """Convert an official checkpoint + its detectron2 config into our checkpoint directory.
-
-    Args:
-        ckpt_path: CTVIS ``.pth`` (strict) or Mask2Former COCO ``.pkl`` (class head, query
-            embeddings of another count and the re-id head are left at init).
-        config_path: dumped detectron2 config or official repo yaml (``_BASE_`` chains).
-        out_dir: where to write ``model.safetensors`` + ``config.json``.
-        preset: take class names/category ids from this preset (default: inferred from
-            ``DATASETS.TEST`` when the class count agrees).
-
-    Returns:
-        The converted model (eval mode) with its configs and metadata.
-
-    Raises:
-        CheckpointError: unreadable/unsafe files, unsupported config, or weights that do not
-            match the config.
-    """
-    ckpt_path, config_path = Path(ckpt_path), Path(config_path)
-    try:
-        model_cfg, pre_cfg, trk_cfg, dataset = read_official_config(config_path)
-    except ConfigError as exc:
-        raise CheckpointError(str(exc)) from exc
-    model_cfg = _with_class_names(model_cfg, preset, dataset)
-    weights, kind = read_official_weights(ckpt_path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # deterministic init of anything a .pkl leaves at init
-        segmenter = build_segmenter(model_cfg)
-    state, left_at_init, skipped = _match_weights(
-        segmenter, weights, str(ckpt_path), lenient=kind == "pkl"
-    )
-    _load_into(segmenter, state)
-    provenance = {
-        "converter": "model.checkpoint.convert_official",
-        "source_kind": "ctvis_pth" if kind == "pth" else "mask2former_pkl",
-        "source_checkpoint": ckpt_path.name,
-        "source_sha256": _sha256(ckpt_path),
-        "source_config": config_path.name,
-        "source_config_sha256": _sha256(config_path),
-        "dropped_keys": sorted(k for k in weights if official_key_to_ours(k) is None),
-        "skipped_keys": skipped,
-        "left_at_init": left_at_init,
-    }
-    save_checkpoint(out_dir, segmenter, model_cfg, pre_cfg, trk_cfg, provenance)
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "class_names": list(model_cfg.class_names),
-        "category_ids": list(model_cfg.category_ids),
-        "provenance": provenance,
-    }
-    return LoadedCheckpoint(segmenter.eval(), model_cfg, pre_cfg, trk_cfg, meta)

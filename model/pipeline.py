@@ -7,14 +7,13 @@ only RLE masks and small per-track sums are held for the whole video.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from model.config import ModelConfig, PreprocessConfig, TrackerConfig
+from model.config import ModelConfig, TrackerConfig
 from model.postprocess import MaskSizes, TrackEntry, VideoAccumulator, video_results
 from model.structures import FrameOutputs
 from model.tracker.select import select_candidates
@@ -135,39 +134,3 @@ def track_video(
         entries, accumulator.num_frames, sizes.original_size, model_cfg, video_id
     )
     return VideoResult(results=results, entries=entries, trace=trace, state=state)
-
-
-def segment_video(
-    forward_fn: Callable[[torch.Tensor], FrameOutputs],
-    frames: Sequence[np.ndarray] | np.ndarray,
-    model_cfg: ModelConfig,
-    preprocess_cfg: PreprocessConfig,
-    tracker_cfg: TrackerConfig,
-    video_id: Any = 0,
-    progress: ProgressFn | None = None,
-) -> VideoResult:
-    """Segment and track a whole video held in memory (see ``model.runner.track_frames``).
-
-    Frames go through ``forward_fn`` in clips of ``preprocess_cfg.clip_frames`` (frames never
-    interact, so the clip size changes nothing but memory) under ``torch.inference_mode``.
-
-    Args:
-        forward_fn: maps pixels Bx3xHpxWp (normalised, zero-padded) to ``FrameOutputs``.
-        frames: T frames, HxWx3 uint8 RGB, all the same size.
-        model_cfg: classes and category ids.
-        preprocess_cfg: resize / normalisation / clip length.
-        tracker_cfg: tracker settings.
-        video_id: id written into the results entries.
-        progress: called as ``progress(frames_done, T)`` after every frame.
-
-    Returns:
-        The ``VideoResult`` (results entries in the official order).
-    """
-    from model.runner import track_frames  # the one clip loop; it builds on track_video
-
-    if len(frames) == 0:
-        raise ValueError("segment_video got no frames")
-    return track_frames(
-        iter(frames), forward_fn, model_cfg, preprocess_cfg, tracker_cfg,
-        video_id=video_id, num_frames=len(frames), progress=progress,
-    )  # fmt: skip

@@ -1,9 +1,11 @@
 """Tracker outputs -> per-frame instances (streaming) and video results (offline).
 
-Offline (``VideoAccumulator`` + ``video_results``) follows the official ``video_dict`` and
-``inference_video`` (spec ``inference.md`` 5-7) but upsamples each frame's masks when the
-frame arrives and keeps only their RLE plus the two sums the mask-quality rescoring needs,
-so a long video never holds dense T x H x W masks per track. Streaming
+Offline (``VideoAccumulator`` + ``video_results``) follows the official ``video_dict`` of
+``SimpleTracker.inference`` (``ctvis/modeling/tracker/simple_tracker.py``) and
+``CTVISModel.inference_video`` (``ctvis/ctvis_model.py``) of https://github.com/KainingYing/CTVIS,
+with results as its ``ctvis/data/vis/ytvis_eval.py`` writes them, but upsamples each frame's
+masks when the frame arrives and keeps only their RLE plus the two sums the mask-quality
+rescoring needs, so a long video never holds dense T x H x W masks per track. Streaming
 (``to_instances``) labels each matched instance from its track's running logit mean.
 """
 
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 
 from model import rle
 from model.config import ModelConfig, TrackerConfig
-from model.structures import Detections, Instance, TrackAssignment
+from model.structures import Detections, FrameBatch, Instance, TrackAssignment
 from model.tracker.memory import entry_logits, noise_removed
 from model.tracker.state import TrackState
 
@@ -36,6 +38,12 @@ class MaskSizes:
     image_size: tuple[int, int]
     padded_size: tuple[int, int]
     original_size: tuple[int, int]
+
+    @classmethod
+    def of(cls, batch: FrameBatch, index: int = 0) -> MaskSizes:
+        """The sizes of frame ``index`` of a preprocessed batch (every frame of a batch shares
+        the padded size; frames of one video share all three)."""
+        return cls(batch.image_sizes[index], batch.padded_size, batch.original_sizes[index])
 
 
 def upsample_mask_logits(mask_logits: torch.Tensor, sizes: MaskSizes) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """The paper's Table 3 in miniature on the synthetic benchmark (``docs/experiments.md``).
 
-Four training variants (``spec/paper-vs-code.md`` section 3), each fine-tuned for the same
-number of iterations from the same starting point with several seeds, then tracked and scored
-on the synthetic ``val`` and ``hard`` splits with the ``ctvis track --dataset`` code path.
+Four training variants, the rows of Table 3 of the paper (Ying et al., ICCV 2023,
+arXiv:2307.12616) as ``cl.*`` switches (``training.config.ClConfig``), each fine-tuned for
+the same number of iterations from the same starting point with several seeds, then tracked
+and scored on the synthetic ``val`` and ``hard`` splits with the ``ctvis track --dataset``
+code path.
 
 The starting point mirrors the paper's (a segmenter pretrained without re-id): the ``--init``
 checkpoint with its re-id embedding head re-initialised, so every variant learns its
@@ -72,7 +74,7 @@ STUDY_DATA: list[str] = [
     "data.synth_frames=12",
     "data.synth_min_instances=0",
     "data.synth_max_instances=0",
-    # and the loss weights of the documented runs (the demo recipe now doubles the class weight)
+    # and the loss weights of the documented runs (the demo recipe doubles the class weight)
     "loss.class_weight=2.0",
 ]
 

@@ -16,10 +16,11 @@ then put the chosen values in the training config's ``tracker:`` section.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,52 +31,74 @@ sys.path.insert(0, str(ROOT))
 def network_outputs(checkpoint: str, dataset: str, frames_root: str) -> tuple[Any, list[Any]]:
     """(loaded checkpoint, [(video id, sizes, [FrameOutputs per clip])] for every video).
 
-    The network runs inside ``model.runner.track_frames``, as in ``ctvis track``, so the
-    frames are prepared and split into clips exactly as there; its outputs are recorded.
+    The network runs inside ``training.dataset_eval.track_dataset`` (each video through
+    ``model.video.runner.track_frames``), the loop of ``ctvis track --dataset``, so the frames
+    are prepared and split into clips exactly as there; its outputs are recorded per video.
     """
+    import numpy as np
+
     from model.checkpoint import load_checkpoint
     from model.postprocess import MaskSizes
     from model.preprocess import prepare_frames
-    from model.runner import track_frames
-    from model.video_io import FrameSource
-    from training.ytvis_data import read_json
+    from training.dataset_eval import track_dataset
+    from training.ytvis_json import Video, load_videos
 
     ckpt = load_checkpoint(checkpoint, device="cpu")
-    videos = []
-    for video in read_json(dataset)["videos"]:
-        frames = list(FrameSource([Path(frames_root) / name for name in video["file_names"]]))
-        chunks: list[Any] = []
+    videos: list[Any] = []
+    chunks: list[Any] = []
 
-        def forward(pixels: Any, chunks: list[Any] = chunks) -> Any:
-            chunks.append(ckpt.segmenter(pixels))
-            return chunks[-1]
+    def forward(pixels: Any) -> Any:
+        chunks.append(ckpt.segmenter(pixels))
+        return chunks[-1]
 
-        track_frames(frames, forward, ckpt.model_cfg, ckpt.pre_cfg, ckpt.trk_cfg)
-        first = prepare_frames(frames[:1], ckpt.pre_cfg)
-        sizes = MaskSizes(first.image_sizes[0], first.padded_size, first.original_sizes[0])
-        videos.append((int(video["id"]), sizes, chunks))
+    @contextmanager
+    def record(video: Video, _index: int, _total: int) -> Iterator[None]:
+        chunks.clear()
+        yield None
+        # sizes of a frame as large as the file declares, as track_frames derives them
+        blank = np.zeros((1, video.height, video.width, 3), dtype=np.uint8)
+        videos.append((video.id, MaskSizes.of(prepare_frames(blank, ckpt.pre_cfg)), list(chunks)))
+
+    cfgs = (ckpt.model_cfg, ckpt.pre_cfg, ckpt.trk_cfg)
+    track_dataset(load_videos(dataset), frames_root, forward, *cfgs, on_video=record)
     return ckpt, videos
 
 
 def score(ckpt: Any, videos: list[Any], gt: Any, tracker_cfg: Any) -> dict[str, Any]:
-    """Track the cached outputs with ``tracker_cfg`` and evaluate: metrics in %, IDSW."""
+    """Track the cached outputs with ``tracker_cfg`` and evaluate: metrics in %, IDSW.
+
+    Replays ``model.pipeline.track_video`` (what ``track_frames`` runs after the network) on
+    the recorded outputs, so no frame is decoded again; scored as ``track_dataset`` scores.
+    """
     import torch
 
     from model.pipeline import track_video
-    from training.ytvis_data import parse_results
-    from training.ytvis_eval import evaluate
+    from training.dataset_eval import score_results
 
     results: list[dict[str, Any]] = []
     with torch.inference_mode():
         for video_id, sizes, chunks in videos:
             done = track_video(chunks, sizes, ckpt.model_cfg, tracker_cfg, video_id)
             results += done.results
-    ev = evaluate(gt, parse_results(results, gt))
+    ev = score_results(gt, results).evaluation
     out = {k: round(100 * v, 2) for k, v in ev.metrics.items() if k in ("AP", "AP50", "AR10")}
     return {**out, "IDSW": ev.id_switches}
 
 
-def main() -> None:
+GRID_OPTIONS = {
+    "init": "init_score_threshold",
+    "match": "match_threshold",
+    "nms": "mask_nms_threshold",
+    "box": "box_iou_weight",
+    "offset": "mask_logit_offset",
+}
+"""Grid flag -> the tracker option it sets."""
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line; every grid value is checked by the tracker's option rules."""
+    from model.config import TrackerOptionError, check_tracker_option
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--dataset", required=True, help="YouTube-VIS ground-truth json")
@@ -94,9 +117,20 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="write every setting's numbers here (JSON)")
     args = parser.parse_args()
+    try:
+        for flag, option in GRID_OPTIONS.items():
+            for value in getattr(args, flag) or []:
+                check_tracker_option(option, value)
+    except TrackerOptionError as exc:
+        parser.error(str(exc))
+    return args
 
-    from training.ytvis_data import load_ground_truth
 
+def main() -> None:
+    from model.config import tracker_config_from_dict
+    from training.ytvis_json import load_ground_truth
+
+    args = parse_args()
     gt = load_ground_truth(args.dataset)
     ckpt, videos = network_outputs(args.checkpoint, args.dataset, args.frames_root)
     rows = []
@@ -104,15 +138,9 @@ def main() -> None:
     offsets = args.offset if args.offset else [ckpt.trk_cfg.mask_logit_offset]
     grid = itertools.product(args.init, args.match, args.nms, boxes, offsets)
     for init, match, nms, box, offset in grid:
-        cfg = dataclasses.replace(
-            ckpt.trk_cfg,
-            init_score_threshold=init,
-            match_threshold=match,
-            mask_nms_threshold=nms,
-            box_iou_weight=box,
-            mask_logit_offset=offset,
-        )
         setting = {"init": init, "match": match, "nms": nms, "box": box, "offset": offset}
+        options = {GRID_OPTIONS[flag]: value for flag, value in setting.items()}
+        cfg = tracker_config_from_dict(options, ckpt.trk_cfg)
         rows.append({**setting, **score(ckpt, videos, gt, cfg)})
         print(json.dumps(rows[-1]), file=sys.stderr)
     current = score(ckpt, videos, gt, ckpt.trk_cfg)

@@ -8,7 +8,7 @@ from fastapi import Depends, Header, Request
 
 from service.auth import api_key_allowed, hash_secret
 from service.errors import ApiError
-from service.jobs import JobBackend
+from service.jobs.admission import JobBackend
 from service.metrics import Metrics
 from service.sessions import SessionService
 from service.settings import Settings

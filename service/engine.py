@@ -10,7 +10,6 @@ are retried one at a time so that a poison frame fails only its own request.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from model.postprocess import MaskSizes, to_instances
 from model.preprocess import prepare_frames
 from model.structures import FrameBatch, FrameOutputs, Instance
 from model.tracker import TrackState, select_candidates, track_step
-from service.models import ServedModel
+from service.served import ServedModel
 
 
 @dataclass(frozen=True)
@@ -52,62 +51,11 @@ class FrameOutcome:
     error: Exception | None = None
 
 
-@dataclass(frozen=True)
-class FaultInjection:
-    """Test-only faults (``CTVIS_FAULT_INJECT``), so fault-tolerance tests need no real bug.
-
-    Attributes:
-        poison_rgb: a frame whose top-left pixel has this colour makes the model raise.
-        crash_after_frames: the process exits abruptly (as if SIGKILLed) when it is about to
-            run its N+1-th frame.
-        crash_after_job_frames: the process exits abruptly once a video job it runs has
-            tracked N frames.
-        fail_job_video_id: video jobs with this ``video_id`` raise on every attempt.
-    """
-
-    poison_rgb: tuple[int, int, int] | None = None
-    crash_after_frames: int | None = None
-    crash_after_job_frames: int | None = None
-    fail_job_video_id: int | None = None
-
-    @classmethod
-    def parse(cls, spec: str | None) -> FaultInjection | None:
-        """Parse ``"poison_rgb=R,G,B;crash_after_frames=N"`` (either part optional)."""
-        if not spec:
-            return None
-        values: dict[str, object] = {}
-        for part in spec.split(";"):
-            key, _, value = part.partition("=")
-            key = key.strip()
-            if key == "poison_rgb":
-                r, g, b = (int(v) for v in value.split(","))
-                values[key] = (r, g, b)
-            elif key in ("crash_after_frames", "crash_after_job_frames", "fail_job_video_id"):
-                values[key] = int(value)
-            else:
-                raise ValueError(f"unknown fault injection {key!r}")
-        return cls(**values)  # type: ignore[arg-type]
-
-
 class Engine:
     """Runs batches of frames for the served model on its device."""
 
-    def __init__(self, served: ServedModel, faults: FaultInjection | None = None) -> None:
+    def __init__(self, served: ServedModel) -> None:
         self.served = served
-        self.faults = faults
-        self.frames_run = 0
-
-    def _inject(self, items: list[FrameItem]) -> None:
-        if self.faults is None:
-            return
-        crash = self.faults.crash_after_frames
-        if crash is not None and self.frames_run + len(items) > crash:
-            os._exit(137)  # die mid-batch without replying or acknowledging, like SIGKILL
-        poison = self.faults.poison_rgb
-        if poison is not None and any(
-            tuple(int(v) for v in i.frame[0, 0]) == poison for i in items
-        ):
-            raise RuntimeError("injected poison frame")
 
     def _forward(self, pixels: torch.Tensor) -> FrameOutputs:
         return self.served.forward(pixels)
@@ -124,13 +72,18 @@ class Engine:
                 cfg,
             )
             state, assignment = track_step(item.state, det, cfg)
-            sizes = MaskSizes(batch.image_sizes[0], batch.padded_size, batch.original_sizes[0])
+            sizes = MaskSizes.of(batch)
             instances = to_instances(det, assignment, state, sizes, cfg.temporal_score_type)
         return state, instances
 
-    def _run_group(self, items: list[FrameItem], batches: list[FrameBatch]) -> list[FrameOutcome]:
+    def run_group(self, items: list[FrameItem], batches: list[FrameBatch]) -> list[FrameOutcome]:
+        """One forward for frames of one padded size, then the tracker per item.
+
+        Raises:
+            Exception: whatever the forward raised (``run_batch`` then retries the items one
+                at a time); a tracker failure is returned in its item's outcome instead.
+        """
         started = time.perf_counter()
-        self._inject(items)
         outputs = self._forward(torch.cat([b.pixels for b in batches]))
         results: list[tuple[TrackState | None, list[Instance], Exception | None]] = []
         for row, (item, batch) in enumerate(zip(items, batches, strict=True)):
@@ -163,15 +116,14 @@ class Engine:
                 outcomes[i] = FrameOutcome(None, [], 0.0, 1, exc)
         for indices in groups.values():
             try:
-                group = self._run_group([items[i] for i in indices], [prepared[i] for i in indices])
+                group = self.run_group([items[i] for i in indices], [prepared[i] for i in indices])
             except Exception:  # noqa: BLE001 - retry one by one to isolate a poison frame
                 group = []
                 for i in indices:
                     try:
-                        group.extend(self._run_group([items[i]], [prepared[i]]))
+                        group.extend(self.run_group([items[i]], [prepared[i]]))
                     except Exception as exc:  # noqa: BLE001
                         group.append(FrameOutcome(None, [], 0.0, 1, exc))
             for i, outcome in zip(indices, group, strict=True):
                 outcomes[i] = outcome
-        self.frames_run += len(items)
         return [o for o in outcomes if o is not None]

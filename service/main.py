@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -18,14 +18,14 @@ from service.api import ws as ws_routes
 from service.auth import parse_api_keys
 from service.batching import BatchQueue
 from service.deps import require_api_key
-from service.engine import Engine, FaultInjection, FrameItem, FrameOutcome
+from service.engine import Engine, FrameItem, FrameOutcome
 from service.errors import ApiError, install_error_handlers
-from service.jobqueue import RedisJobManager
-from service.jobs import LocalJobManager
+from service.frame_stream import RedisFrameQueue
+from service.jobs.local import LocalJobManager
+from service.jobs.redis_manager import RedisJobManager
 from service.metrics import Metrics
 from service.middleware import JsonBodyLimit
-from service.models import ServedModel, load_served_model_for
-from service.remote import RedisFrameQueue
+from service.served import ServedModel, load_served_model_for
 from service.sessions import SessionService
 from service.settings import Settings, get_settings, job_dir
 from service.store import SessionStore, make_store
@@ -65,10 +65,36 @@ def _mount_docs(app: FastAPI) -> None:
         )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app. The model loads and the store connects in the lifespan, not here."""
-    settings = settings or get_settings()
-    metrics = Metrics()
+def _frame_queue(
+    settings: Settings, served: ServedModel, metrics: Metrics
+) -> BatchQueue | RedisFrameQueue:
+    """Frames run in this process (``worker``) or on ``ctvis worker`` processes via Redis."""
+    if settings.worker:
+        return _make_queue(Engine(served), settings, metrics)
+    assert settings.redis_url is not None  # checked by Settings
+    return RedisFrameQueue(
+        settings.redis_url, served.model_id, settings.worker_timeout_s,
+        settings.frames_stream, settings.stream_ttl_s, settings.redis_mode,
+    )  # fmt: skip
+
+
+def _job_manager(
+    settings: Settings, served: ServedModel, metrics: Metrics
+) -> LocalJobManager | RedisJobManager:
+    """Video jobs run in this process (``worker``) or on ``ctvis worker`` processes."""
+    if settings.worker:
+        return LocalJobManager(served, metrics, settings.max_video_frames)
+    assert settings.redis_url is not None
+    return RedisJobManager(
+        settings.redis_url, job_dir(settings), settings.max_video_frames,
+        settings.job_ttl_s, settings.jobs_stream, settings.redis_mode,
+    )  # fmt: skip
+
+
+def _lifespan(
+    settings: Settings, metrics: Metrics
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Load the model and connect the store, queue and job manager while the app runs."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -78,26 +104,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         served = await asyncio.to_thread(load_served_model_for, settings)
         app.state.model = served
         app.state.store = make_store(settings.redis_url, settings.redis_mode)
-        if settings.worker:
-            queue: BatchQueue | RedisFrameQueue = _make_queue(
-                Engine(served, FaultInjection.parse(settings.fault_inject)), settings, metrics
-            )
-        else:
-            assert settings.redis_url is not None  # checked by Settings
-            queue = RedisFrameQueue(
-                settings.redis_url, served.model_id, settings.worker_timeout_s,
-                settings.frames_stream, settings.stream_ttl_s, settings.redis_mode,
-            )  # fmt: skip
+        queue = _frame_queue(settings, served, metrics)
         queue.start()
         app.state.sessions = SessionService(settings, served, app.state.store, queue, metrics)
-        if settings.worker:
-            app.state.jobs = LocalJobManager(served, metrics, settings.max_video_frames)
-        else:
-            assert settings.redis_url is not None
-            app.state.jobs = RedisJobManager(
-                settings.redis_url, job_dir(settings), settings.max_video_frames,
-                settings.job_ttl_s, settings.jobs_stream, settings.redis_mode,
-            )  # fmt: skip
+        app.state.jobs = _job_manager(settings, served, metrics)
         try:
             yield
         finally:
@@ -105,11 +115,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await queue.close()
             await app.state.store.close()
 
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. The model loads and the store connects in the lifespan, not here."""
+    settings = settings or get_settings()
+    metrics = Metrics()
     app = FastAPI(
         title="ctvis-serve",
         version="0.1.0",
         description="Online video instance segmentation (CTVIS).",
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, metrics),
         docs_url=None,  # served below from local assets, never from a CDN
         redoc_url=None,
     )

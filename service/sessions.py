@@ -26,10 +26,10 @@ from service.auth import hash_secret, new_id, new_token, token_matches
 from service.batching import BatchQueue
 from service.engine import FrameItem, FrameOutcome
 from service.errors import ApiError, store_unavailable
+from service.frame_stream import RedisFrameQueue, WorkerLost
 from service.metrics import Metrics
-from service.models import ServedModel
-from service.remote import RedisFrameQueue, WorkerLost
 from service.schemas import RLE, FrameResult, InstanceOut, SessionCreate, SessionInfo, Timings
+from service.served import ServedModel
 from service.settings import Settings
 from service.store import (
     FrameLease,

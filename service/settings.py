@@ -165,11 +165,6 @@ class Settings(BaseSettings):
         ge=100,
         description="Workers take over frames another worker left unanswered this long.",
     )
-    fault_inject: str | None = Field(
-        None,
-        description="Testing only: `poison_rgb=R,G,B` and/or `crash_after_frames=N` "
-        "(separated by `;`). Never set in production.",
-    )
     stream_ttl_s: int = Field(
         3600, ge=1, description="The frames stream expires after this long without traffic."
     )

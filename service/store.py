@@ -1,24 +1,10 @@
 """Session stores: in-process (embedded default) and Redis (any replica continues any session).
 
 A session is JSON metadata, the tracker state bytes (``model.tracker.codec``) and the index of
-the next frame it expects. A frame is one short protocol of two round trips:
-
-1. ``acquire_frame``: take the session's lease (a short-lived owner token that serialises one
-   session's frames across replicas) and read its metadata and frame index, in one Lua call.
-   The state itself is read only when the replica does not already hold that version
-   (``load_state``; a state is identified by (session, frame index), since the index only
-   ever grows).
-2. ``save_state``: a compare-and-set on the frame index that installs the new state and
-   releases the lease. Two replicas racing on one session get a conflict instead of silently
-   forking its track history. The state bytes are not passed through Lua (Redis copies a
-   script argument into a Lua string and back, which costs more than the network for a
-   100 KB state): they are written to a writer-private staging key in the same pipeline, and
-   the script ``RENAME``s that key into place, which moves no bytes.
-
-A save is either a snapshot (the whole state) or a delta (``model.tracker.delta``: the rows
-a frame changed, a few KB), staged the same way and renamed into the state key or into the
-delta key of its version; a snapshot deletes the deltas before it. Reading a state returns the
-last snapshot and the deltas after it, in one script; the caller folds them.
+the next frame it expects. On Redis a frame costs two round trips, ``acquire_frame`` (take the
+session's lease, read its metadata and frame index) and ``save_state`` (a compare-and-set on
+the frame index that installs the new state, a snapshot or a delta, and releases the lease);
+``service.store_scripts`` describes the protocol and holds the Lua scripts that implement it.
 
 Live sessions are counted from the store's own expiry (``count_live``), so a session that
 expires without a DELETE frees its slot when its TTL passes. Key names live in ``service.keys``.
@@ -32,104 +18,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from redis.exceptions import NoScriptError
+
 from service.auth import new_id
-from service.keys import (
-    SESSIONS_KEY,
-    delta_key,
-    lease_key,
-    session_key,
-    staging_key,
-    state_key,
-)
+from service.keys import SESSIONS_KEY, delta_key, lease_key, session_key, staging_key, state_key
 from service.redis_conn import LazyAsyncClient, RedisMode
+from service.store_scripts import SessionScripts
 
 STAGING_TTL_MS = 30_000  # a staging key outlives its save only if the writer died mid-save
-
-# Lease + metadata in one round trip: {-1} no session, {0} busy, {1, meta, frame_index}.
-_ACQUIRE_LUA = """
-local fields = redis.call('hmget', KEYS[1], 'meta', 'frame_index')
-if not fields[2] then return {-1} end
-if not redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0} end
-return {1, fields[1], fields[2]}
-"""
-
-# Compare-and-set of a session's state: returns the new frame index, -1 when the session is
-# gone, -2 when another writer advanced it first, -3 when the staged bytes are missing. The
-# staged bytes (KEYS[2]) are RENAMEd into place, never copied: into the state (KEYS[3]) for a
-# snapshot (ARGV[4] = 0), which also deletes the deltas since the previous snapshot, or into
-# the delta key of the new version (KEYS[5]) for a delta (ARGV[4] = 1), which also renews the
-# TTL of the earlier deltas. Delta keys are ARGV[5] .. version and share the session's hash
-# tag. The staging key is always consumed, and the caller's lease (ARGV[3], if given) released.
-_SAVE_LUA = """
-local current = redis.call('hget', KEYS[1], 'frame_index')
-local result
-if not current then
-  result = -1
-elseif tonumber(current) ~= tonumber(ARGV[1]) then
-  result = -2
-elseif redis.call('exists', KEYS[2]) == 0 then
-  result = -3
-else
-  local new = tonumber(ARGV[1]) + 1
-  local since = tonumber(redis.call('hget', KEYS[1], 'snapshot_at') or '0')
-  if ARGV[4] == '1' then
-    redis.call('rename', KEYS[2], KEYS[5])
-    redis.call('expire', KEYS[5], ARGV[2])
-    for v = since + 1, new - 1 do redis.call('expire', ARGV[5] .. v, ARGV[2]) end
-  else
-    redis.call('rename', KEYS[2], KEYS[3])
-    for v = since + 1, new - 1 do redis.call('del', ARGV[5] .. v) end
-    redis.call('hset', KEYS[1], 'snapshot_at', new)
-  end
-  redis.call('hset', KEYS[1], 'frame_index', new)
-  redis.call('expire', KEYS[1], ARGV[2])
-  redis.call('expire', KEYS[3], ARGV[2])
-  result = new
-end
-redis.call('del', KEYS[2])
-if ARGV[3] ~= '' and redis.call('get', KEYS[4]) == ARGV[3] then redis.call('del', KEYS[4]) end
-return result
-"""
-
-# A session's state as stored, in one consistent read: {} when the session is gone, else
-# {frame_index, snapshot bytes, delta bytes of versions snapshot_at + 1 .. frame_index}.
-_READ_LUA = """
-local fields = redis.call('hmget', KEYS[1], 'frame_index', 'snapshot_at')
-local snapshot = redis.call('get', KEYS[2])
-if not fields[1] or not snapshot then return {} end
-local out = {fields[1], snapshot}
-for v = tonumber(fields[2] or '0') + 1, tonumber(fields[1]) do
-  local delta = redis.call('get', ARGV[1] .. v)
-  if not delta then return redis.error_reply('state delta ' .. v .. ' is missing') end
-  out[#out + 1] = delta
-end
-return out
-"""
-
-# Delete a session: its hash, state and every delta key; returns 1 when it existed.
-_DELETE_LUA = """
-local fields = redis.call('hmget', KEYS[1], 'frame_index', 'snapshot_at')
-if fields[1] then
-  for v = tonumber(fields[2] or '0') + 1, tonumber(fields[1]) do
-    redis.call('del', ARGV[1] .. v)
-  end
-end
-return redis.call('del', KEYS[1], KEYS[2])
-"""
-
-# Readiness: a script touching two keys of one session slot, as every frame's scripts do.
-_PROBE_LUA = """
-redis.call('set', KEYS[2], '1', 'PX', 5000)
-redis.call('hset', KEYS[1], 'probe', '1')
-redis.call('pexpire', KEYS[1], 5000)
-return 1
-"""
-
-# Delete the lease only if we still own it (it may have expired and been taken over).
-_RELEASE_LUA = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
 
 
 @dataclass(frozen=True)
@@ -321,79 +217,32 @@ class MemoryStore:
 class RedisStore:
     """Store backed by ``redis.asyncio``: a frame costs two round trips (see the module doc).
 
-    Works on one Redis and on a Redis Cluster (``service.redis_conn`` picks the client on
-    first use): a session's keys share its hash tag, so every script and transaction stays on
-    its slot; only the live-session count lives elsewhere.
+    Works on one Redis, behind Sentinels and on a Redis Cluster (``service.redis_conn`` picks
+    the client on first use): a session's keys share its hash tag, so every script and
+    pipeline of one session stays on its slot; only the live-session count lives elsewhere.
     """
 
     kind = "redis"
 
     def __init__(self, url: str, mode: RedisMode = "auto") -> None:
         self._lazy = LazyAsyncClient(url, mode, socket_connect_timeout=2, socket_timeout=5)
-        self._shas: dict[str, str] = {}
+        self._scripts: SessionScripts | None = None
 
     async def _c(self) -> Any:
         """The client, connected (and the server's mode asked) on first use."""
         return await self._lazy.get()
 
+    async def _lua(self) -> SessionScripts:
+        """The scripts, registered on the current client (again if it was reopened)."""
+        client = await self._c()
+        if self._scripts is None or self._scripts.client is not client:
+            self._scripts = SessionScripts.register(client)
+        return self._scripts
+
     @property
     def _cluster(self) -> bool:
         """Whether the client (opened by ``_c``) talks to a Redis Cluster."""
         return self._lazy.cluster
-
-    async def _sha(self, script: str) -> str:
-        sha = self._shas.get(script)
-        if sha is None:
-            # on a cluster SCRIPT LOAD goes to every primary (a slot may live on any)
-            sha = await (await self._c()).script_load(script)
-            sha = self._shas[script] = sha.decode() if isinstance(sha, bytes) else str(sha)
-        return sha
-
-    async def _evalsha(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        """EVALSHA, loading the script on first use and again after a Redis restart or a
-        failover (a promoted replica has no scripts cached)."""
-        from redis.exceptions import NoScriptError
-
-        client = await self._c()
-        try:
-            return await client.evalsha(await self._sha(script), len(keys), *keys, *args)
-        except NoScriptError:
-            self._shas.pop(script, None)
-            return await client.evalsha(await self._sha(script), len(keys), *keys, *args)
-
-    async def _pipelined(self, *commands: tuple[Any, ...]) -> list[Any]:
-        """Send ``commands`` in one write and read all their replies.
-
-        Error replies come back as exceptions in the list; connection failures raise. On one
-        Redis this writes to one connection directly, leaner than ``client.pipeline()`` for a
-        hot two-command exchange (0.33 against 0.45 ms for a 128 KB SET + EVALSHA on the
-        project's CI machine); on a cluster the cluster pipeline routes each command to its
-        slot's node and follows redirections.
-        """
-        from redis.exceptions import ResponseError
-
-        client = await self._c()
-        if self._cluster:
-            pipe = client.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
-            return list(await pipe.execute(raise_on_error=False))
-        pool = client.connection_pool
-        conn = await pool.get_connection()
-        try:
-            await conn.send_packed_command(conn.pack_commands(commands))
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-            return replies
-        except BaseException:
-            await conn.disconnect()  # never hand back a connection with unread replies
-            raise
-        finally:
-            await pool.release(conn)
 
     async def ping(self) -> bool:
         """A scripted round trip on two keys of one (random) session slot, as a frame needs:
@@ -401,7 +250,8 @@ class RedisStore:
         is not ready."""
         try:
             probe = f"readyz-{new_id()}"
-            reply = await self._evalsha(_PROBE_LUA, [session_key(probe), lease_key(probe)], [])
+            keys = [session_key(probe), lease_key(probe)]
+            reply = await (await self._lua()).probe(keys=keys)
             if not self._cluster:  # a plain client on a cluster node works for some slots only
                 info = await (await self._c()).info("cluster")
                 if str(info.get("cluster_enabled", "0")) == "1":
@@ -444,7 +294,7 @@ class RedisStore:
     async def _read(self, session_id: str) -> tuple[int, StoredState] | None:
         """(frame index, snapshot and deltas) in one consistent read, None when gone."""
         keys = [session_key(session_id), state_key(session_id)]
-        reply = await self._evalsha(_READ_LUA, keys, [delta_key(session_id, "")])
+        reply = await (await self._lua()).read(keys=keys, args=[delta_key(session_id, "")])
         if not reply:
             return None
         return int(reply[0]), StoredState(bytes(reply[1]), tuple(bytes(d) for d in reply[2:]))
@@ -460,7 +310,7 @@ class RedisStore:
 
     async def acquire_frame(self, session_id: str, owner: str, lease_ms: int) -> FrameLease | None:
         keys = [session_key(session_id), lease_key(session_id)]
-        reply = await self._evalsha(_ACQUIRE_LUA, keys, [owner, lease_ms])
+        reply = await (await self._lua()).acquire(keys=keys, args=[owner, lease_ms])
         if int(reply[0]) < 0:
             return None
         if int(reply[0]) == 0:
@@ -476,8 +326,14 @@ class RedisStore:
         release_owner: str | None = None,
         delta: bool = False,
     ) -> int:
-        from redis.exceptions import NoScriptError
+        """Stage the bytes, run the compare-and-set script and renew the session's place in
+        the live count, in one pipelined round trip.
 
+        The pipeline queues ``EVALSHA`` by the script's SHA1 rather than the script object:
+        redis-py's pipeline would otherwise ask ``SCRIPT EXISTS`` first, one more round trip
+        per frame. When the server does not know the script (a restart or a failover), the
+        script object loads it and runs it again; the staged bytes are still in place.
+        """
         owner = release_owner or ""
         staging = staging_key(session_id, owner or new_id())
         keys = [
@@ -490,29 +346,25 @@ class RedisStore:
         args: list[int | str] = [
             expected_frame_index, ttl_s, owner, int(delta), delta_key(session_id, ""),
         ]  # fmt: skip
-        for attempt in range(2):
-            # one round trip: stage the bytes, then install them by RENAME in the script
-            sha = await self._sha(_SAVE_LUA)
-            replies = await self._pipelined(
-                ("SET", staging, state, "PX", STAGING_TTL_MS),
-                ("EVALSHA", sha, len(keys), *keys, *args),
-                # the session's new expiry in the live-session count (XX: never re-adds one
-                # that was deleted); the count key lives as long as its longest member
-                ("ZADD", SESSIONS_KEY, "XX", "GT", time.time() + ttl_s, session_id),
-                ("EXPIRE", SESSIONS_KEY, ttl_s, "GT"),
-            )
-            if isinstance(replies[1], NoScriptError) and attempt == 0:
-                self._shas.pop(_SAVE_LUA, None)  # Redis restarted: load the script again
-                continue
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
-            break
+        client, save = await self._c(), (await self._lua()).save
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.set(staging, state, px=STAGING_TTL_MS)
+            pipe.evalsha(save.sha, len(keys), *keys, *args)
+            # the session's new expiry in the live-session count (XX: never re-adds one that
+            # was deleted); the count key lives as long as its longest member
+            pipe.zadd(SESSIONS_KEY, {session_id: time.time() + ttl_s}, xx=True, gt=True)
+            pipe.expire(SESSIONS_KEY, ttl_s, gt=True)
+            replies = await pipe.execute(raise_on_error=False)
+        if isinstance(replies[1], NoScriptError) and not isinstance(replies[0], Exception):
+            replies[1] = await save(keys=keys, args=args)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         return _save_result(session_id, expected_frame_index, int(replies[1]))
 
     async def delete(self, session_id: str) -> bool:
         keys = [session_key(session_id), state_key(session_id)]
-        removed = await self._evalsha(_DELETE_LUA, keys, [delta_key(session_id, "")])
+        removed = await (await self._lua()).delete(keys=keys, args=[delta_key(session_id, "")])
         await (await self._c()).zrem(SESSIONS_KEY, session_id)
         return bool(removed)
 
@@ -525,7 +377,7 @@ class RedisStore:
         return int(count)
 
     async def release_lease(self, session_id: str, owner: str) -> None:
-        await self._evalsha(_RELEASE_LUA, [lease_key(session_id)], [owner])
+        await (await self._lua()).release(keys=[lease_key(session_id)], args=[owner])
 
     async def close(self) -> None:
         await self._lazy.close()

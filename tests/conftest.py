@@ -1,7 +1,14 @@
-"""Shared pytest fixtures: where the read-only reference data lives.
+"""Shared pytest fixtures: where the reference data lives.
 
-The fixtures and the real sample are read from ``../shared`` beside the checkout (CI lays it
-there), or from ``$CTVIS_SHARED``. They are never copied into the repository.
+* ``tests/fixtures/official_ctvis``: numbers and a tiny checkpoint produced by the official CTVIS
+  code (see its README). They are part of the repository, so every checkout can run the tests
+  that use them.
+* The real sample (``data/real-sample``, derived from DAVIS) stays out of the repository because
+  of its licence. It is read from ``$CTVIS_SHARED/data/real-sample``; without ``CTVIS_SHARED``,
+  from ``../shared`` beside the checkout. When it is absent (and ``CTVIS_SHARED`` is not set),
+  the tests that use it are deselected and listed once at the end of the run as not run. When
+  ``CTVIS_SHARED`` is set (``.ci/run`` always sets it), they always run, and fail if the data is
+  not there.
 """
 
 from __future__ import annotations
@@ -13,29 +20,66 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = Path(os.environ.get("CTVIS_SHARED", REPO_ROOT.parent / "shared")).resolve()
-FIXTURES_DIR = SHARED_DIR / "fixtures" / "official_ctvis"
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures" / "official_ctvis"
+SHARED_FROM_ENV = os.environ.get("CTVIS_SHARED")
+SHARED_DIR = Path(SHARED_FROM_ENV or REPO_ROOT.parent / "shared").resolve()
 REAL_SAMPLE_DIR = SHARED_DIR / "data" / "real-sample"
+REAL_SAMPLE_FIXTURE = "real_sample_dir"
+
+_NOT_RUN = pytest.StashKey[list[str]]()
 
 
-def _require(path: Path) -> Path:
-    if not path.exists():
-        raise FileNotFoundError(
-            f"reference data not found at {path}; set CTVIS_SHARED to the shared/ folder"
-        )
-    return path
+def _real_sample_present() -> bool:
+    return (REAL_SAMPLE_DIR / "instances.json").is_file()
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """``shared/fixtures/official_ctvis``: numbers from the official implementation."""
-    return _require(FIXTURES_DIR)
+    """``tests/fixtures/official_ctvis``: numbers from the official implementation."""
+    return FIXTURES_DIR
 
 
 @pytest.fixture(scope="session")
 def real_sample_dir() -> Path:
-    """``shared/data/real-sample``: a small real YouTube-VIS style dataset."""
-    return _require(REAL_SAMPLE_DIR)
+    """``$CTVIS_SHARED/data/real-sample``: a small real YouTube-VIS style dataset."""
+    if not _real_sample_present():
+        raise FileNotFoundError(
+            f"real sample not found at {REAL_SAMPLE_DIR} (CTVIS_SHARED={SHARED_FROM_ENV!r}); "
+            "set CTVIS_SHARED to the shared/ folder that holds data/real-sample"
+        )
+    return REAL_SAMPLE_DIR
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k: list only tests that would otherwise have run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without the real sample (and without ``CTVIS_SHARED``), deselect the tests that need it."""
+    if SHARED_FROM_ENV or _real_sample_present():
+        return
+    needs = [item for item in items if REAL_SAMPLE_FIXTURE in getattr(item, "fixturenames", ())]
+    if not needs:
+        return
+    dropped = set(needs)
+    items[:] = [item for item in items if item not in dropped]
+    config.hook.pytest_deselected(items=needs)
+    config.stash[_NOT_RUN] = [item.nodeid for item in needs]
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """The one place that says which tests did not run for want of the real sample."""
+    not_run = config.stash.get(_NOT_RUN, [])
+    if not not_run:
+        return
+    tr = terminalreporter
+    tr.section(f"{len(not_run)} tests NOT RUN: real sample absent", sep="=", yellow=True, bold=True)
+    tr.line(
+        f"They need the DAVIS-derived real sample, kept out of the repository by its licence; "
+        f"it was not found at {REAL_SAMPLE_DIR}."
+    )
+    tr.line("set CTVIS_SHARED=/path/to/shared (the folder holding data/real-sample) to run them")
+    for nodeid in not_run:
+        tr.line(f"  {nodeid}")
 
 
 @pytest.fixture(autouse=True)

@@ -1,11 +1,14 @@
 """``TrainConfig``: one experiment, loaded from YAML/TOML plus typed ``key=value`` overrides.
 
 A config file holds nested sections matching the dataclasses below. ``preset`` (a name in
-``model.build.PRESETS``) supplies the base ``model`` / ``preprocess`` / ``tracker`` values; keys
+``model.nn.build.PRESETS``) supplies the base ``model`` / ``preprocess`` / ``tracker`` values; keys
 under those sections override single fields. Overrides use dotted paths
 (``optim.lr=3e-4``, ``cl.positive_mode=latest``, ``optim.steps=[600,900]``); values are parsed
 with ``yaml.safe_load`` and then checked against the field's annotated type. Nothing is ever
-executed. Official key -> field mapping: see ``spec/training.md`` section 1 and each field.
+executed. Official values are those of the released configs
+(``configs/{ytvis_2019,ytvis_2021,ovis}/CTVIS_*.yaml`` and the defaults in ``ctvis/config.py``
+of https://github.com/KainingYing/CTVIS); comments name the official key where it differs from
+the field's name.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from typing import Any, Literal
 
 import yaml
 
-from model.build import PRESETS
 from model.config import (
     ModelConfig,
     PreprocessConfig,
@@ -30,6 +32,9 @@ from model.config import (
     to_dict,
     validate_tracker_config,
 )
+from model.nn.build import PRESETS
+from training.cl_recipes import RECIPE_NAMES, recipe_switches
+from training.config_data import DataConfig, PseudoConfig, data_config_errors
 
 __all__ = [
     "ClConfig",
@@ -39,6 +44,7 @@ __all__ = [
     "InitConfig",
     "LossConfig",
     "OptimConfig",
+    "PseudoConfig",
     "TrainConfig",
     "apply_overrides",
     "config_from_dict",
@@ -65,48 +71,6 @@ class InitConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    """Training clips (official ``INPUT.*`` / ``DATASETS.*``).
-
-    ``synthetic`` renders videos with ``training.data.synthetic``; ``ytvis`` reads a
-    YouTube-VIS json + frame folder (``ytvis_json`` / ``ytvis_frames``) through
-    ``training.data``'s datasets, optionally mixed with COCO pseudo videos with probability
-    ``coco_prob`` per per-rank batch.
-    """
-
-    kind: Literal["synthetic", "ytvis"] = "synthetic"
-    clip_frames: int = 10  # SAMPLING_FRAME_NUM
-    frame_range: int = 20  # SAMPLING_FRAME_RANGE
-    clips_per_batch: int = 2  # per rank (IMS_PER_BATCH / #GPUs)
-    synth_split: str = "val"
-    synth_seed: int = 1000
-    synth_videos: int = 64
-    synth_height: int = 96
-    synth_width: int = 128
-    synth_frames: int = 24
-    synth_min_instances: int = 0  # 0: the split's own (val 1-4, hard 3-8)
-    synth_max_instances: int = 0
-    ytvis_json: str = ""
-    ytvis_frames: str = ""
-    coco_json: str = ""
-    coco_images: str = ""
-    coco_prob: float = 0.0
-    coco_target: str = ""  # "ytvis19" / "ytvis21" / "ovis": COCO -> VIS category map
-    min_size_train: tuple[int, ...] = (320, 352, 392, 416, 448, 480, 512, 544, 576, 608, 640)
-    max_size_train: int = 768
-    crop_prob: float = 0.5
-    crop_size: tuple[int, int] = (384, 600)
-    flip_prob: float = 0.5
-    num_workers: int = 0
-    # Progressive resizing (0 = off): from iteration ``late_from`` (0-based) on, clips are
-    # resized with ``late_min_size_train`` / ``late_max_size_train`` instead, e.g. a short
-    # last stage at the test scale after most of the schedule at a cheaper one.
-    late_from: int = 0
-    late_min_size_train: tuple[int, ...] = ()
-    late_max_size_train: int = 0
-
-
-@dataclass(frozen=True)
 class LossConfig:
     """Criterion settings (``MODEL.MASK_FORMER.*`` and ``MODEL.CL_PLUGIN`` weights)."""
 
@@ -124,15 +88,30 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class ClConfig:
-    """CTCLPlugin switches (``spec/paper-vs-code.md`` section 3); defaults = official HEAD.
+    """CTCLPlugin switches; defaults = the official code's behaviour.
+
+    The defaults reproduce ``CTCLPlugin`` (``ctvis/modeling/cl_plugin/ct_cl_plugin.py`` of
+    https://github.com/KainingYing/CTVIS); the other values give the variants of the paper's
+    ablations (Ying et al., ICCV 2023, arXiv:2307.12616, Tables 3 and 4).
 
     ``num_negatives`` caps the negatives per item (sampled without replacement, sorted);
     ``None`` keeps all, which equals the official ``NUM_NEGATIVES = Q - 1``.
     ``fusion_window`` caps the raw embeddings the training bank's similarity-guided fusion
     averages over (``None``: all earlier ones in the clip, as the official training bank).
+    ``recipe`` names a complete setting of the item switches (``training.cl_recipes``:
+    ``official``, ``paper``, ``single_ref``, ``multi_ref``, ``memory_bank``,
+    ``memory_bank_ma``); switches the config names explicitly override it. The recipe is
+    applied when a config is loaded (``build_config``); a ``ClConfig`` built in code takes its
+    fields as given (``ClConfig(recipe=name, **recipe_switches(name))``). ``plugin``
+    ``multi_ref`` replaces the consistent items by the IDOL-style multi-reference ones
+    (``training.multi_ref``, the paper's Fig. 4 baseline).
     """
 
     enabled: bool = True
+    recipe: Literal[
+        "official", "paper", "single_ref", "multi_ref", "memory_bank", "memory_bank_ma"
+    ] = "official"
+    plugin: Literal["ctcl", "multi_ref"] = "ctcl"
     positive_mode: Literal["prev_frame", "latest", "ma"] = "ma"
     ma_prob: float = 0.5
     future_positive: bool = True
@@ -361,6 +340,7 @@ def build_config(data: dict[str, Any]) -> TrainConfig:
         raise ConfigError(f"preset: unknown {preset!r}; choose from {sorted(PRESETS)}")
     model_cfg, pre_cfg, trk_cfg = PRESETS[preset]
     base = TrainConfig(preset=preset, model=model_cfg, preprocess=pre_cfg, tracker=trk_cfg)
+    base = dataclasses.replace(base, cl=_recipe_base(data))
     cfg = config_from_dict(TrainConfig, data, base=base)
     try:
         validate_tracker_config(cfg.tracker)
@@ -370,11 +350,22 @@ def build_config(data: dict[str, Any]) -> TrainConfig:
         raise ConfigError("model.class_names must have model.num_classes entries")
     if cfg.data.clip_frames < 2 and cfg.cl.enabled:
         raise ConfigError("data.clip_frames must be >= 2 for the contrastive loss")
-    if cfg.data.late_from < 0:
-        raise ConfigError("data.late_from must be >= 0 (0: no late stage)")
-    if cfg.data.late_from > 0 and not cfg.data.late_min_size_train:
-        raise ConfigError("data.late_from needs data.late_min_size_train")
+    errors = data_config_errors(cfg.data)
+    if errors:
+        raise ConfigError("; ".join(errors))
     return cfg
+
+
+def _recipe_base(data: dict[str, Any]) -> ClConfig:
+    """``ClConfig`` with every switch of the recipe ``data["cl"]["recipe"]`` names (default
+    ``official``); ``config_from_dict`` then applies the switches the config names itself."""
+    section = data.get("cl", {})
+    if not isinstance(section, dict):
+        return ClConfig()  # config_from_dict reports the malformed section
+    name = section.get("recipe", ClConfig.recipe)
+    if name not in RECIPE_NAMES:
+        raise ConfigError(f"cl.recipe: unknown {name!r}; choose from {list(RECIPE_NAMES)}")
+    return config_from_dict(ClConfig, {**recipe_switches(name), "recipe": name}, "cl")
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:

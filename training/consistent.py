@@ -1,11 +1,13 @@
 """Consistent training: the CTCLPlugin contrastive loss built on the ONE memory bank.
 
-Per clip (spec ``training.md`` section 6): (1) match every frame's final-layer predictions to
-the clip's instance slots; (2) replay the clip through ``model.tracker.memory`` (``spawn`` one
-tracklet per slot, ``write`` each frame's matched embeddings with ground-truth identities) and
-record the raw embeddings and the similarity-guided fused ("MA") embedding after every frame;
-(3) build contrastive items (anchor, positive, negatives) from that history; (4) score them
-with ``training.losses.reid_losses``. Nothing is detached unless ``cl.detach_memory`` is set, so
+Per clip, as the official ``CTCLPlugin`` (``ctvis/modeling/cl_plugin/ct_cl_plugin.py`` of
+https://github.com/KainingYing/CTVIS; paper: Ying et al., ICCV 2023, arXiv:2307.12616, Sec. 3):
+(1) match every frame's final-layer predictions to the clip's instance slots; (2) replay the
+clip through ``model.tracker.memory`` (``spawn`` one tracklet per slot, ``write`` each frame's
+matched embeddings with ground-truth identities) and record the raw embeddings and the
+similarity-guided fused ("MA") embedding after every frame; (3) build contrastive items
+(anchor, positive, negatives) from that history; (4) score them with
+``training.losses.reid_losses``. Nothing is detached unless ``cl.detach_memory`` is set, so
 gradients flow through the fused embeddings into earlier frames, as in the official code.
 
 Random draws (noise, MA-vs-raw positive, negative capping) use the global torch CPU generator,
@@ -27,6 +29,7 @@ from training.config import ClConfig
 from training.data.batch import ClipBatch
 from training.losses import ContrastiveItem, FrameTarget, Indices, reid_losses
 from training.matcher import MatchCosts, hungarian_match
+from training.multi_ref import multi_ref_items
 
 __all__ = [
     "ClipBank",
@@ -190,7 +193,11 @@ def build_clip_bank(
 
 
 def _positive(bank: ClipBank, t: int, s: int, cfg: ClConfig) -> torch.Tensor | None:
-    """Positive key of anchor (t, s) per ``cfg.positive_mode`` / future rules (spec 6.3)."""
+    """Positive key of anchor (t, s) per ``cfg.positive_mode`` / future rules.
+
+    The official rule is ``TrainTracklet.get_positive_negative_embeddings`` in
+    ``ctvis/modeling/cl_plugin/ct_cl_plugin.py`` (https://github.com/KainingYing/CTVIS).
+    """
     history = bank.has_raw[:, s]
     if cfg.positive_mode == "prev_frame":
         earlier = [t - 1] if bool(history[t - 1]) else []
@@ -306,9 +313,11 @@ def consistent_reid_losses(
         costs: matcher weights for the separate CL matching.
 
     Returns:
-        ``{"loss_reid", "loss_aux_reid"}``; items of all clips are pooled.
+        ``{"loss_reid", "loss_aux_reid"}``; items of all clips are pooled. ``cfg.plugin``
+        ``multi_ref`` builds the multi-reference baseline's items instead of the CTCL ones.
     """
     t_len = batch.num_frames
+    build_items = multi_ref_items if cfg.plugin == "multi_ref" else clip_items
     items: list[ContrastiveItem] = []
     for b in range(batch.num_clips):
         frames = slice(b * t_len, (b + 1) * t_len)
@@ -326,5 +335,5 @@ def consistent_reid_losses(
                 batch.masks[b][..., :h, :w],
                 costs,
             )
-        items += clip_items(outputs.pred_embeds[frames], s2q, valid, cfg)
+        items += build_items(outputs.pred_embeds[frames], s2q, valid, cfg)
     return reid_losses(items, outputs.pred_embeds)

@@ -8,16 +8,17 @@ writes ``out/checkpoints/iter_XXXXXXX/`` with ``model.checkpoint.save_checkpoint
 ``ctvis track`` / ``ctvis serve``) plus ``train_state.pt`` (optimiser, scheduler, scaler,
 iteration) and every rank its ``rng_rank{r}.pt``; ``resume=True`` continues from the newest
 one and reproduces the uninterrupted run exactly. Distributed runs use ``torchrun``
-(``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK`` from the environment; NCCL on GPU, gloo on CPU).
+(``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK`` from the environment; NCCL on GPU, gloo on CPU);
+``training.distributed`` first checks that every rank sees the same ``OUT``. SIGTERM or SIGUSR1
+(Slurm before a time limit or preemption; ``torchrun`` forwards SIGTERM to its workers) makes
+all ranks finish the current iteration, write a checkpoint and return; ``TrainResult`` then
+carries the signal and ``--resume`` continues from that iteration.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
-import importlib.util
 import json
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -29,23 +30,36 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from model.build import build_segmenter
-from model.checkpoint import convert_official, load_checkpoint, save_checkpoint
-from model.segmenter import Segmenter
+from model.checkpoint import load_checkpoint
+from model.nn.build import build_segmenter
+from model.nn.segmenter import Segmenter
+from model.official.convert import convert_official
 from training.config import TrainConfig
 from training.consistent import consistent_reid_losses, frame_targets
 from training.data.batch import Clip, ClipBatch, collate_clips
+from training.distributed import Dist, StopSignals, check_shared_out_dir, setup_distributed
+from training.loop_checkpoint import (
+    CHECKPOINT_DIR,
+    STATE_FILE,
+    latest_checkpoint,
+    restore_training_checkpoint,
+    save_training_checkpoint,
+)
 from training.loop_data import build_clip_loader, data_config_at
 from training.loop_eval import evaluate_segmenter, prepare_val_split
+from training.loop_log import TrainLogger
 from training.losses import segmentation_losses, weighted_total
 from training.matcher import MatchCosts
 from training.optim import build_optimizer, build_scheduler, clip_gradients
 
-__all__ = ["TrainResult", "init_segmenter", "latest_checkpoint", "train"]
-
-CHECKPOINT_DIR = "checkpoints"
-STATE_FILE = "train_state.pt"
-LOG_FILE = "log.jsonl"
+__all__ = [
+    "CHECKPOINT_DIR",
+    "STATE_FILE",
+    "TrainResult",
+    "init_segmenter",
+    "latest_checkpoint",
+    "train",
+]
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,8 @@ class TrainResult:
         losses: total loss of every iteration run by this call (this rank).
         metrics: last evaluation metrics (empty if none ran).
         model: the trained segmenter (unwrapped, on the training device).
+        stop_signal: the signal (SIGTERM / SIGUSR1) that stopped the run early after
+            checkpointing, or 0 when it ran to its end.
     """
 
     iteration: int
@@ -65,34 +81,32 @@ class TrainResult:
     losses: list[float]
     metrics: dict[str, Any]
     model: Segmenter
+    stop_signal: int = 0
 
 
 @dataclass(frozen=True)
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
+class _Run:
+    """The state one ``train`` call steps: weights, optimiser, schedule, AMP scaler.
 
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+    Attributes:
+        model: the segmenter (unwrapped).
+        wrapped: ``model`` or its DDP wrapper (what the forward pass calls).
+        start: first iteration to run (restored from a checkpoint, or 0).
+        checkpoint: the checkpoint restored from, or None.
+    """
+
+    model: Segmenter
+    wrapped: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    start: int
+    checkpoint: Path | None
 
 
-def _setup_distributed(requested: str) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() and requested != "cpu"
-    if world <= 1:
-        device = torch.device(requested or ("cuda" if cuda else "cpu"))
-        return _Dist(device=device)
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        # long timeout: rank 0 evaluates while the others wait at a barrier
-        timeout = datetime.timedelta(hours=2)
-        dist.init_process_group("nccl" if cuda else "gloo", init_method="env://", timeout=timeout)
-    device = torch.device(f"cuda:{local}" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    return _Dist(dist.get_rank(), dist.get_world_size(), device)
+_Dist = Dist  # the names bench/bench_train_step.py imports
+_setup_distributed = setup_distributed
 
 
 def _load_matching(model: nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:
@@ -135,13 +149,6 @@ def init_segmenter(cfg: TrainConfig, work_dir: Path, convert: bool = True) -> Se
     return model
 
 
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    """Newest ``iter_*`` directory holding a training state, or None."""
-    root = out_dir / CHECKPOINT_DIR
-    done = sorted(p for p in root.glob("iter_*") if (p / STATE_FILE).is_file())
-    return done[-1] if done else None
-
-
 def _to_device(batch: ClipBatch, device: torch.device) -> ClipBatch:
     return ClipBatch(
         pixels=batch.pixels.to(device, non_blocking=True),
@@ -153,7 +160,7 @@ def _to_device(batch: ClipBatch, device: torch.device) -> ClipBatch:
     )
 
 
-def _num_masks(batch: ClipBatch, env: _Dist) -> float:
+def _num_masks(batch: ClipBatch, env: Dist) -> float:
     count = torch.tensor(float(sum(int((ids != -1).sum()) for ids in batch.ids)), device=env.device)
     if env.world_size > 1:
         dist.all_reduce(count)
@@ -161,7 +168,7 @@ def _num_masks(batch: ClipBatch, env: _Dist) -> float:
 
 
 def compute_losses(
-    model: nn.Module, batch: ClipBatch, cfg: TrainConfig, env: _Dist
+    model: nn.Module, batch: ClipBatch, cfg: TrainConfig, env: Dist
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted total loss and the unweighted terms of one micro-batch (already on device)."""
     lc = cfg.loss
@@ -186,58 +193,6 @@ def compute_losses(
     return weighted_total(losses, weights), losses
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a nested record as ``a/b/c`` keys (e.g. ``eval/AP``)."""
-    out: dict[str, float] = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[f"{prefix}{key}"] = float(value)
-    return out
-
-
-class _Logger:
-    """JSONL log (+ TensorBoard when the package is importable), rank 0 only."""
-
-    def __init__(self, out_dir: Path, enabled: bool) -> None:
-        self.enabled = enabled
-        self.path = out_dir / LOG_FILE
-        self.tb: Any = None
-        if enabled and importlib.util.find_spec("tensorboard") is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            step = int(record["iteration"])
-            for key, value in _flatten(record).items():
-                if key != "iteration":
-                    self.tb.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
 def train(
     cfg: TrainConfig, out_dir: str | Path, resume: bool = False, stop_at: int | None = None
 ) -> TrainResult:
@@ -245,24 +200,50 @@ def train(
 
     Args:
         cfg: the experiment.
-        out_dir: where ``config.json``, ``log.jsonl``, checkpoints and val data go.
+        out_dir: where ``config.json``, ``log.jsonl``, checkpoints and val data go; on a
+            filesystem every rank shares (checked at start).
         resume: continue from the newest checkpoint in ``out_dir`` (fresh start if none).
         stop_at: stop after this iteration even if ``cfg.optim.max_iter`` is larger (used to
             simulate an interruption; the schedule still follows ``cfg.optim``).
 
     Returns:
         A ``TrainResult``.
+
+    Raises:
+        training.distributed.SharedFilesystemError: some rank cannot see ``out_dir``.
     """
-    env = _setup_distributed(cfg.device)
+    env = setup_distributed(cfg.device)
     out = Path(out_dir)
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    check_shared_out_dir(out, env)
+    run = _prepare_run(cfg, out, env, resume)
+    end = min(cfg.optim.max_iter, stop_at) if stop_at is not None else cfg.optim.max_iter
+    logger = TrainLogger(out, env.main)
+    try:
+        with StopSignals() as stop:
+            return _loop(cfg, out, env, run, end, logger, stop)
+    finally:
+        logger.close()
+
+
+def _prepare_run(cfg: TrainConfig, out: Path, env: Dist, resume: bool) -> _Run:
+    """Build and initialise the model, optimiser, schedule and scaler; restore on resume."""
     if cfg.init.kind == "official" and env.world_size > 1:
         if env.main:  # convert once, then every rank reads the converted checkpoint
             init_segmenter(cfg, out)
         dist.barrier()
     model = init_segmenter(cfg, out, convert=env.world_size == 1).to(env.device).train()
+    if not cfg.cl.enabled:
+        # No loss reaches the re-id head without the contrastive loss. Frozen, it is left out
+        # of the optimiser and of DDP, whose reducer would otherwise wait for its gradients
+        # and fail at the second iteration (it is computed in the forward pass, so DDP's
+        # find_unused_parameters would count it as used); a one-process run never updates
+        # it either (no gradient, no AdamW step).
+        for name, param in model.named_parameters():
+            if ".reid_embed." in name:
+                param.requires_grad_(False)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim)
     use_amp = cfg.optim.amp and env.device.type == "cuda"
@@ -271,23 +252,36 @@ def train(
     start = 0
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is not None:
-        start = _restore(ckpt, model, optimizer, scheduler, scaler, env, cfg.optim.grad_accum)
+        start = restore_training_checkpoint(
+            ckpt, model, optimizer, scheduler, scaler, env, cfg.optim.grad_accum
+        )
     wrapped: nn.Module = model
     if env.world_size > 1:
         ids = [env.device.index] if env.device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return _Run(model, wrapped, optimizer, scheduler, scaler, use_amp, start, ckpt)
+
+
+def _loop(
+    cfg: TrainConfig,
+    out: Path,
+    env: Dist,
+    run: _Run,
+    end: int,
+    logger: TrainLogger,
+    stop: StopSignals,
+) -> TrainResult:
+    """Iterations ``run.start`` .. ``end``: step, log, checkpoint, evaluate; stop on a signal."""
     accum = max(1, cfg.optim.grad_accum)  # micro-batches per iteration = data iterations
-    data_cfg = data_config_at(cfg.data, start)
-    clips = build_clip_loader(data_cfg, cfg.seed, env.rank, env.world_size, start * accum)
-    logger = _Logger(out, env.main)
-    end = min(cfg.optim.max_iter, stop_at) if stop_at is not None else cfg.optim.max_iter
+    data_cfg = data_config_at(cfg.data, run.start)
+    clips = build_clip_loader(data_cfg, cfg.seed, env.rank, env.world_size, run.start * accum)
     val = prepare_val_split(cfg.eval, out) if env.main and cfg.eval.period > 0 else None
     losses_seen: list[float] = []
     metrics: dict[str, Any] = {}
-    bar = _progress(start, end, env.main and cfg.progress)
+    bar = _progress(run.start, end, env.main and cfg.progress)
     tic = time.perf_counter()
-    done = start
-    for iteration in range(start, end):
+    done, ckpt, signum = run.start, run.checkpoint, 0
+    for iteration in range(run.start, end):
         if data_config_at(cfg.data, iteration) != data_cfg:
             # the late stage's sizes start here: the same batches as a run resumed at this
             # iteration (a batch is a function of the seed, its position and the settings)
@@ -296,31 +290,52 @@ def train(
                 data_cfg, cfg.seed, env.rank, env.world_size, iteration * accum
             )
         total, terms, lr, grad_norm = _train_step(
-            wrapped, optimizer, scheduler, scaler, clips, cfg, env, use_amp
+            run.wrapped, run.optimizer, run.scheduler, run.scaler, clips, cfg, env, run.use_amp
         )
         losses_seen.append(total)
         done = iteration + 1
-        rate = (done - start) / max(time.perf_counter() - tic, 1e-9)
+        rate = (done - run.start) / max(time.perf_counter() - tic, 1e-9)
+        signum = stop.agreed(env)  # collective: every rank stops at the same iteration
         if bar is not None:
             bar.set_postfix(loss=f"{total:.3f}", lr=f"{lr:.2e}", its=f"{rate:.2f}")
             bar.update(1)
-        if done % max(1, cfg.log_period) == 0 or done == end:
+        if done % max(1, cfg.log_period) == 0 or done == end or signum:
             record = {"iteration": done, "loss": total, "lr": lr, "grad_norm": grad_norm}
             logger.write({**record, **terms, "it_per_s": rate})
-        if done % cfg.checkpoint_period == 0 or done == end:
-            ckpt = _save(out, done, model, optimizer, scheduler, scaler, cfg, env)
-        if val is not None and (done % cfg.eval.period == 0 or done == end):
-            result = evaluate_segmenter(
-                model, cfg.model, cfg.preprocess, cfg.tracker, *val, cfg.eval.max_videos
+        if signum or done % cfg.checkpoint_period == 0 or done == end:
+            ckpt = save_training_checkpoint(
+                out, done, run.model, run.optimizer, run.scheduler, run.scaler, cfg, env
             )
-            metrics = result.to_dict()
-            logger.write({"iteration": done, "eval": metrics})
-        if env.world_size > 1 and cfg.eval.period > 0 and done % cfg.eval.period == 0:
-            dist.barrier()
+        if signum:
+            logger.write({"iteration": done, "stop_signal": signum, "checkpoint": str(ckpt)})
+            break
+        metrics = _maybe_evaluate(cfg, env, run.model, val, done, end, logger) or metrics
     if bar is not None:
         bar.close()
-    logger.close()
-    return TrainResult(done, ckpt, losses_seen, metrics, model)
+    return TrainResult(done, ckpt, losses_seen, metrics, run.model, signum)
+
+
+def _maybe_evaluate(
+    cfg: TrainConfig,
+    env: Dist,
+    model: Segmenter,
+    val: Any,
+    done: int,
+    end: int,
+    logger: TrainLogger,
+) -> dict[str, Any]:
+    """Rank 0 evaluates every ``eval.period`` iterations and at the end (metrics, or {});
+    the other ranks wait for it at a barrier."""
+    metrics: dict[str, Any] = {}
+    if val is not None and (done % cfg.eval.period == 0 or done == end):
+        result = evaluate_segmenter(
+            model, cfg.model, cfg.preprocess, cfg.tracker, *val, cfg.eval.max_videos
+        )
+        metrics = result.to_dict()
+        logger.write({"iteration": done, "eval": metrics})
+    if env.world_size > 1 and cfg.eval.period > 0 and done % cfg.eval.period == 0:
+        dist.barrier()
+    return metrics
 
 
 def _train_step(
@@ -330,7 +345,7 @@ def _train_step(
     scaler: torch.amp.GradScaler,
     clips: Iterator[list[Clip]],
     cfg: TrainConfig,
-    env: _Dist,
+    env: Dist,
     use_amp: bool,
 ) -> tuple[float, dict[str, float], float, float]:
     """One optimiser step over ``grad_accum`` micro-batches.
@@ -373,71 +388,3 @@ def _progress(start: int, end: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=end, initial=start, desc="train", unit="it", dynamic_ncols=True)
-
-
-def _save(
-    out: Path,
-    iteration: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: torch.amp.GradScaler,
-    cfg: TrainConfig,
-    env: _Dist,
-) -> Path:
-    """Write the checkpoint of ``iteration`` (rank 0: weights + state; all ranks: RNG)."""
-    path = out / CHECKPOINT_DIR / f"iter_{iteration:07d}"
-    if env.main:
-        provenance = {"trainer": "training.loop.train", "iteration": iteration,
-                      "train_config": cfg.to_dict()}  # fmt: skip
-        save_checkpoint(path, model, cfg.model, cfg.preprocess, cfg.tracker, provenance)
-    if env.world_size > 1:
-        dist.barrier()
-    torch.save(_rng_state(env.device), path / f"rng_rank{env.rank}.pt")
-    if env.world_size > 1:
-        dist.barrier()
-    if env.main:
-        state = {
-            "iteration": iteration,
-            "data_position": iteration * max(1, cfg.optim.grad_accum),  # micro-batches read
-            "world_size": env.world_size,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-        }
-        tmp = path / (STATE_FILE + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path / STATE_FILE)  # written last: marks the checkpoint complete
-    if env.world_size > 1:
-        dist.barrier()
-    return path
-
-
-def _restore(
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: torch.amp.GradScaler,
-    env: _Dist,
-    accum: int,
-) -> int:
-    """Load weights, optimiser, scheduler, scaler and this rank's RNG; returns the iteration."""
-    from safetensors.torch import load_file
-
-    weights = load_file(str(path / "model.safetensors"), device=str(env.device))
-    model.load_state_dict(weights, strict=True)
-    state = torch.load(path / STATE_FILE, map_location=env.device, weights_only=True)
-    if int(state["world_size"]) != env.world_size:
-        raise ValueError(
-            f"{path} was written by {state['world_size']} ranks; resuming with "
-            f"{env.world_size} would change the data order"
-        )
-    if int(state["data_position"]) != int(state["iteration"]) * max(1, accum):
-        raise ValueError(f"{path} was written with another optim.grad_accum")
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    rng = torch.load(path / f"rng_rank{env.rank}.pt", map_location="cpu", weights_only=True)
-    _set_rng_state(rng, env.device)
-    return int(state["iteration"])

@@ -15,12 +15,20 @@ import torch.utils.data
 from training.config import DataConfig
 from training.data.augment import AugmentConfig
 from training.data.batch import Clip
+from training.data.coco import CocoInstances
 from training.data.mixing import MixedClipDataset, MixedClipSampler, MixingConfig
+from training.data.pseudo_video import PseudoVideoConfig, PseudoVideoDataset
 from training.data.synthetic import config_for
 from training.data.synthetic_dataset import SyntheticClipDataset
-from training.data.ytvis import ClipSamplingConfig, YtvisClipDataset
+from training.data.ytvis_dataset import ClipSamplingConfig, YtvisClipDataset
 
-__all__ = ["RankBatchSampler", "build_clip_loader", "build_sources", "data_config_at"]
+__all__ = [
+    "RankBatchSampler",
+    "build_clip_loader",
+    "build_sources",
+    "data_config_at",
+    "pseudo_video_config",
+]
 
 
 def data_config_at(cfg: DataConfig, iteration: int) -> DataConfig:
@@ -48,6 +56,34 @@ def _augment(cfg: DataConfig) -> AugmentConfig:
     )
 
 
+def pseudo_video_config(cfg: DataConfig) -> PseudoVideoConfig:
+    """The pseudo-video generator settings of ``cfg`` (``data.pseudo`` + the clip's T, crop
+    size, final resize and flip, which pseudo clips share with real ones as in the official
+    ``INPUT.PSEUDO`` section)."""
+    p = cfg.pseudo
+    return PseudoVideoConfig(
+        num_frames=cfg.clip_frames,
+        crop_prob=p.crop_prob,
+        crop_short_sizes=p.crop_short_sizes,
+        crop_max_size=p.crop_max_size,
+        crop_range=cfg.crop_size,
+        crop_shift=p.crop_shift,
+        crop_zoom=p.crop_zoom,
+        zoom_range=p.zoom_range,
+        min_sizes=cfg.min_size_train,
+        max_size=cfg.max_size_train,
+        flip_prob=cfg.flip_prob,
+        max_angle=p.max_angle if p.rotation else 0.0,
+        copy_paste_prob=p.copy_paste_prob,
+        max_pasted=p.max_pasted,
+    )
+
+
+def _coco_source(cfg: DataConfig, seed: int) -> torch.utils.data.Dataset[Clip]:
+    coco = CocoInstances(cfg.coco_json, cfg.coco_images, target=cfg.coco_target or None)
+    return PseudoVideoDataset(coco, pseudo_video_config(cfg), seed)
+
+
 def build_sources(
     cfg: DataConfig, seed: int
 ) -> tuple[list[torch.utils.data.Dataset[Clip]], tuple[float, ...]]:
@@ -55,10 +91,14 @@ def build_sources(
 
     Returns:
         (sources, weights): ``synthetic`` -> one rendered source; ``ytvis`` -> the real videos,
-        preceded by COCO pseudo videos when ``cfg.coco_prob > 0``.
+        preceded by COCO pseudo videos when ``cfg.coco_prob > 0``; ``coco`` -> COCO pseudo
+        videos only. With ``cfg.image_mode`` the video sources yield pseudo clips of one frame.
     """
     sampling = ClipSamplingConfig(num_frames=cfg.clip_frames, frame_range=cfg.frame_range)
     augment = _augment(cfg)
+    image_mode = pseudo_video_config(cfg) if cfg.image_mode else None
+    if cfg.kind == "coco":
+        return [_coco_source(cfg, seed)], (1.0,)
     if cfg.kind == "synthetic":
         counts = {
             "min_instances": cfg.synth_min_instances,
@@ -79,24 +119,21 @@ def build_sources(
                 f"data.synth_max_instances ({synth.max_instances})"
             )
         source = SyntheticClipDataset(
-            cfg.synth_split, cfg.synth_videos, cfg.synth_seed, sampling, augment, synth
+            cfg.synth_split,
+            cfg.synth_videos,
+            cfg.synth_seed,
+            sampling,
+            augment,
+            synth,
+            image_mode=image_mode,
         )
         return [source], (1.0,)
-    real = YtvisClipDataset(cfg.ytvis_json, cfg.ytvis_frames, sampling, augment, seed)
+    real = YtvisClipDataset(
+        cfg.ytvis_json, cfg.ytvis_frames, sampling, augment, seed, image_mode=image_mode
+    )
     if cfg.coco_prob <= 0.0:
         return [real], (1.0,)
-    from training.data.coco import CocoInstances
-    from training.data.pseudo_video import PseudoVideoConfig, PseudoVideoDataset
-
-    coco = CocoInstances(cfg.coco_json, cfg.coco_images, target=cfg.coco_target or None)
-    pseudo_cfg = PseudoVideoConfig(
-        num_frames=cfg.clip_frames,
-        crop_range=cfg.crop_size,
-        min_sizes=cfg.min_size_train,
-        max_size=cfg.max_size_train,
-    )
-    pseudo = PseudoVideoDataset(coco, pseudo_cfg, seed)
-    return [pseudo, real], (cfg.coco_prob, 1.0 - cfg.coco_prob)
+    return [_coco_source(cfg, seed), real], (cfg.coco_prob, 1.0 - cfg.coco_prob)
 
 
 class RankBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):

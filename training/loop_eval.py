@@ -1,26 +1,25 @@
 """Periodic validation of the training loop: online tracking + the YouTube-VIS evaluator.
 
-Each val video goes through ``model.runner.track_frames`` exactly as ``ctvis track --dataset``
-does it, and the pooled results are scored by ``training.ytvis_eval.evaluate``. The synthetic
-val split is written to disk once (``training.data.synthetic.write_dataset``) so that the
-same files can be re-scored with ``ctvis track --dataset ... --evaluate``.
+The val split goes through ``training.dataset_eval.track_dataset``, the dataset loop of
+``ctvis track --dataset --evaluate`` too, so the numbers logged during training are those the
+CLI reports for the same checkpoint. The synthetic val split is written to disk once
+(``training.data.synthetic.write_dataset``) so that the same files can be re-scored with
+``ctvis track --dataset ... --evaluate``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from model.config import ModelConfig, PreprocessConfig, TrackerConfig
-from model.runner import track_frames
-from model.video_io import FrameSource
 from training.config import EvalConfig
 from training.data.synthetic import write_dataset
-from training.ytvis_data import load_ground_truth, parse_results
-from training.ytvis_eval import EvalResult, evaluate
+from training.dataset_eval import track_dataset
+from training.ytvis_eval import EvalResult
+from training.ytvis_json import load_ground_truth
 
 __all__ = ["evaluate_segmenter", "prepare_val_split"]
 
@@ -55,28 +54,19 @@ def evaluate_segmenter(
         trk_cfg: tracker settings.
         gt_path: YouTube-VIS ground truth.
         frames_root: folder its ``file_names`` are relative to.
-        max_videos: evaluate only the first N videos (0 = all).
+        max_videos: evaluate only the N videos of lowest id (0 = all).
 
     Returns:
         The evaluator's metrics (AP etc. as fractions) over the evaluated videos.
     """
     gt = load_ground_truth(gt_path)
-    video_ids = sorted(gt.videos)
-    if max_videos > 0:
-        video_ids = video_ids[:max_videos]
-        gt = type(gt)(
-            videos={v: gt.videos[v] for v in video_ids},
-            categories=gt.categories,
-            tracks=tuple(t for t in gt.tracks if t.video_id in set(video_ids)),
-        )
     was_training = segmenter.training
     segmenter.eval()
-    results: list[dict[str, Any]] = []
     try:
-        for vid in video_ids:
-            files = [frames_root / name for name in gt.videos[vid].file_names]
-            out = track_frames(FrameSource(files), segmenter, model_cfg, pre_cfg, trk_cfg, vid)
-            results += out.results
+        run = track_dataset(
+            gt, frames_root, segmenter, model_cfg, pre_cfg, trk_cfg, max_videos=max_videos
+        )
     finally:
         segmenter.train(was_training)
-    return evaluate(gt, parse_results(results, gt))
+    assert run.score is not None  # ground truth in, scores out
+    return run.score.evaluation

@@ -1,11 +1,13 @@
 """Mask2Former set criterion with point sampling, and the CTVIS contrastive (re-id) loss.
 
-Segmentation (spec ``training.md`` section 5): every prediction layer (final + aux) is matched
-to the targets on its own; ``loss_ce`` is a class-weighted cross-entropy over all queries
-(no-object weight 0.1), ``loss_mask`` / ``loss_dice`` are evaluated at 12544 points per matched
-mask picked by PointRend importance sampling (3x oversampling, 75 % most uncertain, rest
-uniform). Re-id (section 6.4): per contrastive item ``log(1 + sum_j exp(z_j - z_+))`` and the
-auxiliary ``mean (cos - label)^2``, both averaged over items.
+Segmentation (the official ``SetCriterion``, ``mask2former/modeling/criterion.py`` vendored in
+https://github.com/KainingYing/CTVIS): every prediction layer (final + aux) is matched to the
+targets on its own; ``loss_ce`` is a class-weighted cross-entropy over all queries (no-object
+weight 0.1), ``loss_mask`` / ``loss_dice`` are evaluated at 12544 points per matched mask
+picked by PointRend importance sampling (3x oversampling, 75 % most uncertain, rest uniform).
+Re-id (the official ``loss_reid`` in ``ctvis/modeling/cl_plugin/ct_cl_plugin.py``; paper eq. 5,
+arXiv:2307.12616): per contrastive item ``log(1 + sum_j exp(z_j - z_+))`` and the auxiliary
+``mean (cos - label)^2``, both averaged over items.
 """
 
 from __future__ import annotations

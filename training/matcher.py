@@ -1,4 +1,7 @@
-"""Mask2Former Hungarian matcher with point sampling (spec ``training.md`` section 5).
+"""Mask2Former Hungarian matcher with point sampling.
+
+Follows the official ``HungarianMatcher`` (``mask2former/modeling/matcher.py``, vendored in
+https://github.com/KainingYing/CTVIS).
 
 Per image: ``C = w_mask * cost_mask + w_class * cost_class + w_dice * cost_dice`` where the mask
 costs are evaluated at ``num_points`` uniform random points shared by every prediction and

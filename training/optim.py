@@ -1,6 +1,7 @@
 """AdamW parameter groups, full-model gradient clipping and the warm-up multi-step schedule.
 
-Official detectron2 / Mask2Former ``build_optimizer`` semantics (spec ``training.md`` section 7):
+Official ``Trainer.build_optimizer`` / ``build_lr_scheduler`` semantics (``train_ctvis.py`` of
+https://github.com/KainingYing/CTVIS, after detectron2 / Mask2Former):
 lr x ``backbone_multiplier`` for parameters of modules whose name contains ``backbone``; weight
 decay 0 for parameters of normalisation modules and ``nn.Embedding`` modules and for any
 parameter named ``relative_position_bias_table`` / ``absolute_pos_embed``; everything else

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from training.ytvis_data import GroundTruth, Track, load_ground_truth, load_results
+from training.ytvis_json import GroundTruth, Track, load_ground_truth, load_results
 
 AREA_RANGES: dict[str, tuple[float, float]] = {
     "all": (0.0, 1e5**2),
@@ -430,7 +430,7 @@ def evaluate_files(gt_path: str | Path, results_path: str | Path) -> EvalResult:
     """Load a ground-truth and a results JSON file and :func:`evaluate` them.
 
     Raises:
-        training.ytvis_data.YtvisFormatError: For missing, unreadable or malformed files.
+        training.ytvis_json.YtvisFormatError: For missing, unreadable or malformed files.
     """
     gt = load_ground_truth(gt_path)
     return evaluate(gt, load_results(results_path, gt))

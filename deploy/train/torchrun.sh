@@ -6,6 +6,13 @@
 #   NNODES=2 NPROC_PER_NODE=8 MASTER_ADDR=node0.cluster MASTER_PORT=29500 \
 #     bash deploy/train/torchrun.sh [more `ctvis train` flags: --set optim.lr=3e-4 --resume]
 #
+# OUT must be one directory on a filesystem shared by all nodes (NFS, Lustre, GPFS, ...), at
+# the same path on every node: rank 0 writes checkpoints that the other ranks read back and
+# every rank writes its RNG state into them. `ctvis train` checks this at start (rank 0 writes
+# a marker under OUT that every rank must see) and stops with an error naming OUT otherwise.
+# SIGTERM to torchrun reaches every worker, which checkpoints its iteration and exits
+# (torchrun kills workers TORCH_ELASTIC_SHUTDOWN_TIMEOUT = 30 s later); rerun with --resume.
+#
 # Single node: NNODES=1 and MASTER_ADDR=127.0.0.1 (the defaults). torchrun sets RANK,
 # LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for each process of `ctvis train`.
 # In the container image (entrypoint `ctvis`), with the repository mounted for its configs:

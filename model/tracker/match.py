@@ -1,4 +1,8 @@
-"""Detection-to-track similarity and assignment (spec ``inference.md`` 4.3, 4.4).
+"""Detection-to-track similarity and assignment.
+
+The reference is ``SimpleTracker.track`` (``ctvis/modeling/tracker/simple_tracker.py`` of
+https://github.com/KainingYing/CTVIS): bi-softmax similarity (paper eq. 3, Ying et al., ICCV
+2023, arXiv:2307.12616, whose printed form repeats one denominator) and greedy assignment.
 
 Assignment is discrete, so it runs on a detached float32 NumPy copy: the greedy loop is
 inherently sequential and NumPy's per-op overhead is ~10x lower than torch's on tiny arrays.

@@ -1,26 +1,30 @@
 """The one memory-bank implementation: pure, differentiable functions over ``TrackState``.
 
 Used by ``model.tracker.step.track_step`` at inference and by training. Every function
-returns a new state: float tensors are built out of place (or written in place only into
-tensors just allocated), so gradients flow through fused embeddings and a caller's state is
-never modified. The integer bookkeeping (counts, frame numbers, ids: vectors of T numbers)
-is worked out with NumPy on the host (``from_host`` wraps the results without a copy on the
-CPU and sends them in one copy elsewhere): on ~100 numbers a NumPy op costs a fraction of a
-torch op's dispatch, and the tracker's step is mostly such ops.
+returns a new state: tensors are built out of place (or written in place only into tensors
+just allocated), so gradients flow through fused embeddings and a caller's state is never
+modified. Everything stays on the state's device.
 
-Reference: CTVIS ``Tracklet.update`` / ``MemoryBank`` (spec ``inference.md`` 4.1, 4.2, 4.5, 5).
+Reference: CTVIS ``Tracklet.update`` / ``MemoryBank`` (``ctvis/modeling/tracker/memory_bank.py``)
+and the bookkeeping of ``SimpleTracker`` (``ctvis/modeling/tracker/simple_tracker.py``) of
+https://github.com/KainingYing/CTVIS; the similarity-guided fusion is the paper's eq. 1-2 (Ying
+et al., ICCV 2023, arXiv:2307.12616) over at most the last ``cache_size`` embeddings, as the
+official ``maximum_cache``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from model.config import TrackerConfig
 from model.tracker.state import TrackState
 
+# The memory bank's tensors or NumPy arrays (``noise_removed`` serves both).
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 EmbedType = Literal["similarity_guided", "momentum", "last", "temporally_weighted"]
 
 
@@ -102,38 +106,20 @@ _EMPTY_ROW = {"logit_max": float("-inf"), "last_box": float("nan")}
 def _grown(state: TrackState, count: int, skip: tuple[str, ...] = ()) -> TrackState:
     """``state`` with ``count`` empty rows appended to every per-track tensor but ``skip``.
 
-    A skipped field keeps its T rows: the caller must replace it with T + count rows.
+    The new rows get fresh ids and zeros (``_EMPTY_ROW`` where not zero). A skipped field
+    keeps its T rows: the caller must replace it with T + count rows.
     """
-    fresh = {
-        name: _pad_rows(value, count, _EMPTY_ROW.get(name, 0.0))
-        for name, value in state.tensors().items()
-        if value.is_floating_point() and name not in skip
-    }
-    if not set(_INT_FIELDS) <= set(skip):
-        ints = {k: v for k, v in _grown_ints(state, count).items() if k not in skip}
-        fresh.update(zip(ints, from_host(list(ints.values()), state.track_ids), strict=True))
-    return state.with_tensors(fresh, next_track_id=state.next_track_id + count)
-
-
-_INT_FIELDS = ("track_ids", "cache_len", "exist_frames", "last_seen", "entry_hits", "entry_tail")
-
-
-def _grown_ints(state: TrackState, count: int) -> dict[str, np.ndarray]:
-    """The integer per-track fields on the host with ``count`` empty rows (fresh ids) appended."""
-    out = {}
-    for name in _INT_FIELDS:
-        value = getattr(state, name)
+    fresh = {}
+    for name, value in state.tensors().items():
+        if name in skip:
+            continue
         if name == "track_ids":
             first = state.next_track_id
-            out[name] = np.concatenate([_host(value), np.arange(first, first + count)])
+            ids = torch.arange(first, first + count, dtype=value.dtype, device=value.device)
+            fresh[name] = torch.cat([value, ids])
         else:
-            out[name] = np.concatenate([_host(value), np.zeros(count, np.int64)])
-    return out
-
-
-def _host(value: torch.Tensor) -> np.ndarray:
-    """``value`` as a NumPy array: a view for CPU tensors (treat it as read-only)."""
-    return value.numpy(force=True)
+            fresh[name] = _pad_rows(value, count, _EMPTY_ROW.get(name, 0.0))
+    return state.with_tensors(fresh, next_track_id=state.next_track_id + count)
 
 
 _NUMPY_DTYPES = {torch.int64: np.int64, torch.float32: np.float32, torch.float64: np.float64}
@@ -142,7 +128,7 @@ _NUMPY_DTYPES = {torch.int64: np.int64, torch.float32: np.float32, torch.float64
 def from_host(
     arrays: list[np.ndarray], like: torch.Tensor, dtype: torch.dtype = torch.int64
 ) -> list[torch.Tensor]:
-    """1-d host arrays as ``dtype`` tensors on ``like``'s device.
+    """1-d NumPy arrays as ``dtype`` tensors on ``like``'s device.
 
     On the CPU each array is wrapped without a copy (converted in NumPy where needed); on other
     devices they travel in one copy and come back as views of it. The arrays must not be
@@ -159,8 +145,7 @@ def from_host(
 
 def _pad_rows(value: torch.Tensor, count: int, fill: float = 0.0) -> torch.Tensor:
     """``value`` with ``count`` rows of ``fill`` appended along dim 0 (always a new tensor)."""
-    # one op (the pad list runs from the last dim backwards); F.pad's Python wrapper skipped
-    return torch.constant_pad_nd(value, (0, 0) * (value.dim() - 1) + (0, count), fill)
+    return F.pad(value, (0, 0) * (value.dim() - 1) + (0, count), value=fill)
 
 
 def write(
@@ -206,35 +191,21 @@ def write(
     t = t_old + grow
     cache = state.embed_cache
     new_cache = _pad_rows(cache, grow) if grow else cache.clone()
-    # Host side: the integer fields (grown), which rows are updated, which for the first
-    # time, and the cache column each entry goes to.
-    ints = _grown_ints(state, grow)
     if grow:
-        state = _grown(state, grow, skip=("embed_cache", *ints))
-    rows = _host(slots)
-    exist = ints["exist_frames"]
-    held = ints["cache_len"]
-    upd = np.zeros(t, dtype=bool)
-    upd[rows] = True
+        state = _grown(state, grow, skip=("embed_cache",))
+    # Which rows are updated, which for the first time, and the cache column of each entry.
+    exist, held = state.exist_frames, state.cache_len
+    upd = torch.zeros(t, dtype=torch.bool, device=slots.device).index_fill_(0, slots, True)
     first = exist == 0
-    ints["cache_len"] = np.minimum(held + upd, k)
-    ints["exist_frames"] = exist + upd
-    ints["last_seen"] = np.where(upd, frame_index, ints["last_seen"])
-    column, *values = from_host([exist[rows] % k, *ints.values()], slots)
-    new_ints = dict(zip(ints, values, strict=True))
+    column = exist[slots] % k
     # beta = max(0, mean cos) on later updates, 1 on first ones, 0 elsewhere: as
     # ``first_upd + later_upd * max(0, mean cos)`` (one addcmul, exactly those values).
     dtype = state.sg_embed.dtype
-    later_upd, first_upd, weight, divisor = from_host(
-        [
-            upd & ~first,
-            upd & first,
-            np.where(first, 1.0, momentum) * upd,
-            np.maximum(held[:t_old], 1),
-        ],
-        slots,
-        dtype,
-    )
+    later_upd = (upd & ~first).to(dtype)
+    first_upd = (upd & first).to(dtype)
+    weight = torch.full((t,), momentum, dtype=dtype, device=slots.device)
+    weight = weight.masked_fill(first, 1.0).masked_fill(~upd, 0.0)  # of the momentum variant
+    divisor = held[:t_old].clamp_min(1).to(dtype)
     e = embeds.new_zeros(t, d).index_put_((slots,), embeds)
     old_e = e[:t_old]
     dots = torch.linalg.vecdot(cache, old_e[:, None, :])  # ~6x faster than einsum/bmm here
@@ -254,7 +225,9 @@ def write(
             "momentum_embed": torch.lerp(state.momentum_embed, e, weight[:, None]),
             "embed_cache": new_cache,
             "score_cache": score_cache,
-            **new_ints,
+            "cache_len": (held + upd).clamp_max(k),
+            "exist_frames": exist + upd,
+            "last_seen": torch.where(upd, frame_index, state.last_seen),
         }
     )
 
@@ -290,7 +263,7 @@ def prune(
     """
     t = state.num_tracks
     if (max_tracks is None or t <= max_tracks) and (
-        t == 0 or int(_host(state.last_seen).min()) >= frame_index - num_dead_frames
+        t == 0 or int(state.last_seen.min()) >= frame_index - num_dead_frames
     ):
         # The common case in one reduction: nobody is too old and the cap is not reached.
         return state, torch.ones(t, dtype=torch.bool, device=state.last_seen.device)
@@ -307,23 +280,24 @@ def prune(
     return state.select(keep), keep
 
 
-def noise_removed(
-    hits: np.ndarray, tail: np.ndarray, frame_index: int, cfg: TrackerConfig
-) -> np.ndarray:
-    """Official noise-track filter over output entries (spec 5), after frame ``frame_index``.
+def noise_removed(hits: ArrayT, tail: ArrayT, frame_index: int, cfg: TrackerConfig) -> ArrayT:
+    """Official noise-track filter over output entries, after frame ``frame_index``.
+
+    The reference deletes entries of ``video_dict`` in ``SimpleTracker.inference``
+    (``ctvis/modeling/tracker/simple_tracker.py`` of https://github.com/KainingYing/CTVIS).
 
     Args:
-        hits: E int64 matched frames of each entry (0 = no entry).
-        tail: E int64 trailing unmatched frames of each entry.
+        hits: E int64 matched frames of each entry (0 = no entry): a tensor (the memory
+            bank's entries) or a NumPy array (``model.postprocess``'s).
+        tail: E int64 trailing unmatched frames of each entry, of the same kind.
         frame_index: the frame just processed; the rule applies only when > noise_frame_num.
         cfg: tracker settings.
 
     Returns:
-        E bool, True for entries the official ``video_dict`` deletes now.
+        E bool, of the same kind: True for entries the official ``video_dict`` deletes now.
     """
-    if frame_index <= cfg.noise_frame_num:
-        return np.zeros(len(hits), dtype=bool)
-    return (hits > 0) & (tail >= cfg.none_frame_num) & (hits < cfg.suppress_frame_num)
+    applies = frame_index > cfg.noise_frame_num
+    return (hits > 0) & (tail >= cfg.none_frame_num) & (hits < cfg.suppress_frame_num) & applies
 
 
 def record_entries(
@@ -352,26 +326,21 @@ def record_entries(
     # Rows without an entry hold logit_sum == 0 and logit_max == -inf (spawn and the noise
     # filter keep that invariant), so a fresh entry needs no special case: 0 + x == x and
     # max(-inf, x) == x.
-    matched = np.zeros(state.num_tracks, dtype=bool)
-    matched[_host(slots)] = True
-    hits = _host(state.entry_hits) + matched
-    tail = np.where(matched, 0, _host(state.entry_tail) + 1)
+    matched = torch.zeros(state.num_tracks, dtype=torch.bool, device=slots.device)
+    matched.index_fill_(0, slots, True)
+    hits = state.entry_hits + matched
+    tail = torch.where(matched, 0, state.entry_tail + 1)
     logits = logits.to(state.logit_sum.dtype)
     logit_sum = state.logit_sum.index_put((slots,), logits, accumulate=True)
     logit_max = state.logit_max.scatter_reduce(0, slots[:, None].expand_as(logits), logits, "amax")
     drop = noise_removed(hits, tail, frame_index, cfg)
-    if drop.any():
-        hits = np.where(drop, 0, hits)
-        dropped = torch.from_numpy(drop).to(logit_sum.device)[:, None]
-        logit_sum = torch.where(dropped, 0.0, logit_sum)
-        logit_max = torch.where(dropped, float("-inf"), logit_max)
-    entry_hits, entry_tail = from_host([hits, tail], slots)
+    dropped = drop[:, None]
     return state.with_tensors(
         {
-            "entry_hits": entry_hits,
-            "entry_tail": entry_tail,
-            "logit_sum": logit_sum,
-            "logit_max": logit_max,
+            "entry_hits": torch.where(drop, 0, hits),
+            "entry_tail": tail,
+            "logit_sum": torch.where(dropped, 0.0, logit_sum),
+            "logit_max": torch.where(dropped, float("-inf"), logit_max),
         }
     )
 

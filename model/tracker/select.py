@@ -1,4 +1,9 @@
-"""Per-frame candidate selection before tracking (spec ``inference.md`` 3)."""
+"""Per-frame candidate selection before tracking.
+
+The reference is the selection at the start of ``SimpleTracker.inference``
+(``ctvis/modeling/tracker/simple_tracker.py``) and ``mask_nms`` (``ctvis/utils/utils.py``) of
+https://github.com/KainingYing/CTVIS.
+"""
 
 from __future__ import annotations
 
@@ -63,9 +68,8 @@ def mask_boxes(mask_logits: torch.Tensor) -> torch.Tensor:
 
     ``logit > 0`` is ``binarize``'s mask except for logits in (0, 1e-6), which can move an
     edge by one pixel; the boxes only feed the tracker's box cue. Two max-reductions over the
-    float logits cost ~1/7 of reducing bool masks along both axes after binarising them
-    (2.1 vs 15.7 ms for 100 masks of 120x216 on one thread, measured with the earlier
-    ``binarize``).
+    float logits cost a fraction of binarising the masks and reducing the bool masks along
+    both axes (bool ops run several times slower than float ones on the CPU).
 
     Args:
         mask_logits: Nxhxw mask logits.

@@ -12,11 +12,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from model.runner import OVERLAY_MIN_SCORE
+from model.video.overlay import OVERLAY_MIN_SCORE
 from service.bodies import BodyLimit, check_declared, save_body
 from service.deps import CallerDep, JobsDep, SettingsDep
 from service.errors import ApiError
-from service.jobs import FINAL_STATES, JobLimits, JobOptions, UploadQuota
+from service.jobs.admission import JobLimits, UploadQuota
+from service.jobs.status import FINAL_STATES, JobOptions
 from service.schemas import ErrorOut
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])

@@ -255,9 +255,9 @@ class CtvisClient:
         frame_stride: int = 1,
         max_frames: int | None = None,
     ) -> Iterator[FrameResult]:
-        """Stream a video file or frame folder (decoded with ``model.video_io.FrameSource``)."""
+        """Stream a video file or frame folder (decoded with ``model.video.reader.FrameSource``)."""
         try:
-            from model.video_io import FrameSource
+            from model.video.reader import FrameSource
         except ImportError as exc:  # PyAV / Pillow missing
             raise MissingDependencyError(f"reading videos needs PyAV and Pillow: {exc}") from exc
         return self.stream_frames(session, FrameSource(path, frame_stride, max_frames))

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.video_io import OverlayWriter
+from model.video.overlay import OverlayWriter
 from tests.service.conftest import free_port
 from training.data.synthetic import config_for, render_video
 

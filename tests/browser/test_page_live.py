@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from model.video_io import track_color
+from model.video.overlay import track_color
 from tests.browser.conftest import Server, canvas_image, decode_rle, iou, open_page, wait_for
 from tests.browser.conftest import save_screenshot as shoot
 

@@ -56,8 +56,8 @@ def test_out_is_required_with_a_preset() -> None:
 
 
 def test_checkpoint_export_defaults_to_model_onnx_inside_it(tmp_path: Path) -> None:
-    from model.build import PRESETS, build_segmenter
     from model.checkpoint import save_checkpoint
+    from model.nn.build import PRESETS, build_segmenter
 
     model_cfg, pre_cfg, trk_cfg = PRESETS["tiny"]
     ckpt = save_checkpoint(

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from cli.main import main
-from model.build import PRESETS, build_segmenter
 from model.checkpoint import save_checkpoint
-from model.video_io import FrameSource, OverlayWriter
+from model.nn.build import PRESETS, build_segmenter
+from model.video.overlay import OverlayWriter
+from model.video.reader import FrameSource
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_dataset_mode_and_evaluate(
 def test_onnx_backend_matches_torch(checkpoint: Path, video: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     from model.checkpoint import load_checkpoint
-    from model.export_onnx import export_onnx
+    from model.runtime.export_onnx import export_onnx
 
     onnx_path = export_onnx(load_checkpoint(checkpoint).segmenter, tmp_path / "m.onnx", 64, 96)
     common = [str(video), "--checkpoint", str(checkpoint), "--max-frames", "4"]
@@ -156,7 +157,7 @@ def test_overlay_draws_results_entries_from_the_shared_default(
     checkpoint: Path, video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``--overlay`` draws results entries at or above ``OVERLAY_MIN_SCORE`` (or the flag)."""
-    from model import runner
+    from model.video import overlay as runner
 
     drawn: list[tuple[float, list[int]]] = []
     real = runner.overlay_tracks
@@ -197,7 +198,7 @@ def test_help_states_the_shared_overlay_default() -> None:
     import argparse
 
     from cli import track
-    from model.runner import OVERLAY_MIN_SCORE
+    from model.video.overlay import OVERLAY_MIN_SCORE
 
     parser = argparse.ArgumentParser()
     track.add_arguments(parser)
@@ -208,7 +209,7 @@ def test_evaluate_warns_about_a_foreign_label_space(
     checkpoint: Path, real_sample_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The tiny preset names YouTube-VIS 2019 classes; the real sample is YouTube-VIS 2021."""
-    from model.build import YTVIS_2019_CLASSES
+    from model.nn.build import YTVIS_2019_CLASSES
 
     gt = json.loads((real_sample_dir / "instances.json").read_text())
     video = gt["videos"][2]
@@ -231,3 +232,26 @@ def test_evaluate_warns_about_a_foreign_label_space(
         captured = capsys.readouterr()
         assert ("ctvis track: warning: results use names" in captured.err) == warned
         assert "AP50" in captured.out
+
+
+def test_dataset_without_annotations_is_tracked(
+    checkpoint: Path, real_sample_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A test split (no annotations) is tracked; ``--evaluate`` on it still writes the results."""
+    gt = json.loads((real_sample_dir / "instances.json").read_text())
+    video = gt["videos"][2]
+    video["file_names"] = video["file_names"][:2]
+    split, out = tmp_path / "test.json", tmp_path / "results.json"
+    split.write_text(json.dumps({"videos": [video], "annotations": None}))
+    argv = ["track", "--dataset", str(split), "--frames-root", str(real_sample_dir / "JPEGImages")]
+    argv += ["--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    expected = _check_results(out, {video["id"]}, 2)
+    out.unlink()
+    assert main([*argv, "--evaluate"]) == 1
+    err = capsys.readouterr().err
+    assert f"wrote {out}" in err and "results written, but cannot evaluate" in err
+    assert _check_results(out, {video["id"]}, 2) == expected
+    split.write_text(json.dumps({"annotations": []}))
+    assert main(argv) == 1
+    assert "not a YouTube-VIS dataset json" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from service import remote
+from service import frame_stream
 from tests.deploy.conftest import DEPLOY
 from tests.modules import load_module
 
@@ -73,7 +73,7 @@ def test_api_probe(healthz_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.redis
 def test_worker_probe_reads_the_consumer_group(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert healthcheck.WORKER_GROUP == remote.WORKER_GROUP
+    assert healthcheck.WORKER_GROUP == frame_stream.WORKER_GROUP
     stream = f"ctvis:test-health:{uuid.uuid4().hex}"
     client = redis.Redis.from_url(REDIS_URL)
     check = healthcheck.check_worker
@@ -86,11 +86,11 @@ def test_worker_probe_reads_the_consumer_group(monkeypatch: pytest.MonkeyPatch) 
         assert healthcheck.main(["worker"]) == 0
         client.xadd(stream, {"frame": b"x"})
         assert "no consumer group" in check(REDIS_URL, stream, 60, 2)
-        client.xgroup_create(stream, remote.WORKER_GROUP, id="0")
+        client.xgroup_create(stream, frame_stream.WORKER_GROUP, id="0")
         assert check(REDIS_URL, stream, 60, 2) is None  # started, idle
         # What run_worker does: take a batch as `<hostname>-<pid>` (acknowledged later).
         consumer = f"{socket.gethostname()}-{os.getpid()}"
-        client.xreadgroup(remote.WORKER_GROUP, consumer, {stream: ">"}, count=1, block=10)
+        client.xreadgroup(frame_stream.WORKER_GROUP, consumer, {stream: ">"}, count=1, block=10)
         assert check(REDIS_URL, stream, 60, 2) is None  # busy, within the limit
         assert healthcheck.main(["worker"]) == 0
         time.sleep(0.05)

@@ -173,21 +173,26 @@ def test_local_images_work_like_the_public_ones() -> None:
 # ---- the driver ----------------------------------------------------------------------------
 
 
-class FakeStack:
-    """``smoke_drive.Stack`` answering from a table instead of a container engine."""
+class FakeStack(drive.Stack):
+    """``smoke_drive.Stack`` answering from a table instead of a container engine; with
+    ``cluster`` the stack has the Redis Cluster nodes of deploy/compose.redis-cluster.yml."""
 
-    def __init__(self, pending: str) -> None:
+    def __init__(self, pending: str, cluster: bool = False) -> None:
         self.pending = pending
+        self.cluster = cluster
 
     def containers(self, service: str) -> list[str]:
+        if service.startswith("redis-node-") and not self.cluster:
+            return []
         return [f"{service}-id"]
 
     def exec(self, container: str, *argv: str, timeout: float = 60) -> str:
-        from service.jobqueue import JOB_GROUP, JOBS_STREAM
+        from service.jobs.redis_manager import JOB_GROUP, JOBS_STREAM
         from service.keys import jobs_stream_key
 
-        assert container == "redis-id"
-        assert argv[:4] == ("redis-cli", "XPENDING", jobs_stream_key(JOBS_STREAM), JOB_GROUP)
+        cli = ("redis-cli", "-c") if self.cluster else ("redis-cli",)
+        assert container == ("redis-node-1-id" if self.cluster else "redis-id")
+        assert argv == (*cli, "XPENDING", jobs_stream_key(JOBS_STREAM), JOB_GROUP, "-", "+", "10")
         return self.pending
 
 
@@ -196,6 +201,7 @@ def test_job_holder_reads_the_pending_entry() -> None:
     assert drive.job_holder(FakeStack(out)) == "3f2a9c1b7e4d"
     assert drive.job_holder(FakeStack("")) is None
     assert drive.job_holder(FakeStack("1-0\nframes-consumer-7\n5\n1\n")) is None
+    assert drive.job_holder(FakeStack(out, cluster=True)) == "3f2a9c1b7e4d"
 
 
 def _instance(track: int, score: float, mask: np.ndarray) -> dict[str, Any]:

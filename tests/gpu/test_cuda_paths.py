@@ -20,14 +20,15 @@ import pytest
 import torch
 
 from model import rle
-from model.backend import TorchBackend
-from model.checkpoint import LoadedCheckpoint, convert_official, load_checkpoint
+from model.checkpoint import LoadedCheckpoint, load_checkpoint
 from model.config import TrackerConfig
-from model.pipeline import segment_video
+from model.official.convert import convert_official
 from model.postprocess import VideoAccumulator
+from model.runtime.backend import TorchBackend
 from model.tracker.select import select_candidates
 from model.tracker.state import init_state
 from model.tracker.step import track_step
+from model.video.runner import track_frames
 from training.config import load_config
 from training.loop import train
 
@@ -113,8 +114,8 @@ def test_video_on_cuda_equals_official_result(loaded: LoadedCheckpoint, fixtures
     frames = np.load(fixtures_dir / "frames.npy")
     expected = json.loads((fixtures_dir / "video_result.json").read_text())
     backend = TorchBackend(copy.deepcopy(loaded.segmenter), device="cuda")
-    result = segment_video(
-        backend, frames, loaded.model_cfg, loaded.pre_cfg, loaded.trk_cfg, video_id=1
+    result = track_frames(
+        iter(frames), backend, loaded.model_cfg, loaded.pre_cfg, loaded.trk_cfg, video_id=1
     )
     assert [r["category_id"] for r in result.results] == [r["category_id"] for r in expected]
     for ours, ref in zip(result.results, expected, strict=True):
@@ -176,8 +177,8 @@ def test_onnx_runtime_cuda_provider_matches_torch(
     ort = pytest.importorskip("onnxruntime")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("this onnxruntime build has no CUDA provider")
-    from model.backend import OnnxBackend
-    from model.export_onnx import export_onnx
+    from model.runtime.backend import OnnxBackend
+    from model.runtime.export_onnx import export_onnx
 
     height, width = reference["input_tensor"].shape[-2:]
     path = export_onnx(copy.deepcopy(loaded.segmenter), tmp_path / "model.onnx", height, width)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.backend import InferenceBackend, TorchBackend, default_providers
-from model.build import PRESETS, build_segmenter
-from model.segmenter import Segmenter
+from model.nn.build import PRESETS, build_segmenter
+from model.nn.segmenter import Segmenter
+from model.runtime.backend import InferenceBackend, TorchBackend, default_providers
 
 FIELDS = ("pred_logits", "pred_masks", "pred_embeds")
 

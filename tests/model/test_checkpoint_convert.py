@@ -15,14 +15,10 @@ import torch
 import yaml
 
 from cli.main import main as ctvis_main
-from model.build import PRESETS, build_segmenter
-from model.checkpoint import (
-    CheckpointError,
-    convert_official,
-    load_checkpoint,
-    read_official_weights,
-    save_checkpoint,
-)
+from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from model.nn.build import PRESETS, build_segmenter
+from model.official.convert import convert_official
+from model.official.weights import read_official_weights
 
 
 @pytest.fixture(scope="module")

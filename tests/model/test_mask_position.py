@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.backend import OnnxBackend, TorchBackend
-from model.build import PRESETS, build_segmenter
 from model.config import ModelConfig
-from model.transformer_decoder import fourier_position_features
+from model.nn.build import PRESETS, build_segmenter
+from model.nn.transformer_decoder import fourier_position_features
+from model.runtime.backend import OnnxBackend, TorchBackend
 
 FREQS = 3
 
@@ -107,7 +107,7 @@ def test_inference_shortcut_matches_deep_supervision_path() -> None:
 
 def test_onnx_export_keeps_the_position_term(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from model.export_onnx import export_onnx
+    from model.runtime.export_onnx import export_onnx
 
     torch.manual_seed(3)
     model = _with_position_weights(build_segmenter(_config(FREQS))).eval()

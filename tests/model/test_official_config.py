@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from model.build import PRESETS
-from model.official_config import ConfigError, official_dataset_preset, read_official_config
+from model.nn.build import PRESETS
+from model.official.config import ConfigError, official_dataset_preset, read_official_config
 
 # shaped like the official configs/M2F.yaml -> ytvis_2019/CTVIS_R50.yaml -> CTVIS_SwinL.yaml
 M2F = """

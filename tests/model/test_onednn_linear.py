@@ -1,8 +1,9 @@
-"""oneDNN linear layers (``model.ops.onednn_linear``) and their use in ``TorchBackend``."""
+"""oneDNN linear layers (``model.nn.ops.onednn_linear``) and their use in ``TorchBackend``."""
 
 from __future__ import annotations
 
 import copy
+import io
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from model.backend import TorchBackend
-from model.build import PRESETS, build_segmenter
-from model.ops import onednn_linear
-from model.ops.onednn_linear import MIN_MACS, OneDnnLinear, available, use_onednn_linear
+from model.nn.build import PRESETS, build_segmenter
+from model.nn.ops import onednn_linear
+from model.nn.ops.onednn_linear import MIN_MACS, available, use_onednn_linear
+from model.runtime.backend import TorchBackend
 
 
 def _ran_onednn(fn) -> bool:
@@ -46,12 +47,20 @@ def test_conversion_keeps_parameters_and_skips_subclasses() -> None:
     model = _model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert use_onednn_linear(model) == 2
-    assert type(model[0]) is OneDnnLinear and type(model[2]) is OneDnnLinear
-    # MultiheadAttention's out_proj is a Linear subclass: left alone
-    assert type(model[3].out_proj) is not OneDnnLinear
     after = model.state_dict()
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], before[k]) for k in before)
+
+    # inputs just large enough for the oneDNN path of a converted (in, out) layer
+    def big(in_features: int, out_features: int) -> torch.Tensor:
+        return torch.randn(-(-MIN_MACS // (in_features * out_features)), in_features)
+
+    with torch.inference_mode():
+        # the two plain Linear layers now run oneDNN's kernel ...
+        assert _ran_onednn(lambda: model[0](big(48, 400)))
+        assert _ran_onednn(lambda: model[2](big(400, 240)))
+        # ... MultiheadAttention's out_proj (a Linear subclass) is left alone
+        assert not _ran_onednn(lambda: model[3].out_proj(big(240, 240)))
 
 
 @pytest.mark.parametrize(
@@ -110,10 +119,32 @@ def test_preferred_only_on_amd_with_avx512(vendor: str, capability: str, expecte
 
 
 def test_cpu_vendor_reads_this_machine() -> None:
-    vendor = onednn_linear.cpu_vendor()
-    assert isinstance(vendor, str)
-    if Path("/proc/cpuinfo").exists() and "vendor_id" in Path("/proc/cpuinfo").read_text():
-        assert vendor  # e.g. AuthenticAMD on the project's machines
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    vendors = [line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")]
+    assert onednn_linear.cpu_vendor() == (vendors[0] if vendors else "")
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "expected"),
+    [
+        ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n", "GenuineIntel"),
+        ("processor\t: 0\nCPU implementer\t: 0x41\n", ""),  # ARM: no vendor_id line
+        (None, ""),  # no /proc/cpuinfo
+    ],
+    ids=["intel", "arm", "unreadable"],
+)
+def test_cpu_vendor_parses_cpuinfo(
+    cpuinfo: str | None, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fake_open(path: str, *args: object, **kwargs: object) -> io.StringIO:
+        assert path == "/proc/cpuinfo"
+        if cpuinfo is None:
+            raise FileNotFoundError(path)
+        return io.StringIO(cpuinfo)
+
+    monkeypatch.setattr(onednn_linear, "open", fake_open, raising=False)
+    assert onednn_linear.cpu_vendor() == expected
 
 
 def test_torch_backend_uses_onednn_for_float32_on_cpu_only() -> None:

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import LoadedCheckpoint, convert_official, load_checkpoint
+from model.checkpoint import LoadedCheckpoint, load_checkpoint
+from model.official.convert import convert_official
 from model.preprocess import prepare_frames, resize_frame
 
 

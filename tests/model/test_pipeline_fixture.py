@@ -16,13 +16,14 @@ import torch
 
 from model import rle
 from model.config import ModelConfig, PreprocessConfig, TrackerConfig
-from model.pipeline import VideoResult, segment_video, track_video
+from model.pipeline import VideoResult, track_video
 from model.postprocess import MaskSizes
 from model.structures import FrameOutputs
 from model.tracker import codec
 from model.tracker.select import select_candidates
 from model.tracker.state import init_state
 from model.tracker.step import track_step
+from model.video.runner import track_frames
 
 CLIP = 5
 
@@ -139,10 +140,10 @@ def test_codec_round_trip_each_frame_keeps_ids(
         assert assignment.track_ids[kept].tolist() == ref["assigned_ids"].tolist()
 
 
-def test_segment_video_chunks_frames_and_matches_reference(
+def test_track_frames_chunks_frames_and_matches_reference(
     fixtures_dir: Path, per_frame: dict[str, Any], reference_json: list[dict[str, Any]]
 ) -> None:
-    """``segment_video`` with a stand-in network that replays the official outputs."""
+    """``track_frames`` with a stand-in network that replays the official outputs."""
     frames = np.load(fixtures_dir / "frames.npy")
     pre_cfg = PreprocessConfig(min_size=per_frame["min_size_test"], clip_frames=CLIP)
     calls: list[tuple[int, ...]] = []
@@ -153,13 +154,14 @@ def test_segment_video_chunks_frames_and_matches_reference(
         return _chunks(per_frame)[start // CLIP]
 
     progress: list[tuple[int, int | None]] = []
-    out = segment_video(
+    out = track_frames(
+        iter(frames),
         forward,
-        frames,
         ModelConfig(num_classes=40),
         pre_cfg,
         TrackerConfig(),
         video_id=1,
+        num_frames=len(frames),
         progress=lambda done, total: progress.append((done, total)),
     )
     assert calls == [(5, 3, 128, 160), (3, 3, 128, 160)]

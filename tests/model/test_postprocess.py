@@ -1,4 +1,4 @@
-"""Streaming and offline post-processing (spec ``inference.md`` 5-7)."""
+"""Streaming and offline post-processing (official ``CTVISModel.inference_video``)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from model.postprocess import (
     upsample_mask_logits,
     video_results,
 )
+from model.structures import FrameBatch
 from model.tracker import memory
 from model.tracker.select import select_candidates
 from model.tracker.state import init_state
@@ -32,6 +33,12 @@ SIZES = MaskSizes(image_size=(40, 60), padded_size=(48, 64), original_size=(30, 
 def noise_case(fixtures_dir: Path) -> dict[str, Any]:
     cases = torch.load(fixtures_dir / "tracker_cases.pt", weights_only=True)["cases"]
     return next(c for c in cases if c["name"] == "noise_tracklet_removal")
+
+
+def test_mask_sizes_of_a_frame_batch() -> None:
+    batch = FrameBatch(torch.zeros(2, 3, 48, 64), ((40, 60), (36, 60)), ((30, 45), (27, 45)))
+    assert MaskSizes.of(batch) == SIZES
+    assert MaskSizes.of(batch, 1) == MaskSizes((36, 60), (48, 64), (27, 45))
 
 
 def test_upsample_sizes_and_crop() -> None:

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from model.backbone.resnet import BottleneckBlock, FrozenBatchNorm2d, ResNet
-from model.build import PRESETS, build_segmenter
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig, ResNetConfig, from_dict, to_dict
+from model.nn.backbone.resnet import BottleneckBlock, FrozenBatchNorm2d, ResNet
+from model.nn.build import PRESETS, build_segmenter
 
 
 def _tiny_gn() -> ModelConfig:

@@ -7,18 +7,14 @@ import pytest
 import torch
 
 from model import rle
-from model.build import PRESETS, build_segmenter
 from model.config import ModelConfig
+from model.nn.build import PRESETS, build_segmenter
 from model.pipeline import VideoResult
 from model.postprocess import TrackEntry, video_results
-from model.runner import (
-    OVERLAY_MIN_SCORE,
-    Cancelled,
-    load_progress,
-    overlay_tracks,
-    track_frames,
-)
 from model.tracker.state import init_state
+from model.video.overlay import OVERLAY_MIN_SCORE, overlay_tracks
+from model.video.progress import load_progress
+from model.video.runner import Cancelled, track_frames
 from training.data.synthetic import config_for, render_video
 
 

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from model.backbone.swin import (
-    SwinBackbone,
-    SwinBlock,
-    WindowAttention,
-    shifted_window_mask,
-    window_partition,
-    window_plan,
-)
 from model.config import SwinConfig
+from model.nn.backbone.swin import SwinBackbone, SwinStage
+from model.nn.backbone.swin_blocks import SwinBlock, WindowAttention
+from model.nn.backbone.swin_windows import shifted_window_mask, window_partition, window_plan
+from model.runtime.export_forms import use_export_forms
 
 TINY = SwinConfig(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7)
 
@@ -127,11 +125,20 @@ def test_region_mask_matches_slice_construction(hp: int, wp: int) -> None:
     torch.testing.assert_close(ours, _slice_region_mask(hp, wp, 4, 2))
 
 
-@pytest.mark.parametrize("plan", ["padded", "planned", "planned-grouped"])
+def _export_form(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with the export forms ``export_onnx`` traces."""
+    exported = copy.deepcopy(module)
+    assert use_export_forms(exported) > 0
+    return exported
+
+
+@pytest.mark.parametrize(
+    "plan", ["padded", "planned", "planned-grouped", "export-padded", "export-planned"]
+)
 def test_shifted_block_attention_matches_token_loop(plan: str) -> None:
     """Shifted block on a map needing padding == per-token attention over its region, for the
     reference's pad / roll / partition form and for windows gathered by a plan (one call
-    with the full mask as in the export, or grouped by mask pattern as in eager)."""
+    with the full mask, or grouped by mask pattern as in eager), eager and export forms."""
     torch.manual_seed(0)
     ws, shift, dim, heads = 4, 2, 8, 2
     h, w = 6, 7
@@ -145,8 +152,11 @@ def test_shifted_block_attention_matches_token_loop(plan: str) -> None:
             "padded": None,
             "planned": window_plan(h, w, ws, shift, False, x.device),
             "planned-grouped": window_plan(h, w, ws, shift, True, x.device),
+            "export-padded": None,
+            "export-planned": window_plan(h, w, ws, shift, False, x.device),
         }
-        ours = block(x, h, w, mask, plans[plan])
+        form = _export_form(block) if plan.startswith("export") else block
+        ours = form(x, h, w, mask, plans[plan])
         # Reference: pad after norm1, roll, then loop over tokens of the rolled map.
         grid = F.pad(block.norm1(x).view(1, h, w, dim), (0, 0, 0, wp - w, 0, hp - h))
         rolled = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2))[0]
@@ -200,7 +210,7 @@ def _attend_one(
 
 
 @pytest.mark.parametrize("shifted", [False, True])
-def test_window_attention_fused_kernel_equals_export_form(monkeypatch, shifted: bool) -> None:
+def test_window_attention_fused_kernel_equals_export_form(shifted: bool) -> None:
     """Eager runs scaled_dot_product_attention with bias (+ shift mask) as one additive mask;
     the export spells it out. Same output, in float64, for 2 images x 3 windows."""
     torch.manual_seed(3)
@@ -212,8 +222,7 @@ def test_window_attention_fused_kernel_equals_export_form(monkeypatch, shifted: 
     if shifted:
         mask = torch.where(torch.rand(3, 9, 9) < 0.4, -100.0, 0.0).double()
     fused = attn(x, mask)
-    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
-    torch.testing.assert_close(fused, attn(x, mask), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(fused, _export_form(attn)(x, mask), atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize(("h", "w"), [(10, 15), (4, 13), (12, 4), (4, 4)])
@@ -232,14 +241,17 @@ def test_shifted_block_by_pattern_equals_one_call_with_full_mask(
     hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
     mask = shifted_window_mask(hp, wp, ws, shift, torch.device("cpu")).double()
     x = torch.randn(2, h * w, 12, dtype=torch.float64)
+    exported = _export_form(block)
     calls = []
-    original = block.attn.forward
-    monkeypatch.setattr(block.attn, "forward", lambda *a: calls.append(a[0].shape) or original(*a))
+    for form in (block, exported):
+        original = form.attn.forward
+        monkeypatch.setattr(
+            form.attn, "forward", lambda *a, f=original: calls.append(a[0].shape) or f(*a)
+        )
     with torch.no_grad():
         grouped = block(x, h, w, mask)
         groups = len(calls)
-        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
-        one_call = block(x, h, w, mask)
+        one_call = exported(x, h, w, mask)
     assert groups == (hp > ws) + (wp > ws) + (hp > ws and wp > ws) + 1
     assert len(calls) == groups + 1
     torch.testing.assert_close(grouped, one_call, atol=1e-12, rtol=1e-12)
@@ -286,38 +298,40 @@ def test_window_plan_is_pad_roll_partition_of_token_numbers(h: int, w: int, shif
 def test_planned_stage_equals_padded_stage(monkeypatch, h: int, w: int, exporting: bool) -> None:
     """A stage whose blocks gather windows by plan (``qkv`` / ``proj`` on real tokens only)
     equals the reference's pad / roll / partition in every block: float64, 2 images, eager
-    and the export form, maps that need padding on one, both or no sides."""
-    from model.backbone.swin import SwinStage
-
+    and the export form (planned and padded), maps that need padding on one, both or no
+    sides."""
     torch.manual_seed(5)
-    stage = SwinStage(12, 4, 3, 4, 2.0, [0.0] * 4, downsample=True).double().eval()
+    eager = SwinStage(12, 4, 3, 4, 2.0, [0.0] * 4, downsample=True).double().eval()
     with torch.no_grad():
-        for block in stage.blocks:
+        for block in eager.blocks:
             block.attn.relative_position_bias_table.normal_()
             block.attn.qkv.bias.normal_()
     x = torch.randn(2, h * w, 12, dtype=torch.float64)
-    if exporting:
-        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    with torch.no_grad():
+        eager.planned = False
+        padded, padded_down = eager(x, h, w)
+        eager.planned = True
+    stage = _export_form(eager) if exporting else eager
     calls = []
-    original = SwinBlock._attend_planned
-    monkeypatch.setattr(SwinBlock, "_attend_planned", lambda *a: calls.append(1) or original(*a))
+    block_type = type(stage.blocks[0])
+    original = block_type._attend_planned
+    monkeypatch.setattr(block_type, "_attend_planned", lambda *a: calls.append(1) or original(*a))
     with torch.no_grad():
         planned, planned_down = stage(x, h, w)
         used_plan = len(calls)
         stage.planned = False
-        padded, padded_down = stage(x, h, w)
+        unplanned, unplanned_down = stage(x, h, w)
     padding = h % 4 != 0 or w % 4 != 0
     assert used_plan == (4 if padding or exporting else 0)
     assert len(calls) == used_plan
-    torch.testing.assert_close(planned, padded, atol=1e-12, rtol=1e-12)
-    torch.testing.assert_close(planned_down, padded_down, atol=1e-12, rtol=1e-12)
+    for out, down in ((planned, planned_down), (unplanned, unplanned_down)):
+        torch.testing.assert_close(out, padded, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(down, padded_down, atol=1e-12, rtol=1e-12)
 
 
 def test_planned_stage_gradients_equal_padded_stage() -> None:
     """Training goes through the plan too: input and parameter gradients (qkv bias included,
-    which now reaches the padded slots by assignment) equal the padded form's, float64."""
-    from model.backbone.swin import SwinStage
-
+    which reaches the padded slots by assignment) equal the padded form's, float64."""
     torch.manual_seed(6)
     stage = SwinStage(12, 2, 3, 4, 2.0, [0.0, 0.0], downsample=False).double().train()
     h, w = 7, 10

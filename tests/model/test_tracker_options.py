@@ -87,8 +87,8 @@ def test_cache_rows_are_bounded_jointly() -> None:
 
 
 def test_checkpoint_with_out_of_range_tracker_is_refused(tmp_path: Path) -> None:
-    from model.build import PRESETS, build_segmenter
     from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from model.nn.build import PRESETS, build_segmenter
 
     model_cfg, pre_cfg, trk_cfg = PRESETS["tiny"]
     save_checkpoint(tmp_path, build_segmenter(model_cfg), model_cfg, pre_cfg, trk_cfg, {})

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from model.transformer_decoder import CrossAttentionLayer, mask_product
+from model.nn.transformer_decoder import CrossAttentionLayer, mask_product
+from model.runtime.export_forms import use_export_forms
 
 
 @pytest.mark.parametrize("exporting", [False, True])
-def test_cross_attention_matches_multihead_attention_with_repeated_mask(monkeypatch, exporting):
+def test_cross_attention_matches_multihead_attention_with_repeated_mask(exporting):
     """Eager (fused kernel) and export (spelled-out, additive mask) forms alike."""
-    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: exporting)
     torch.manual_seed(0)
     batch, queries, pixels, channels, heads = 2, 5, 12, 16, 4
     layer = CrossAttentionLayer(channels, heads).double()
@@ -27,7 +29,10 @@ def test_cross_attention_matches_multihead_attention_with_repeated_mask(monkeypa
     blocked[1, 1, :-1] = True  # a row with one open pixel
     blocked[1, 1, -1] = False
 
-    out = layer(tgt, memory, blocked, pos, query_pos)
+    form = copy.deepcopy(layer) if exporting else layer
+    if exporting:
+        assert use_export_forms(form) == 1
+    out = form(tgt, memory, blocked, pos, query_pos)
 
     reference = layer.multihead_attn(
         query=tgt + query_pos,

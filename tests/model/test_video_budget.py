@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.video_io import (
-    LARGE_FRAME_PIXELS,
-    FrameSource,
-    OverlayWriter,
-    VideoReadError,
-    VideoTooLarge,
-)
+from model.video.overlay import LARGE_FRAME_PIXELS, OverlayWriter
+from model.video.reader import FrameSource, VideoReadError, VideoTooLarge
 from tests.media import h264_bytes
 
 

@@ -8,16 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.video_io import (
-    FrameSource,
-    OverlayItem,
-    OverlayWriter,
-    VideoReadError,
-    draw_overlay,
-    mask_to_bbox,
-    read_frames,
-    track_color,
-)
+from model.video.overlay import OverlayItem, OverlayWriter, draw_overlay, mask_to_bbox, track_color
+from model.video.reader import FrameSource, VideoReadError, read_frames
 
 HEIGHT, WIDTH = 48, 64
 

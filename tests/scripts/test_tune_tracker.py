@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,8 @@ from cli.main import main
 from model.demo import DEMO_CHECKPOINT
 from tests.scripts import load_script
 from training.data.synthetic import write_dataset
-from training.ytvis_data import load_ground_truth
 from training.ytvis_eval import evaluate_files
+from training.ytvis_json import load_ground_truth
 
 
 def test_cached_outputs_score_like_the_track_cli(tmp_path: Path) -> None:
@@ -45,3 +46,17 @@ def test_cached_outputs_score_like_the_track_cli(tmp_path: Path) -> None:
     score_grown = tune.score(ckpt, videos, gt, grown)
     assert score_grown["AP"] == pytest.approx(round(100 * ev_grown.metrics["AP"], 2), abs=1e-6)
     assert json.loads(offset_out.read_text()) != json.loads(out.read_text())  # masks changed
+
+
+def test_grid_values_are_checked_by_the_tracker_rules(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A value out of an option's range stops the script before the network runs."""
+    tune = load_script("tune_tracker")
+    argv = ["tune_tracker.py", "--checkpoint", "C", "--dataset", "D", "--frames-root", "F"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--nms", "0.5", "1.5"])
+    with pytest.raises(SystemExit):
+        tune.parse_args()
+    assert "'mask_nms_threshold' must be a number in [0, 1]" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", [*argv, "--box", "0", "0.5"])
+    assert tune.parse_args().box == [0.0, 0.5]

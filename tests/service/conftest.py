@@ -29,7 +29,7 @@ def png_bytes(frame: np.ndarray) -> bytes:
 @pytest.fixture(scope="session")
 def mp4_file(tmp_path_factory: pytest.TempPathFactory, video_frames: list[np.ndarray]) -> Path:
     """``video_frames`` encoded as an MP4 at 10 fps."""
-    from model.video_io import OverlayWriter
+    from model.video.overlay import OverlayWriter
 
     path = tmp_path_factory.mktemp("video") / "clip.mp4"
     h, w = video_frames[0].shape[:2]

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.main import create_app
-from service.models import DEMO_MODEL_WARNING, RANDOM_WEIGHTS_WARNING
+from service.served import DEMO_MODEL_WARNING, RANDOM_WEIGHTS_WARNING
 from service.settings import Settings
 
 

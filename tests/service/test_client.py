@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.video_io import FrameSource
+from model.video.reader import FrameSource
 from service.client import (
     ApiError,
     CtvisClient,

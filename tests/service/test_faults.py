@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.engine import FaultInjection
 from service.main import create_app
 from service.settings import Settings
 from tests.service.conftest import png_bytes
+from tests.service.faults import FaultInjection, install, worker_command, worker_env
 
 REDIS_URL = os.environ.get("CTVIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POISON = (1, 2, 3)
@@ -42,8 +39,11 @@ def test_fault_spec_parsing() -> None:
         FaultInjection.parse("explode=1")
 
 
-def test_poison_frame_fails_only_itself(video_frames: list[np.ndarray]) -> None:
-    settings = Settings(fault_inject="poison_rgb=1,2,3", max_wait_ms=300, max_batch_size=4)
+def test_poison_frame_fails_only_itself(
+    video_frames: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install(FaultInjection(poison_rgb=POISON), monkeypatch.setattr)
+    settings = Settings(max_wait_ms=300, max_batch_size=4)
     with TestClient(create_app(settings)) as c:
         sessions = [_session(c) for _ in range(4)]
         bodies = [png_bytes(video_frames[0])] * 3 + [png_bytes(_poisoned(video_frames[0]))]
@@ -71,26 +71,14 @@ def test_poison_frame_fails_only_itself(video_frames: list[np.ndarray]) -> None:
 
 
 def _worker(stream: str, *extra: str, fault: str | None = None) -> subprocess.Popen[str]:
-    exe = shutil.which("ctvis") or str(Path(sys.executable).parent / "ctvis")
-    env = dict(os.environ)
-    if fault:
-        env["CTVIS_FAULT_INJECT"] = fault
+    """A ``ctvis worker`` process on ``stream``, with ``fault`` (a ``FaultInjection`` spec)."""
+    args = ["--redis-url", REDIS_URL, "--stream", stream, "--log-level", "error", *extra]
     proc = subprocess.Popen(
-        [
-            exe,
-            "worker",
-            "--redis-url",
-            REDIS_URL,
-            "--stream",
-            stream,
-            "--log-level",
-            "error",
-            *extra,
-        ],  # fmt: skip
+        worker_command(fault, *args),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=env,
+        env=worker_env(dict(os.environ)),
     )
     assert proc.stdout is not None
     assert "ctvis worker: model" in proc.stdout.readline()

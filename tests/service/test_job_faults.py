@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -15,12 +13,14 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from model.runner import track_frames
-from model.video_io import FrameSource, OverlayWriter
+from model.video.overlay import OverlayWriter
+from model.video.reader import FrameSource
+from model.video.runner import track_frames
 from service.keys import job_key
 from service.main import create_app
 from service.settings import Settings
 from tests.service.conftest import free_port
+from tests.service.faults import worker_command, worker_env
 from training.data.synthetic import config_for, render_video
 
 pytestmark = pytest.mark.redis
@@ -55,14 +55,15 @@ class Workers:
             jobs_stream=self.env["CTVIS_JOBS_STREAM"], job_dir=str(self.job_dir),
         )  # fmt: skip
 
-    def start(self, *extra: str, **env: str) -> subprocess.Popen[str]:
-        exe = shutil.which("ctvis") or str(Path(sys.executable).parent / "ctvis")
+    def start(self, *extra: str, fault: str | None = None, **env: str) -> subprocess.Popen[str]:
+        """A worker with ``extra`` flags, ``env`` overrides and ``fault`` (a
+        ``FaultInjection`` spec) installed."""
         proc = subprocess.Popen(
-            [exe, "worker", "--redis-url", REDIS_URL, "--log-level", "error", *extra],
+            worker_command(fault, "--redis-url", REDIS_URL, "--log-level", "error", *extra),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, **self.env, **env},
+            env=worker_env({**os.environ, **self.env, **env}),
         )
         assert proc.stdout is not None and "ctvis worker: model" in proc.stdout.readline()
         self.procs.append(proc)
@@ -97,7 +98,7 @@ def _expected(api: TestClient, video: Path, video_id: int = 1) -> list:
 def test_job_resumes_exactly_after_its_worker_dies(tmp_path: Path, long_video: Path) -> None:
     workers = Workers(tmp_path)
     try:
-        workers.start(CTVIS_FAULT_INJECT="crash_after_job_frames=17")
+        workers.start(fault="crash_after_job_frames=17")
         with TestClient(create_app(workers.settings())) as api:
             job_id = api.post("/v1/videos", content=long_video.read_bytes()).json()["job_id"]
             dying = workers.procs[0]
@@ -126,7 +127,7 @@ def test_failing_job_goes_to_dead_letter(tmp_path: Path, long_video: Path) -> No
     workers = Workers(tmp_path)
     port = free_port()
     try:
-        workers.start("--metrics-port", str(port), CTVIS_FAULT_INJECT="fail_job_video_id=99")
+        workers.start("--metrics-port", str(port), fault="fail_job_video_id=99")
         with TestClient(create_app(workers.settings())) as api:
             bad = api.post("/v1/videos?video_id=99", content=long_video.read_bytes()).json()
             good = api.post("/v1/videos?max_frames=6", content=long_video.read_bytes()).json()

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from model.runner import track_frames
-from model.video_io import FrameSource, OverlayWriter
+from model.video.overlay import OverlayWriter
+from model.video.reader import FrameSource
+from model.video.runner import track_frames
 from service.main import create_app
 from service.settings import Settings
 from tests.service.conftest import assert_same_instances, free_port, png_bytes

@@ -17,14 +17,14 @@ from fastapi.testclient import TestClient
 
 from model.tracker import init_state
 from service.engine import FrameItem, FrameOutcome
-from service.main import create_app
-from service.remote import (
+from service.frame_stream import (
     WorkerLost,
     decode_item,
     decode_outcome,
     encode_item,
     encode_outcome,
 )
+from service.main import create_app
 from service.settings import Settings
 from tests.service.conftest import png_bytes
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from model.ops import onednn_linear
-from model.ops.onednn_linear import OneDnnLinear
-from service.models import RANDOM_CHECKPOINT, load_served_model
+from model.nn.ops import onednn_linear
+from model.nn.ops.onednn_linear import OneDnnLinear
+from service.served import RANDOM_CHECKPOINT, load_served_model
 from service.settings import Settings
 
 
@@ -89,7 +89,7 @@ def test_bad_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_serve_and_worker_load_with_the_model_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.models import load_served_model_for
+    from service.served import load_served_model_for
 
     monkeypatch.setenv("CTVIS_CHECKPOINT", RANDOM_CHECKPOINT)
     monkeypatch.setenv("CTVIS_DTYPE", "bfloat16")

@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from model.pipeline import segment_video
+from model.video.runner import track_frames
 from service.main import create_app
 from service.settings import Settings
 from tests.service.conftest import png_bytes
@@ -81,9 +81,9 @@ def test_ws_http_and_offline_pipeline_agree(
         ]
     # the offline pipeline (what `ctvis track` runs) assigns the same ids per frame
     served = client.app.state.model
-    offline = segment_video(
+    offline = track_frames(
+        iter(video_frames),
         served.segmenter,
-        video_frames,
         served.model_cfg,
         served.preprocess_cfg,
         served.tracker_cfg,

@@ -19,8 +19,9 @@ from fastapi.testclient import TestClient
 
 from service.bodies import MULTIPART_ALLOWANCE
 from service.errors import ApiError
-from service.jobqueue import JobWorker, RedisJobManager
-from service.jobs import JobLimits
+from service.jobs.admission import JobLimits
+from service.jobs.redis_manager import RedisJobManager
+from service.jobs.redis_worker import JobWorker
 from service.keys import job_key, jobs_stream_key, pending_bytes_key, pending_key
 from service.main import create_app
 from service.settings import Settings

@@ -13,8 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cli.main import main as ctvis
-from model.runner import OVERLAY_MIN_SCORE, track_frames
-from model.video_io import FrameSource
+from model.video.overlay import OVERLAY_MIN_SCORE
+from model.video.reader import FrameSource
+from model.video.runner import track_frames
 from service.keys import job_key, jobs_stream_key
 from service.main import create_app
 from service.settings import Settings
@@ -122,14 +123,15 @@ def _wait_with(c: TestClient, job_id: str, headers: dict) -> None:
 
 
 class _OverlaySpy:
-    """Wraps ``service.jobs.overlay_tracks``: records each job's score and drawn ids (sorted)."""
+    """Wraps ``service.jobs.video.overlay_tracks``: records each job's score and drawn ids
+    (sorted)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import service.jobs
+        import service.jobs.video
 
         self.calls: list[tuple[float, list[int]]] = []
-        self._real = service.jobs.overlay_tracks
-        monkeypatch.setattr(service.jobs, "overlay_tracks", self)
+        self._real = service.jobs.video.overlay_tracks
+        monkeypatch.setattr(service.jobs.video, "overlay_tracks", self)
 
     def __call__(self, result: Any, model_cfg: Any, min_score: float) -> list[Any]:
         tracks = self._real(result, model_cfg, min_score)
@@ -183,7 +185,7 @@ def test_overlay_score_reaches_the_redis_worker(
     import threading
     import uuid
 
-    from service.jobqueue import JobWorker
+    from service.jobs.redis_worker import JobWorker
 
     redis_url = os.environ.get("CTVIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     tag = uuid.uuid4().hex

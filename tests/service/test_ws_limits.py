@@ -14,13 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api import ws as ws_module
-from service.api.ws import (
-    INTERNAL_REASON,
-    SUPERSEDED_REASON,
-    TOO_MANY_REASON,
-    LiveStream,
-    stream_registry,
-)
+from service.api.ws import INTERNAL_REASON, SUPERSEDED_REASON, TOO_MANY_REASON
+from service.api.ws_streams import LiveStream, stream_registry
 from service.main import create_app
 from service.settings import Settings
 from tests.service.conftest import assert_same_instances, png_bytes

@@ -41,7 +41,8 @@ def _clip(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _official_train_tracklets(embeds: torch.Tensor, s2q: torch.Tensor) -> list[list]:
-    """Reference TrainTracklet.update (spec 6.2): ma history per slot, pure Python lists."""
+    """Reference TrainTracklet.update (official ``ct_cl_plugin.py``): MA history per slot, as
+    pure Python lists."""
     history: list[list] = []
     for s in range(VALID.shape[1]):
         raws: list[torch.Tensor] = []

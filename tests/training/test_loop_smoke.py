@@ -13,7 +13,7 @@ from PIL import Image
 
 from cli.main import main
 from model.checkpoint import load_checkpoint
-from model.official_config import read_official_config
+from model.official.config import read_official_config
 from training.config import ConfigError, InitConfig, TrainConfig, load_config
 from training.data.synthetic import config_for, render_video
 from training.loop import init_segmenter, latest_checkpoint, train

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.build import PRESETS, build_segmenter
+from model.nn.build import PRESETS, build_segmenter
 from training.config import OptimConfig
 from training.optim import (
     build_optimizer,

@@ -40,9 +40,10 @@ SMALL = PseudoVideoConfig(
 GENERATORS = {
     "rotation": replace(SMALL, crop_prob=0.0),
     "crop-shift": replace(SMALL, crop_prob=1.0, max_angle=0.0),
-    "crop-zoom": replace(SMALL, crop_prob=1.0, crop_motion="zoom", max_angle=0.0),
+    "crop-zoom": replace(SMALL, crop_prob=1.0, crop_shift=False, crop_zoom=True, max_angle=0.0),
+    "crop-shift-zoom": replace(SMALL, crop_prob=1.0, crop_zoom=True, max_angle=0.0),
     "copy-paste": replace(SMALL, crop_prob=0.0, max_angle=0.0),
-    "all": replace(SMALL, crop_prob=1.0, crop_motion="zoom"),
+    "all": replace(SMALL, crop_prob=1.0, crop_zoom=True),
     "default": SMALL,
 }
 
@@ -124,7 +125,9 @@ def _painted() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return image, masks, colours
 
 
-@pytest.mark.parametrize("generator", ["rotation", "crop-shift", "crop-zoom", "all"])
+@pytest.mark.parametrize(
+    "generator", ["rotation", "crop-shift", "crop-zoom", "crop-shift-zoom", "all"]
+)
 def test_masks_stay_on_their_pixels(generator: str) -> None:
     image, masks, colours = _painted()
     cfg = replace(

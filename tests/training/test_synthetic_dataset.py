@@ -15,7 +15,7 @@ from training.data.synthetic_dataset import (
     SyntheticClipDataset,
     synthetic_directory_dataset,
 )
-from training.data.ytvis import ClipSamplingConfig
+from training.data.ytvis_dataset import ClipSamplingConfig
 
 SAMPLING = ClipSamplingConfig(num_frames=4, frame_range=6)
 

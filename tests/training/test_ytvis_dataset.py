@@ -15,7 +15,7 @@ from pycocotools import mask as mask_utils
 from model.rle import decode as decode_rle
 from training.data.augment import AugmentConfig, boxes_from_masks
 from training.data.pseudo_video import PseudoVideoConfig
-from training.data.ytvis import (
+from training.data.ytvis_dataset import (
     ClipSamplingConfig,
     YtvisClipDataset,
     assemble_clip,

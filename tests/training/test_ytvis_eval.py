@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from training.ytvis_data import GroundTruth, YtvisFormatError, parse_ground_truth, parse_results
 from training.ytvis_eval import (
     METRIC_KEYS,
     EvalResult,
@@ -21,6 +20,7 @@ from training.ytvis_eval import (
     label_space_mismatch,
     video_iou,
 )
+from training.ytvis_json import GroundTruth, YtvisFormatError, parse_ground_truth, parse_results
 
 SIZE = (64, 64)
 

@@ -1,4 +1,7 @@
-"""Clip-consistent augmentation of real video clips (``spec/training.md`` section 3).
+"""Clip-consistent augmentation of real video clips.
+
+Follows the official ``build_augmentation`` (``ctvis/data/vis/augmentation.py`` of
+https://github.com/KainingYing/CTVIS) with the released configs' ``INPUT.*`` values.
 
 Every random parameter is drawn **once per clip** from a ``numpy.random.Generator`` passed in
 by the caller, so all T frames of a clip get the same crop, resize and flip:
@@ -44,7 +47,7 @@ __all__ = [
     "unpack_masks",
 ]
 
-# INPUT.MIN_SIZE_TRAIN of every released CTVIS config (spec/training.md section 1).
+# INPUT.MIN_SIZE_TRAIN of every released CTVIS config (official configs/_base_/*.yaml).
 DEFAULT_MIN_SIZES: tuple[int, ...] = (320, 352, 392, 416, 448, 480, 512, 544, 576, 608, 640)
 
 

@@ -1,7 +1,8 @@
-"""COCO instance annotations as the source of pseudo videos (``spec/pseudo_video.md``).
+"""COCO instance annotations as the source of pseudo videos (``training.data.pseudo_video``).
 
 The COCO -> YTVIS19 / YTVIS21 / OVIS category maps are the official
-``tools/convert_coco2ytvis.py`` tables (pairs ``COCO id -> target dataset id``). Reading a COCO
+``tools/convert_coco2ytvis.py`` tables of https://github.com/KainingYing/CTVIS (pairs
+``COCO id -> target dataset id``). Reading a COCO
 file with a map applies the conversion on the fly: only annotations of mapped categories are
 kept, images left without one are dropped, crowd annotations are never instances, and labels
 are the target's contiguous ids (``target id - 1``: the targets number their classes 1..K).

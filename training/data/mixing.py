@@ -1,8 +1,9 @@
 """Per-iteration choice between the COCO pseudo-video source and the real-video source.
 
-``spec/training.md`` section 4: the official ``CombinedDataLoader`` picks a loader with
-probability proportional to ``DATASET_RATIO``, and because of a shared buffer every per-GPU
-batch of 2 clips comes from the single loader chosen for it. We reproduce that as: per group
+The official ``CombinedDataLoader`` (``ctvis/data/combined_loader.py`` of
+https://github.com/KainingYing/CTVIS) picks a loader with probability proportional to
+``DATASET_RATIO``, and because of a shared buffer every per-GPU batch of 2 clips comes from the
+single loader chosen for it. We reproduce that as: per group
 (GPU) and iteration, choose a source with probability ``weight / sum(weights)``, then take
 ``clips_per_group`` clips from it. Each source is read as an infinite stream of shuffled passes
 (detectron2 ``TrainingSampler``; aspect-ratio grouping is not reproduced).

@@ -1,15 +1,20 @@
-"""Still image + instance masks -> a T-frame pseudo clip (``spec/pseudo_video.md``).
+"""Still image + instance masks -> a T-frame pseudo clip.
 
-Four generators, composed in this order (all parameters drawn once per clip from the
+The paper (Ying et al., ICCV 2023, arXiv:2307.12616, Sec. 3.4) describes four generators; the
+official code (``ctvis/data/pseudo_video/`` of https://github.com/KainingYing/CTVIS:
+``augmentation.py``, ``rotate_coco_video_dataset_mapper.py``) implements rotation and
+crop-shift. Four generators, composed in this order (all parameters drawn once per clip from the
 caller's ``numpy.random.Generator``):
 
 * **crop-shift** (official, default): with probability ``crop_prob`` resize the short side to
   ``s0 in crop_short_sizes`` (long side <= ``crop_max_size``), then crop a fixed-size window
   whose corner moves monotonically from a random start towards a random end corner
   (``round(p0 * u_i + p1 * (1 - u_i))`` with T sorted uniforms ``u_i``, order reversed with p 0.5);
-* **crop-zoom** (``crop_motion="zoom"``; paper-inspired, unverified): the crop's centre is fixed
-  and its size moves monotonically between a drawn size A and ``z * A``, ``z ~ U[zoom_range]``;
-  every crop is resized to the same output size, so the camera zooms in or out;
+* **crop-zoom** (``crop_zoom``; paper-inspired, unverified): the crop's size moves
+  monotonically between a drawn size A and ``z * A``, ``z ~ U[zoom_range]``; every crop is
+  resized to the same output size, so the camera zooms in or out. With ``crop_shift`` as well
+  the zooming window also moves (``training.data.pseudo_motion``); with neither, the crop
+  branch is a static crop;
 * then, for every clip: short-side resize to ``s in min_sizes`` (long side <= ``max_size``,
   PIL bilinear / nearest for masks) and a horizontal flip with p ``flip_prob``;
 * **rotation** (official, default): T angles ~ U[-max_angle, max_angle], sorted, reversed with
@@ -28,9 +33,8 @@ recomputed from them always agree.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch.utils.data
@@ -43,19 +47,26 @@ from training.data.augment import (
     pack_masks,
     resize_image,
     resize_masks,
-    sample_crop_size,
     scaled_shape,
     unpack_masks,
 )
 from training.data.batch import Clip
 from training.data.coco import CocoImage, CocoInstances
+from training.data.pseudo_motion import (
+    crop_shift_windows,
+    crop_windows,
+    crop_zoom_windows,
+    rotation_angles,
+)
 
 __all__ = [
     "PseudoPlan",
     "PseudoVideoConfig",
     "PseudoVideoDataset",
     "crop_shift_windows",
+    "crop_windows",
     "crop_zoom_windows",
+    "draw_donor",
     "generate_pseudo_clip",
     "paste_instances",
     "rotation_angles",
@@ -73,8 +84,10 @@ class PseudoVideoConfig:
         crop_short_sizes: short side before cropping, one per clip ((400, 500, 600)).
         crop_max_size: long-side cap of that resize (1333).
         crop_range: (lo, hi) of the ``absolute_range`` crop size ((384, 600)).
-        crop_motion: "shift" (official) or "zoom" (ours).
-        zoom_range: crop-zoom only: range of the end/start crop scale ratio z.
+        crop_shift: the crop window moves over the clip (official crop-shift).
+        crop_zoom: the crop window's size changes over the clip (ours); combines with
+            ``crop_shift``.
+        zoom_range: crop-zoom only: range of the end/start crop scale ratio z, within (0, 1].
         min_sizes: short side of the final resize (``PSEUDO.MIN_SIZE_TRAIN``).
         max_size: long-side cap of the final resize (768).
         flip_prob: horizontal flip probability per clip.
@@ -89,7 +102,8 @@ class PseudoVideoConfig:
     crop_short_sizes: tuple[int, ...] = (400, 500, 600)
     crop_max_size: int = 1333
     crop_range: tuple[int, int] = (384, 600)
-    crop_motion: Literal["shift", "zoom"] = "shift"
+    crop_shift: bool = True
+    crop_zoom: bool = False
     zoom_range: tuple[float, float] = (0.6, 0.9)
     min_sizes: tuple[int, ...] = DEFAULT_MIN_SIZES
     max_size: int = 768
@@ -121,73 +135,6 @@ class PseudoPlan:
     center: tuple[float, float]
 
 
-def _sorted_uniforms(t: int, rng: np.random.Generator) -> np.ndarray:
-    return np.sort(rng.random(t))
-
-
-def crop_shift_windows(
-    height: int, width: int, t: int, crop_range: tuple[int, int], rng: np.random.Generator
-) -> np.ndarray:
-    """Official crop-shift: a fixed-size crop whose corner moves monotonically.
-
-    Args:
-        height: image height H (after the pre-crop resize).
-        width: image width W.
-        t: number of frames T.
-        crop_range: (lo, hi) crop size range.
-        rng: the clip's generator.
-
-    Returns:
-        Tx4 int64 windows (top, left, height, width), all inside the image.
-    """
-    ch, cw = sample_crop_size(height, width, crop_range, rng)
-    y0 = int(rng.integers(0, height - ch + 1))
-    x0 = int(rng.integers(0, width - cw + 1))
-    y1 = int(rng.integers(y0, height - ch + 1))
-    x1 = int(rng.integers(x0, width - cw + 1))
-    u = _sorted_uniforms(t, rng)
-    tops = np.round(y0 * u + y1 * (1 - u)).astype(np.int64)
-    lefts = np.round(x0 * u + x1 * (1 - u)).astype(np.int64)
-    windows = np.stack([tops, lefts, np.full(t, ch), np.full(t, cw)], axis=1)
-    return windows[::-1].copy() if rng.random() < 0.5 else windows
-
-
-def crop_zoom_windows(
-    height: int,
-    width: int,
-    t: int,
-    crop_range: tuple[int, int],
-    zoom_range: tuple[float, float],
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Crop-zoom (ours): a crop with a fixed centre whose size shrinks or grows monotonically.
-
-    Size A is drawn like the crop-shift size; size B = ``z * A`` with ``z ~ U[zoom_range]``;
-    frame i's size is ``A + (B - A) * u_i`` for sorted uniforms u_i (order reversed with p 0.5).
-
-    Returns:
-        Tx4 int64 windows (top, left, height, width), all inside the image.
-    """
-    ch, cw = sample_crop_size(height, width, crop_range, rng)
-    top = int(rng.integers(0, height - ch + 1))
-    left = int(rng.integers(0, width - cw + 1))
-    zoom = float(rng.uniform(*zoom_range))
-    u = _sorted_uniforms(t, rng)
-    hs = np.maximum(np.round(ch * (1 + (zoom - 1) * u)), 1).astype(np.int64)
-    ws = np.maximum(np.round(cw * (1 + (zoom - 1) * u)), 1).astype(np.int64)
-    cy, cx = top + ch / 2, left + cw / 2
-    tops = np.clip(np.round(cy - hs / 2), 0, height - hs).astype(np.int64)
-    lefts = np.clip(np.round(cx - ws / 2), 0, width - ws).astype(np.int64)
-    windows = np.stack([tops, lefts, hs, ws], axis=1)
-    return windows[::-1].copy() if rng.random() < 0.5 else windows
-
-
-def rotation_angles(t: int, max_angle: float, rng: np.random.Generator) -> np.ndarray:
-    """T angles ~ U[-max_angle, max_angle], sorted, reversed with p 0.5 (monotone rotation)."""
-    angles = np.sort(rng.uniform(-max_angle, max_angle, size=t))
-    return angles[::-1].copy() if rng.random() < 0.5 else angles
-
-
 def sample_plan(
     height: int, width: int, cfg: PseudoVideoConfig, rng: np.random.Generator
 ) -> PseudoPlan:
@@ -198,10 +145,8 @@ def sample_plan(
     if rng.random() < cfg.crop_prob:
         s0 = int(cfg.crop_short_sizes[int(rng.integers(len(cfg.crop_short_sizes)))])
         pre_size = scaled_shape(height, width, s0, cfg.crop_max_size)
-        if cfg.crop_motion == "zoom":
-            windows = crop_zoom_windows(*pre_size, t, cfg.crop_range, cfg.zoom_range, rng)
-        else:
-            windows = crop_shift_windows(*pre_size, t, cfg.crop_range, rng)
+        zoom = cfg.zoom_range if cfg.crop_zoom else None
+        windows = crop_windows(*pre_size, t, cfg.crop_range, rng, cfg.crop_shift, zoom)
         crop_h, crop_w = int(windows[:, 2].max()), int(windows[:, 3].max())
     short_side = int(cfg.min_sizes[int(rng.integers(len(cfg.min_sizes)))])
     out_size = scaled_shape(crop_h, crop_w, short_side, cfg.max_size)
@@ -351,6 +296,19 @@ def generate_pseudo_clip(
     )
 
 
+def draw_donor(
+    cfg: PseudoVideoConfig,
+    rng: np.random.Generator,
+    load: Callable[[np.random.Generator], CocoImage],
+) -> CocoImage | None:
+    """The copy&paste donor of a clip: with probability ``cfg.copy_paste_prob``, ``load(rng)``
+    (which draws another image of the same source); None otherwise. Draws nothing when
+    copy&paste is off, so clips without it keep their random stream."""
+    if cfg.copy_paste_prob <= 0 or rng.random() >= cfg.copy_paste_prob:
+        return None
+    return load(rng)
+
+
 class PseudoVideoDataset(torch.utils.data.Dataset[Clip]):
     """Map-style dataset of pseudo clips built from COCO images on the fly.
 
@@ -380,9 +338,9 @@ class PseudoVideoDataset(torch.utils.data.Dataset[Clip]):
             raise IndexError(f"negative clip index {index}")
         rng = np.random.default_rng((self.seed, index))
         item = self.source.load(index % len(self.source))
-        donor = None
-        if self.cfg.copy_paste_prob > 0 and rng.random() < self.cfg.copy_paste_prob:
-            donor = self.source.load(int(rng.integers(len(self.source))))
+        donor = draw_donor(
+            self.cfg, rng, lambda r: self.source.load(int(r.integers(len(self.source))))
+        )
         return generate_pseudo_clip(
             item.image,
             item.masks,

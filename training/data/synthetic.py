@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -294,19 +294,42 @@ def write_dataset(out_dir: str | Path, split: str, seed: int, num_videos: int) -
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLITS)}")
     cfg = SPLITS[split]
+
+    def videos() -> Iterator[tuple[str, list[np.ndarray], list[dict[str, Any]]]]:
+        for v in range(num_videos):  # rendered lazily: one video in memory at a time
+            yield f"{split}_{seed}_{v:04d}", *render_video(seed * 100_003 + v, cfg)
+
+    description = f"ctvis synthetic VIS, split={split}, seed={seed}"
+    return write_videos(out_dir, videos(), cfg.height, cfg.width, description)
+
+
+def write_videos(
+    out_dir: str | Path,
+    videos: Iterable[tuple[str, list[np.ndarray], list[dict[str, Any]]]],
+    height: int,
+    width: int,
+    description: str,
+) -> Path:
+    """Write rendered ``(name, frames, tracks)`` videos in YouTube-VIS layout (ids from 1).
+
+    Tracks are :func:`render_video`'s ``{"category", "masks"}`` dicts. Writes
+    ``out_dir/instances.json`` (with every category of :data:`CATEGORIES`) and
+    ``out_dir/frames/<name>/<frame>.png``.
+
+    Returns:
+        Path of ``instances.json``.
+    """
     out = Path(out_dir)
-    videos, annotations = [], []
-    for v in range(num_videos):
-        name = f"{split}_{seed}_{v:04d}"
-        frames, tracks = render_video(seed * 100_003 + v, cfg)
+    entries: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for vid, (name, frames, tracks) in enumerate(videos, start=1):
         (out / "frames" / name).mkdir(parents=True, exist_ok=True)
         files = []
         for t, frame in enumerate(frames):
             Image.fromarray(frame).save(out / "frames" / name / f"{t:05d}.png")
             files.append(f"{name}/{t:05d}.png")
-        vid = v + 1
-        videos.append({"id": vid, "width": cfg.width, "height": cfg.height, "length": len(frames),
-                       "file_names": files})  # fmt: skip
+        entries.append({"id": vid, "width": width, "height": height, "length": len(frames),
+                        "file_names": files})  # fmt: skip
         for track in tracks:
             segs = [None if m is None else _rle(m) for m in track["masks"]]
             areas = [None if m is None else int(m.sum()) for m in track["masks"]]
@@ -317,12 +340,12 @@ def write_dataset(out_dir: str | Path, split: str, seed: int, num_videos: int) -
             ]  # fmt: skip
             annotations.append({
                 "id": len(annotations) + 1, "video_id": vid, "category_id": track["category"] + 1,
-                "iscrowd": 0, "height": cfg.height, "width": cfg.width, "length": 1,
+                "iscrowd": 0, "height": height, "width": width, "length": 1,
                 "segmentations": segs, "areas": areas, "bboxes": boxes,
             })  # fmt: skip
     doc = {
-        "info": {"description": f"ctvis synthetic VIS, split={split}, seed={seed}"},
-        "videos": videos,
+        "info": {"description": description},
+        "videos": entries,
         "annotations": annotations,
         "categories": [
             {"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CATEGORIES)

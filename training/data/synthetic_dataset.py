@@ -6,12 +6,13 @@ Two equivalent ways to read it:
   :func:`training.data.synthetic.render_video`; video ``v`` of ``(split, seed)`` uses the render
   seed ``seed * 100_003 + v``, exactly as :func:`training.data.synthetic.write_dataset` does;
 * :func:`synthetic_directory_dataset` reads a directory written by ``write_dataset`` (YouTube-VIS
-  layout) through :class:`training.data.ytvis.YtvisClipDataset`.
+  layout) through :class:`training.data.ytvis_dataset.YtvisClipDataset`.
 
-Both sample clips and slots with the real-video rules of :mod:`training.data.ytvis` and the same
-``default_rng((seed, index))`` per item, so for the same seed they yield the same frames, masks
-and labels; only the id values differ (track index + 1 per video on the fly, the file's
-annotation ids from a directory).
+Both sample clips and slots with the real-video rules of :mod:`training.data.ytvis_dataset` and
+the same ``default_rng((seed, index))`` per item, so for the same seed they yield the same
+frames, masks and labels; only the id values differ (track index + 1 per video on the fly, the
+file's annotation ids from a directory). With ``image_mode`` both build pseudo clips from one
+frame (the official ``INPUT.IMAGE_MODE``), so pseudo videos can be studied on the CPU benchmark.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import torch.utils.data
 
 from training.data.augment import AugmentConfig
 from training.data.batch import Clip
+from training.data.coco import CocoImage
+from training.data.pseudo_video import PseudoVideoConfig, draw_donor, generate_pseudo_clip
 from training.data.synthetic import CATEGORIES, SPLITS, SynthConfig, render_video
-from training.data.ytvis import (
+from training.data.ytvis_dataset import (
     ClipSamplingConfig,
     YtvisClipDataset,
     assemble_clip,
@@ -72,6 +75,7 @@ class SyntheticClipDataset(torch.utils.data.Dataset[Clip]):
         augment: AugmentConfig | None = SYNTHETIC_AUGMENT,
         synth: SynthConfig | None = None,
         cache_videos: int = 256,
+        image_mode: PseudoVideoConfig | None = None,
     ) -> None:
         """Describe the videos (nothing is rendered yet).
 
@@ -88,6 +92,7 @@ class SyntheticClipDataset(torch.utils.data.Dataset[Clip]):
                 (generalisation wants many distinct videos, see ``docs/experiments.md``), so
                 every clip renders afresh, as it does with 0. Each worker process holds its
                 own cache.
+            image_mode: pseudo-video settings to build clips from single frames instead.
         """
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLITS)}")
@@ -98,6 +103,7 @@ class SyntheticClipDataset(torch.utils.data.Dataset[Clip]):
         self.seed = seed
         self.sampling = sampling
         self.augment = augment
+        self.image_mode = image_mode
         self._cache: dict[int, tuple[list[np.ndarray], list[dict[str, Any]]]] | None = (
             {} if num_videos <= cache_videos else None
         )
@@ -120,6 +126,8 @@ class SyntheticClipDataset(torch.utils.data.Dataset[Clip]):
             raise IndexError(f"negative clip index {index}")
         rng = np.random.default_rng((self.seed, index))
         video = index % self.num_videos
+        if self.image_mode is not None:
+            return self.image_clip(video, rng)
         frame_indices = sample_frame_indices(self.synth.num_frames, self.sampling, rng)
         frames, tracks = self._render(video, frame_indices)
         present = np.array(
@@ -137,12 +145,44 @@ class SyntheticClipDataset(torch.utils.data.Dataset[Clip]):
             source=f"synthetic:{video + 1}",
         )
 
+    def frame_instances(self, video: int, frame: int) -> CocoImage:
+        """Frame ``frame`` of video ``video`` with the masks and labels of its visible shapes."""
+        frames, tracks = self._render(video, np.array([frame]))
+        present = [t for t in tracks if t["masks"][frame] is not None]
+        shape = (len(present), self.synth.height, self.synth.width)
+        masks = np.stack([t["masks"][frame] for t in present]) if present else np.zeros(shape, bool)
+        labels = np.array([int(t["category"]) for t in present], dtype=np.int64)
+        return CocoImage(frames[frame], masks, labels, video + 1)
+
+    def image_clip(self, video: int, rng: np.random.Generator) -> Clip:
+        """A pseudo clip from one uniformly drawn frame of ``video`` (image mode); with
+        ``copy_paste_prob`` > 0 the shapes of a random frame of another video are pasted."""
+        assert self.image_mode is not None
+        frame = int(rng.integers(self.synth.num_frames))
+        item = self.frame_instances(video, frame)
+
+        def donor_frame(r: np.random.Generator) -> CocoImage:
+            other = int(r.integers(self.num_videos))
+            return self.frame_instances(other, int(r.integers(self.synth.num_frames)))
+
+        donor = draw_donor(self.image_mode, rng, donor_frame)
+        return generate_pseudo_clip(
+            item.image,
+            item.masks,
+            item.labels,
+            self.image_mode,
+            rng,
+            donor=donor,
+            source=f"synthetic:{video + 1}:{frame}",
+        )
+
 
 def synthetic_directory_dataset(
     root: str | Path,
     sampling: ClipSamplingConfig = ClipSamplingConfig(),
     augment: AugmentConfig | None = SYNTHETIC_AUGMENT,
     seed: int = 0,
+    image_mode: PseudoVideoConfig | None = None,
 ) -> YtvisClipDataset:
     """Clips from a directory written by :func:`training.data.synthetic.write_dataset`.
 
@@ -151,11 +191,17 @@ def synthetic_directory_dataset(
         sampling: T and R of the clip sampler.
         augment: clip augmentation, or None.
         seed: base seed of the clip sampling.
+        image_mode: pseudo-video settings to build clips from single frames instead.
 
     Returns:
         A YouTube-VIS clip dataset over the written videos (labels = category id - 1).
     """
     root = Path(root)
     return YtvisClipDataset(
-        root / "instances.json", root / "frames", sampling=sampling, augment=augment, seed=seed
+        root / "instances.json",
+        root / "frames",
+        sampling=sampling,
+        augment=augment,
+        seed=seed,
+        image_mode=image_mode,
     )

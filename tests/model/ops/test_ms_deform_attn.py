@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import torch
 
-from model.ops.ms_deform_attn import (
+from model.nn.ops.ms_deform_attn import (
     MSDeformAttn,
     ms_deform_attn_core,
     ms_deform_attn_gather,
     ms_deform_attn_grid_sample,
 )
+from model.runtime.export_forms import use_export_forms
 
 
 def _bilinear(value: np.ndarray, x: float, y: float) -> np.ndarray:
@@ -88,11 +90,10 @@ def test_gather_and_grid_sample_agree_with_gradients():
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=name)
 
 
-def test_core_uses_grid_sample_when_exporting(monkeypatch):
+def test_core_uses_grid_sample_for_narrow_heads(monkeypatch):
     """(and off the CPU: on an H200, grid_sample took 0.84 ms where the gather took 1.71)"""
     calls = []
-    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
-    import model.ops.ms_deform_attn as mod
+    import model.nn.ops.ms_deform_attn as mod
 
     monkeypatch.setattr(mod, "ms_deform_attn_grid_sample", lambda *a: calls.append(1) or "ref")
     value = torch.zeros(1, 1, 1, 1)
@@ -115,7 +116,7 @@ def _spelled_out(attn: MSDeformAttn, src, ref, shapes) -> torch.Tensor:
 
 
 def test_module_grid_path_folds_the_grid_scale(monkeypatch):
-    """With gradients (and while exporting, and off the CPU) the module builds grid_sample
+    """With gradients (and in its export form, and off the CPU) the module builds grid_sample
     grids with the offset scale folded into the projection: the same output and gradients as
     the spelled-out form, and the same output as its own gather path (CPU inference)."""
     torch.manual_seed(2)
@@ -136,7 +137,7 @@ def test_module_grid_path_folds_the_grid_scale(monkeypatch):
     folded = 2 * (ref[:, :, None, :, None, :] + offsets / norm[None, None, None, :, None]) - 1
     torch.testing.assert_close(grids, folded, atol=1e-12, rtol=1e-12)
 
-    import model.ops.ms_deform_attn as mod
+    import model.nn.ops.ms_deform_attn as mod
 
     gather_calls: list[int] = []
     real_gather = mod.ms_deform_attn_gather
@@ -153,16 +154,17 @@ def test_module_grid_path_folds_the_grid_scale(monkeypatch):
     assert gather_calls == [1]
     torch.testing.assert_close(inferred, expected.detach(), atol=1e-10, rtol=1e-10)
 
-    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
-    with torch.no_grad():
-        exported = attn(src, ref, src, shapes)
+    export_form = copy.deepcopy(attn)
+    assert use_export_forms(export_form) == 1
+    with torch.no_grad():  # the export form samples with grid_sample
+        exported = export_form(src, ref, src, shapes)
     assert gather_calls == [1]
     torch.testing.assert_close(exported, expected.detach(), atol=1e-10, rtol=1e-10)
 
 
 def test_gather_only_for_cpu_inference_with_wide_heads():
     """The rule and its inputs: grad mode and requires_grad, head width, device."""
-    from model.ops.ms_deform_attn import GATHER_MIN_HEAD_DIM, _needs_grad, _uses_gather
+    from model.nn.ops.ms_deform_attn import GATHER_MIN_HEAD_DIM, _needs_grad, _uses_gather
 
     cpu = torch.device("cpu")
     assert _uses_gather(cpu, GATHER_MIN_HEAD_DIM, needs_grad=False)

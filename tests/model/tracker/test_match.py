@@ -1,4 +1,4 @@
-"""Similarity and assignment rules (spec ``inference.md`` 4.3-4.4)."""
+"""Similarity and assignment rules (paper eq. 3; official ``simple_tracker.py``)."""
 
 from __future__ import annotations
 

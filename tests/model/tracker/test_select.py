@@ -1,4 +1,4 @@
-"""Per-frame candidate selection (spec ``inference.md`` 3)."""
+"""Per-frame candidate selection (official ``CTVISModel.inference_video``)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Inference backends (eager PyTorch, ONNX Runtime) and ONNX export of the network."""

@@ -1,0 +1,1 @@
+"""Offline video work: frame decoding, whole-video tracking with checkpoints, overlay videos."""
