@@ -8,7 +8,10 @@ which 10 are seen each frame (the rest wait within ``num_dead_frames``). Each se
 states are saved through ``service.store.RedisStore`` to a private ``redis-server`` twice:
 whole states every frame (the baseline) and the service's scheme (a delta per
 frame, a snapshot every ``--snapshot-every``). Reports bytes sent per frame and the Redis
-CPU time per frame (``INFO cpu`` before and after). Loopback only, bounded.
+CPU time per frame (``INFO cpu`` before and after). A second table gives the state bytes a
+``--no-worker`` frame carries on the frames stream: the request's whole state, and the reply's
+new state whole or as a delta against the request's (``service.frame_stream``). Loopback only,
+bounded.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from model.config import TrackerConfig  # noqa: E402
 from model.structures import Detections  # noqa: E402
 from model.tracker import TrackState, codec, init_state, track_step  # noqa: E402
 from model.tracker.delta import dumps_delta  # noqa: E402
+from service.engine import FrameOutcome  # noqa: E402
+from service.frame_stream import encode_outcome  # noqa: E402
 from service.store import RedisStore, SessionRecord  # noqa: E402
 
 EMBED_DIM, NUM_CLASSES = 256, 40
@@ -80,6 +85,18 @@ async def _save_all(url: str, states: list[TrackState], every: int | None) -> li
     return sent
 
 
+def stream_bytes(states: list[TrackState]) -> tuple[float, float, float]:
+    """Mean bytes per frame on the frames stream: request state, reply whole, reply delta."""
+    request, whole, delta = [], [], []
+    for prev, new in zip(states, states[1:], strict=False):
+        outcome = FrameOutcome(new, [], 0.0, 1)
+        request.append(len(codec.dumps(prev, "m", compact=False)))
+        whole.append(len(encode_outcome(outcome, "m")))
+        delta.append(len(encode_outcome(outcome, "m", prev)))
+    n = len(request)
+    return sum(request) / n, sum(whole) / n, sum(delta) / n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--frames", type=int, default=64)
@@ -111,6 +128,14 @@ def main() -> None:
                       f"{cpu_w:.0f} / {cpu_d:.0f} |")  # fmt: skip
         finally:
             _stop_all(procs)
+    print("\n| session | request state B / frame | reply: whole state | reply: delta | "
+          "stream bytes per frame, whole -> delta |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- |")
+    for name, live, seen in cases:
+        request, whole, delta = stream_bytes(run_states(live, seen, args.frames))
+        print(f"| {name} | {request:.0f} | {whole:.0f} | {delta:.0f} | "
+              f"{request + whole:.0f} -> {request + delta:.0f} "
+              f"({(request + whole) / (request + delta):.2f}x) |")  # fmt: skip
 
 
 if __name__ == "__main__":

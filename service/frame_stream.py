@@ -2,7 +2,8 @@
 
 The API side (``RedisFrameQueue``) has the same ``submit`` interface as the in-process
 ``BatchQueue``: it appends ``(frame, state, tracker settings)`` to a stream and waits for the
-reply on a per-request list. Workers (``run_frame_worker``) read the stream through a consumer
+reply on a per-request list; the reply carries the new state as a delta against the state
+sent. Workers (``run_frame_worker``) read the stream through a consumer
 group (``service.streams``), batch frames from many sessions, run ``Engine.run_batch`` and push
 each outcome back.
 Workers are stateless: the API keeps the session's lease and does the compare-and-set save,
@@ -26,6 +27,8 @@ import numpy as np
 from model.config import to_dict, tracker_config_from_dict
 from model.structures import Instance
 from model.tracker import codec
+from model.tracker.delta import apply_delta, dumps_delta
+from model.tracker.state import TrackState
 from service.auth import new_id
 from service.engine import Engine, FrameItem, FrameOutcome
 from service.errors import ApiError, store_unavailable
@@ -79,8 +82,13 @@ def decode_item(fields: dict[bytes, bytes]) -> tuple[str, str, FrameItem]:
     )
 
 
-def encode_outcome(outcome: FrameOutcome, model_id: str) -> bytes:
-    """Reply bytes: 4-byte header length, JSON header, then the state codec bytes."""
+def encode_outcome(outcome: FrameOutcome, model_id: str, prev: TrackState | None = None) -> bytes:
+    """Reply bytes: 4-byte header length, JSON header, then the new state.
+
+    With ``prev`` (the state the request carried) the new state travels as a lossless delta
+    against it (``model.tracker.delta``: the rows the frame changed, a few kB instead of the
+    whole K x D embedding cache); the API, which sent ``prev``, rebuilds the state bit for bit.
+    """
     header = {
         "instances": [asdict(i) for i in outcome.instances],
         "model_ms": outcome.model_ms,
@@ -89,20 +97,33 @@ def encode_outcome(outcome: FrameOutcome, model_id: str) -> bytes:
         if outcome.error is None
         else f"{type(outcome.error).__name__}: {outcome.error}",
         "worker_lost": isinstance(outcome.error, WorkerLost),
+        "state_delta": outcome.state is not None and prev is not None,
     }
-    state = b"" if outcome.state is None else codec.dumps(outcome.state, model_id, compact=False)
+    if outcome.state is None:
+        state = b""
+    elif prev is not None:
+        state = dumps_delta(prev, outcome.state)
+    else:
+        state = codec.dumps(outcome.state, model_id, compact=False)
     head = json.dumps(header).encode()
     return struct.pack(">I", len(head)) + head + state
 
 
-def decode_outcome(data: bytes) -> FrameOutcome:
-    """Inverse of ``encode_outcome``."""
+def decode_outcome(data: bytes, prev: TrackState | None = None) -> FrameOutcome:
+    """Inverse of ``encode_outcome``; ``prev`` is the request's state (needed for a delta)."""
     (size,) = struct.unpack(">I", data[:4])
     header = json.loads(data[4 : 4 + size])
     state_bytes = data[4 + size :]
     instances = [Instance(**{**i, "bbox": tuple(i["bbox"])}) for i in header["instances"]]
+    state = None
+    if header.get("state_delta"):
+        if prev is None:
+            raise ValueError("a delta reply needs the state its request carried")
+        state = apply_delta(prev, state_bytes)
+    elif state_bytes:
+        state = codec.loads(state_bytes)
     return FrameOutcome(
-        state=codec.loads(state_bytes) if state_bytes else None,
+        state=state,
         instances=instances,
         model_ms=float(header["model_ms"]),
         batch_size=int(header["batch_size"]),
@@ -174,7 +195,7 @@ class RedisFrameQueue:
             raise ApiError(
                 503, "worker_unavailable", f"no worker answered within {self.timeout_s:g} s"
             )
-        return decode_outcome(reply[1])
+        return decode_outcome(reply[1], item.state)
 
     async def close(self) -> None:
         await self._lazy.close()
@@ -255,7 +276,10 @@ async def _serve_batch(
 ) -> int:
     """Run the batch's frames, push every reply and acknowledge every entry (one pipeline);
     returns the number of frames run."""
-    replies = dict(_lost(fields) for _, fields in batch.exhausted)
+    replies: dict[str, tuple[FrameOutcome, TrackState | None]] = {
+        request_id: (outcome, None)
+        for request_id, outcome in (_lost(fields) for _, fields in batch.exhausted)
+    }
     decoded = []
     for entry_id, fields in batch.entries:
         try:
@@ -264,19 +288,18 @@ async def _serve_batch(
             log.warning("dropping malformed frame request %s: %s", entry_id, exc)
             continue
         if item_model != model_id:
-            replies[request_id] = FrameOutcome(
-                None, [], 0.0, 0, RuntimeError("worker serves a different model")
-            )
+            error = RuntimeError("worker serves a different model")
+            replies[request_id] = (FrameOutcome(None, [], 0.0, 0, error), None)
         else:
             decoded.append((request_id, item))
     if decoded:
         outcomes = await asyncio.to_thread(engine.run_batch, [i for _, i in decoded])
-        for (request_id, _), outcome in zip(decoded, outcomes, strict=True):
-            replies[request_id] = outcome
+        for (request_id, item), outcome in zip(decoded, outcomes, strict=True):
+            replies[request_id] = (outcome, item.state)
     async with client.pipeline(transaction=False) as pipe:
-        for request_id, outcome in replies.items():
+        for request_id, (outcome, prev) in replies.items():
             key = reply_key(request_id)
-            pipe.lpush(key, encode_outcome(outcome, model_id))
+            pipe.lpush(key, encode_outcome(outcome, model_id, prev))
             pipe.expire(key, REPLY_TTL_S)
         consumer.ack_into(pipe, batch.ids)
         await pipe.execute()

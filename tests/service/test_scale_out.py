@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from model.tracker import init_state
@@ -68,6 +69,44 @@ def test_wire_codecs_round_trip(video_frames: list[np.ndarray]) -> None:
     assert not isinstance(again.error, WorkerLost)
     lost = decode_outcome(encode_outcome(FrameOutcome(None, [], 0.0, 0, WorkerLost("x")), "m1"))
     assert isinstance(lost.error, WorkerLost) and lost.state is None
+
+
+def test_reply_carries_the_new_state_as_a_delta_against_the_request_state() -> None:
+    """The worker's reply holds the rows the frame changed; the API rebuilds the state bit for
+    bit from the state it sent, and the reply is a fraction of the whole state."""
+    from model.config import TrackerConfig
+    from model.structures import Detections
+    from model.tracker import codec
+    from model.tracker.state import TRACK_FIELDS
+    from model.tracker.step import track_step
+
+    cfg = TrackerConfig()
+    gen = torch.Generator().manual_seed(0)
+    state = init_state(32, 4, cfg.cache_size)
+    for _ in range(12):  # 20 live tracks with full caches
+        n = 20
+        dets = Detections(
+            query_indices=torch.arange(n),
+            scores=torch.full((n,), 0.9),
+            logits=torch.randn(n, 5, generator=gen),
+            mask_logits=torch.randn(n, 8, 8, generator=gen),
+            embeds=8.0 * torch.eye(32)[:n] + 0.1 * torch.randn(n, 32, generator=gen),
+        )
+        prev, (state, _) = state, track_step(state, dets, cfg)
+    outcome = FrameOutcome(state, [], 1.0, 1)
+    wire = encode_outcome(outcome, "m1", prev)
+    back = decode_outcome(wire, prev)
+    assert back.state is not None
+    assert (back.state.frame_index, back.state.next_track_id) == (12, state.next_track_id)
+    for name in TRACK_FIELDS:  # bit for bit, NaN and -0.0 included
+        got, want = getattr(back.state, name), getattr(state, name)
+        if want.is_floating_point():
+            got, want = got.view(torch.int32), want.view(torch.int32)
+        assert torch.equal(got, want), name
+    # every track matched: its newest cache column and fused embeddings change, the rest not
+    assert len(wire) < len(codec.dumps(state, "m1", compact=False)) / 2
+    with pytest.raises(ValueError, match="needs the state"):
+        decode_outcome(wire)
 
 
 @pytest.mark.redis
