@@ -19,7 +19,7 @@ ruff format --check .
 echo "[test] import contracts"
 lint-imports
 echo "[test] mypy"
-mypy model/tracker service
+mypy model service
 echo "[test] pytest"
 set +e
 python -m pytest "$@"

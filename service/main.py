@@ -33,7 +33,7 @@ from service.store import SessionStore, make_store
 log = logging.getLogger("ctvis.service")
 
 
-def _make_queue(engine: Engine, settings: Settings, metrics: Metrics) -> BatchQueue:
+def _make_queue(engine: Engine, settings: Settings, metrics: Metrics) -> BatchQueue[FrameItem, FrameOutcome]:
     async def run(items: list[FrameItem]) -> list[FrameOutcome]:
         # The model runs in a worker thread so it never blocks the event loop.
         return await asyncio.to_thread(engine.run_batch, items)
@@ -67,7 +67,7 @@ def _mount_docs(app: FastAPI) -> None:
 
 def _frame_queue(
     settings: Settings, served: ServedModel, metrics: Metrics
-) -> BatchQueue | RedisFrameQueue:
+) -> BatchQueue[FrameItem, FrameOutcome] | RedisFrameQueue:
     """Frames run in this process (``worker``) or on ``ctvis worker`` processes via Redis."""
     if settings.worker:
         return _make_queue(Engine(served), settings, metrics)

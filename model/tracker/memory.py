@@ -125,24 +125,6 @@ def _grown(state: TrackState, count: int, skip: tuple[str, ...] = ()) -> TrackSt
 _NUMPY_DTYPES = {torch.int64: np.int64, torch.float32: np.float32, torch.float64: np.float64}
 
 
-def from_host(
-    arrays: list[np.ndarray], like: torch.Tensor, dtype: torch.dtype = torch.int64
-) -> list[torch.Tensor]:
-    """1-d NumPy arrays as ``dtype`` tensors on ``like``'s device.
-
-    On the CPU each array is wrapped without a copy (converted in NumPy where needed); on other
-    devices they travel in one copy and come back as views of it. The arrays must not be
-    modified afterwards.
-    """
-    np_dtype = _NUMPY_DTYPES.get(dtype)
-    if like.device.type == "cpu" and np_dtype is not None:
-        return [torch.from_numpy(np.asarray(a, dtype=np_dtype)) for a in arrays]
-    if not arrays:
-        return []
-    packed = torch.from_numpy(np.concatenate(arrays)).to(like.device, dtype)
-    return list(packed.split([len(a) for a in arrays]))
-
-
 def _pad_rows(value: torch.Tensor, count: int, fill: float = 0.0) -> torch.Tensor:
     """``value`` with ``count`` rows of ``fill`` appended along dim 0 (always a new tensor)."""
     return F.pad(value, (0, 0) * (value.dim() - 1) + (0, count), value=fill)
@@ -179,50 +161,25 @@ def write(
     """
     if slots.numel() == 0:
         return spawn(state, grow)[0]
-    # Fusion runs on all rows at once (a few full-size ops beat many small ones). Rows not
-    # updated get weight 0 and first updates weight 1, so ``(1 - w) old + w e`` is exact for
-    # both without a select; unused cache columns are zero vectors, so their cosine is 0 and
-    # no validity mask is needed; appended rows have no cache, so the cosines are taken over
-    # the T old rows only. The new cache is one copy of the old (grown) with the entries
-    # written into it in place: it is a fresh tensor, so no caller's state changes, and
-    # autograd records the write. Gradients flow to ``embeds`` throughout.
     k = state.cache_size
-    t_old, d = state.sg_embed.shape
-    t = t_old + grow
     cache = state.embed_cache
+    # The new cache is one copy of the old (grown) with the entries written into it in
+    # place: a fresh tensor, so no caller's state changes, and autograd records the write.
     new_cache = _pad_rows(cache, grow) if grow else cache.clone()
     if grow:
         state = _grown(state, grow, skip=("embed_cache",))
-    # Which rows are updated, which for the first time, and the cache column of each entry.
     exist, held = state.exist_frames, state.cache_len
-    upd = torch.zeros(t, dtype=torch.bool, device=slots.device).index_fill_(0, slots, True)
-    first = exist == 0
-    column = exist[slots] % k
-    # beta = max(0, mean cos) on later updates, 1 on first ones, 0 elsewhere: as
-    # ``first_upd + later_upd * max(0, mean cos)`` (one addcmul, exactly those values).
-    dtype = state.sg_embed.dtype
-    later_upd = (upd & ~first).to(dtype)
-    first_upd = (upd & first).to(dtype)
-    weight = torch.full((t,), momentum, dtype=dtype, device=slots.device)
-    weight = weight.masked_fill(first, 1.0).masked_fill(~upd, 0.0)  # of the momentum variant
-    divisor = held[:t_old].clamp_min(1).to(dtype)
-    e = embeds.new_zeros(t, d).index_put_((slots,), embeds)
-    old_e = e[:t_old]
-    dots = torch.linalg.vecdot(cache, old_e[:, None, :])  # ~6x faster than einsum/bmm here
-    norms = cache.norm(dim=-1) * old_e.norm(dim=-1, keepdim=True)
-    # (the divisor is clamped so that first updates, cache_len 0, give 0, not a NaN gradient)
-    mean_cos = (dots / norms.clamp_min(1e-8)).sum(1) / divisor
-    beta = torch.addcmul(first_upd, _pad_rows(mean_cos.clamp_min(0.0), grow), later_upd)
+    upd = torch.zeros(state.num_tracks, dtype=torch.bool, device=slots.device)
+    upd.index_fill_(0, slots, True)
+    column = exist[slots] % k  # the cache column of each entry
     new_cache.index_put_((slots, column), embeds)
     score_cache = state.score_cache if grow else state.score_cache.clone()
     score_cache.index_put_((slots, column), scores.to(score_cache.dtype))
-    # lerp(a, b, w) is exactly a at w = 0 and exactly b at w = 1, so rows not updated keep
-    # their embedding and first updates take ``e``; otherwise it equals the reference's
-    # ``(1 - w) a + w b`` up to rounding, in one op instead of four.
+    sg_embed, momentum_embed = _fused(state, cache, slots, embeds, upd, momentum)
     return state.with_tensors(
         {
-            "sg_embed": torch.lerp(state.sg_embed, e, beta[:, None]),
-            "momentum_embed": torch.lerp(state.momentum_embed, e, weight[:, None]),
+            "sg_embed": sg_embed,
+            "momentum_embed": momentum_embed,
             "embed_cache": new_cache,
             "score_cache": score_cache,
             "cache_len": (held + upd).clamp_max(k),
@@ -230,6 +187,56 @@ def write(
             "last_seen": torch.where(upd, frame_index, state.last_seen),
         }
     )
+
+
+def _fused(
+    state: TrackState,
+    cache: torch.Tensor,
+    slots: torch.Tensor,
+    embeds: torch.Tensor,
+    upd: torch.Tensor,
+    momentum: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The similarity-guided and momentum embeddings after ``write``'s update (TxD each).
+
+    Fusion runs on all rows at once (a few full-size ops beat many small ones). Rows not
+    updated get weight 0 and first updates weight 1, so ``(1 - w) old + w e`` is exact for
+    both without a select; unused cache columns are zero vectors, so their cosine is 0 and
+    no validity mask is needed; appended rows have no cache, so the cosines are taken over
+    the old rows only. Gradients flow to ``embeds`` throughout.
+
+    Args:
+        state: the (grown) state before the update; its ``exist_frames`` and ``cache_len``
+            are the counts before it.
+        cache: T_old x K x D raw-embedding cache before the update (old rows only).
+        slots: N int64 rows updated.
+        embeds: NxD their new raw embeddings.
+        upd: T bool, True for the rows in ``slots``.
+        momentum: weight of the new embedding in the momentum variant.
+    """
+    t, d = state.sg_embed.shape
+    t_old = cache.shape[0]
+    dtype = state.sg_embed.dtype
+    first = state.exist_frames == 0
+    # beta = max(0, mean cos) on later updates, 1 on first ones, 0 elsewhere: as
+    # ``first_upd + later_upd * max(0, mean cos)`` (one addcmul, exactly those values).
+    later_upd = (upd & ~first).to(dtype)
+    first_upd = (upd & first).to(dtype)
+    weight = torch.full((t,), momentum, dtype=dtype, device=upd.device)
+    weight = weight.masked_fill(first, 1.0).masked_fill(~upd, 0.0)  # of the momentum variant
+    # (the divisor is clamped so that first updates, cache_len 0, give 0, not a NaN gradient)
+    divisor = state.cache_len[:t_old].clamp_min(1).to(dtype)
+    e = embeds.new_zeros(t, d).index_put_((slots,), embeds)
+    old_e = e[:t_old]
+    dots = torch.linalg.vecdot(cache, old_e[:, None, :])  # ~6x faster than einsum/bmm here
+    norms = cache.norm(dim=-1) * old_e.norm(dim=-1, keepdim=True)
+    mean_cos = (dots / norms.clamp_min(1e-8)).sum(1) / divisor
+    beta = torch.addcmul(first_upd, _pad_rows(mean_cos.clamp_min(0.0), t - t_old), later_upd)
+    # lerp(a, b, w) is exactly a at w = 0 and exactly b at w = 1, so rows not updated keep
+    # their embedding and first updates take ``e``; otherwise it equals the reference's
+    # ``(1 - w) a + w b`` up to rounding, in one op instead of four.
+    sg_embed = torch.lerp(state.sg_embed, e, beta[:, None])
+    return sg_embed, torch.lerp(state.momentum_embed, e, weight[:, None])
 
 
 def write_boxes(state: TrackState, slots: torch.Tensor, boxes: torch.Tensor) -> TrackState:

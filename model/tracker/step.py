@@ -40,18 +40,8 @@ def track_step(
     n = len(detections)
     t = state.num_tracks
     device = state.track_ids.device
-    use_boxes = cfg.box_iou_weight > 0
-    if use_boxes:
-        boxes = mask_boxes(detections.mask_logits.detach())
-    if state.next_track_id > 0 and t > 0 and n > 0:
-        track_embeds = memory.read_embeddings(state, cfg.embed_type)
-        match = similarity(detections.embeds, track_embeds, cfg.match_metric)
-        if use_boxes:
-            overlap = box_iou(boxes, state.last_box).to(match.dtype)
-            match = torch.lerp(match, overlap, cfg.box_iou_weight)
-        cols = assign(match, state.exist_frames, cfg).to(device)
-    else:
-        cols = torch.full((n,), -1, dtype=torch.int64, device=device)
+    boxes = mask_boxes(detections.mask_logits.detach()) if cfg.box_iou_weight > 0 else None
+    cols = _matched_columns(state, detections, boxes, cfg)
     # Unmatched candidates above the init threshold (scores compared in float32) start new
     # tracks in row order: slots t, t + 1, ... and ids next_track_id, next_track_id + 1, ...
     scores = detections.scores.detach().to(device, torch.float32)
@@ -74,7 +64,7 @@ def track_step(
         cfg.momentum,
         grow=count,
     )
-    if use_boxes:
+    if boxes is not None:
         state = memory.write_boxes(state, kept_slots, boxes.index_select(0, rows))
     kept_logits = detections.logits.index_select(0, rows)
     state = memory.record_entries(state, kept_slots, kept_logits, frame, cfg)
@@ -86,3 +76,27 @@ def track_step(
         slots = torch.where(slots >= 0, new_row[slots.clamp_min(0)], -1)
     state = state.with_tensors({}, frame_index=frame + 1)
     return state, TrackAssignment(track_ids=ids, slots=slots, is_new=is_new, frame_index=frame)
+
+
+def _matched_columns(
+    state: TrackState, detections: Detections, boxes: torch.Tensor | None, cfg: TrackerConfig
+) -> torch.Tensor:
+    """N int64 live-track row matched to each candidate, -1 where none.
+
+    Nothing is matched while no track was ever created or none is alive.
+
+    Args:
+        state: memory bank before the frame.
+        detections: the frame's N candidates.
+        boxes: Nx4 mask boxes of the candidates when the box cue is on, else None.
+        cfg: tracker settings.
+    """
+    n = len(detections)
+    if state.next_track_id == 0 or state.num_tracks == 0 or n == 0:
+        return torch.full((n,), -1, dtype=torch.int64, device=state.track_ids.device)
+    track_embeds = memory.read_embeddings(state, cfg.embed_type)
+    match = similarity(detections.embeds, track_embeds, cfg.match_metric)
+    if boxes is not None:
+        overlap = box_iou(boxes, state.last_box).to(match.dtype)
+        match = torch.lerp(match, overlap, cfg.box_iou_weight)
+    return assign(match, state.exist_frames, cfg).to(state.track_ids.device)

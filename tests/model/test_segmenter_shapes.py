@@ -43,7 +43,7 @@ def test_aux_outputs_and_intermediates(tiny):
     assert torch.allclose(inter["outputs"].pred_logits, out.pred_logits)
     assert [tuple(f.shape[-2:]) for f in inter["multi_scale_features"]] == [(2, 2), (4, 4), (8, 8)]
     assert inter["mask_features"].shape == (1, cfg.mask_dim, 16, 16)
-    channels = model.nn.backbone.out_channels
+    channels = model.backbone.out_channels
     for name, stride in (("res2", 4), ("res3", 8), ("res4", 16), ("res5", 32)):
         assert inter["backbone"][name].shape == (1, channels[name], 64 // stride, 64 // stride)
 
@@ -77,7 +77,7 @@ def test_loss_backpropagates():
     loss = loss + out.pred_embeds.pow(2).mean() + out.aux_outputs[0]["pred_masks"].mean()
     loss.backward()
     grads = {
-        "backbone": model.nn.backbone.stem.conv1.weight.grad,
+        "backbone": model.backbone.stem.conv1.weight.grad,
         "encoder": model.sem_seg_head.pixel_decoder.transformer.encoder.layers[
             0
         ].linear1.weight.grad,

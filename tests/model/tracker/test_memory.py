@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 
@@ -134,19 +133,6 @@ def test_write_with_grow_equals_spawn_then_write() -> None:
     only = memory.write(state, torch.zeros(0, dtype=torch.int64), e[:0], scores[:0], 6, grow=1)
     for k, v in memory.spawn(state, 1)[0].tensors().items():
         torch.testing.assert_close(getattr(only, k), v, rtol=0, atol=0, equal_nan=True, msg=k)
-
-
-def test_from_host_wraps_or_packs_host_arrays() -> None:
-    like = torch.zeros(0, dtype=torch.int64)
-    a, b = np.array([3, 1, 2]), np.array([True, False])
-    got = memory.from_host([a, b], like)
-    assert [t.tolist() for t in got] == [[3, 1, 2], [1, 0]]
-    assert all(t.dtype == torch.int64 for t in got)
-    # a dtype NumPy lacks takes the packed path other devices use (one copy, then views)
-    packed = memory.from_host([a, np.array([0.5])], like, torch.bfloat16)
-    assert [t.tolist() for t in packed] == [[3.0, 1.0, 2.0], [0.5]]
-    assert all(t.dtype == torch.bfloat16 for t in packed)
-    assert memory.from_host([], like, torch.bfloat16) == []
 
 
 def test_with_tensors_rejects_unknown_fields() -> None:
