@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,17 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Start uvicorn with ``service.main.create_app``; returns when the server stops."""
-    import asyncio
-
-    import uvicorn
-
+    """Check the settings and checkpoint, then serve (``service.serving.run_server``) until
+    the server stops."""
     from cli.common import load_settings
-    from service.api.ws import close_all_for_restart
-    from service.logs import install_redaction
-    from service.main import create_app
     from service.served import RANDOM_CHECKPOINT
-    from service.serving import header_deadline_protocol
+    from service.serving import run_server
 
     settings = load_settings(
         "serve",
@@ -64,33 +57,5 @@ def run(args: argparse.Namespace) -> int:
     url = f"http://{settings.host}:{settings.port}"
     print(f"ctvis serve: {url}  (model: {model}; sessions: {store})")
     print(f"ctvis serve: API docs at {url}/docs", flush=True)
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        # A WebSocket message over this is refused with close 1009 before it is buffered; the
-        # 64 KiB margin lets a frame just over max_frame_bytes get a frame_too_large reply.
-        ws_max_size=settings.max_frame_bytes + 64 * 1024,
-        # On SIGTERM uvicorn stops accepting and gives in-flight requests this long to finish.
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
-        http=header_deadline_protocol(settings.header_timeout_s),
-        limit_concurrency=settings.max_connections,
-    )
-
-    # uvicorn has configured its loggers in Config(): secrets in URLs never reach a log line
-    install_redaction("uvicorn", "uvicorn.error", "uvicorn.access")
-
-    class GracefulServer(uvicorn.Server):
-        """On SIGTERM/SIGINT, first close live WebSockets with 1012 and a reconnect hint."""
-
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            sockets = app.state.websockets
-            if sockets and not self.should_exit:
-                loop = asyncio.get_event_loop()
-                loop.call_soon_threadsafe(lambda: loop.create_task(close_all_for_restart(sockets)))
-            super().handle_exit(sig, frame)
-
-    GracefulServer(config).run()
+    run_server(settings)
     return 0

@@ -1,4 +1,5 @@
-"""The HTTP server's connection handling: a deadline for request headers.
+"""The HTTP server: ``run_server`` (uvicorn configured from the settings), and its connection
+handling: a deadline for request headers.
 
 uvicorn reads a request's headers for as long as the client takes to send them, so a client
 that opens connections and sends a header line now and then (slowloris) holds each of them
@@ -12,7 +13,10 @@ connections upgraded to WebSockets are not affected.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 
 def _base_protocol() -> type:
@@ -74,3 +78,44 @@ def header_deadline_protocol(timeout_s: float) -> type:
             transport.close()
 
     return HeaderDeadlineProtocol
+
+
+def run_server(settings: Settings) -> None:
+    """Serve ``create_app(settings)`` with uvicorn until SIGTERM / SIGINT.
+
+    uvicorn is configured from the settings: WebSocket messages are bounded by
+    ``max_frame_bytes`` (plus 64 KiB so that a frame just over the limit still gets a
+    ``frame_too_large`` reply instead of close 1009), in-flight requests get
+    ``shutdown_grace_s`` to finish on SIGTERM, request headers must arrive within
+    ``header_timeout_s`` and at most ``max_connections`` connections are served at once. On
+    SIGTERM / SIGINT live WebSockets are first closed with 1012 and a reconnect hint.
+    """
+    import uvicorn
+
+    from service.api.ws import close_all_for_restart
+    from service.logs import install_redaction
+    from service.main import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws_max_size=settings.max_frame_bytes + 64 * 1024,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        http=header_deadline_protocol(settings.header_timeout_s),
+        limit_concurrency=settings.max_connections,
+    )
+    # uvicorn has configured its loggers in Config(): secrets in URLs never reach a log line
+    install_redaction("uvicorn", "uvicorn.error", "uvicorn.access")
+
+    class GracefulServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            sockets = app.state.websockets
+            if sockets and not self.should_exit:
+                loop = asyncio.get_event_loop()
+                loop.call_soon_threadsafe(lambda: loop.create_task(close_all_for_restart(sockets)))
+            super().handle_exit(sig, frame)
+
+    GracefulServer(config).run()
