@@ -6,9 +6,10 @@
 
 The image runs either ``ctvis serve`` or ``ctvis worker``. A worker serves no API (at most
 metrics), so its probe asks Redis instead (``check_worker``): Redis must answer, the workers'
-consumer group must exist on the frames stream once the stream does, and no consumer of this
-host (``service.frame_stream.run_frame_worker`` names itself ``<hostname>-<pid>``) may be
-stuck on a batch for longer than ``--max-busy-s``. Exit status 0 means healthy, 1 unhealthy.
+consumer group must exist on every shard of the frames stream (``CTVIS_STREAM_SHARDS``) once
+that shard's stream does, and no consumer of this host
+(``service.frame_stream.run_frame_worker`` names itself ``<hostname>-<pid>``) may be stuck on a
+batch for longer than ``--max-busy-s``. Exit status 0 means healthy, 1 unhealthy.
 Settings come from the same ``CTVIS_*`` variables as the service.
 """
 
@@ -24,6 +25,29 @@ from pathlib import Path
 from typing import Any
 
 WORKER_GROUP = "ctvis-workers"  # service.frame_stream.WORKER_GROUP (a test keeps them equal)
+SLOTS = 16384  # hash slots of a Redis Cluster
+
+
+def frames_streams(stream: str, shards: int) -> list[str]:
+    """The shard streams of ``stream``: ``service.keys.frames_stream_keys``, repeated here so
+    that the probe runs without the service installed (a test keeps them equal)."""
+    if shards == 1:
+        return [stream]
+    return [f"{{{_shard_name(stream, shard, shards)}}}" for shard in range(shards)]
+
+
+def _shard_name(name: str, shard: int, shards: int) -> str:
+    """``service.keys.shard_name``: ``name:shard`` with the first ``.<salt>`` that puts its
+    hash slot in the middle half of the shard-th of ``shards`` equal slot ranges."""
+    from redis.crc import key_slot
+
+    low, high = (shard + 0.25) * SLOTS / shards, (shard + 0.75) * SLOTS / shards
+    salt = 0
+    while True:
+        text = f"{name}:{shard}" + (f".{salt}" if salt else "")
+        if low <= key_slot(text.encode()) < high:
+            return text
+        salt += 1
 
 
 def detect_role(cmdline_file: Path = Path("/proc/1/cmdline")) -> str:
@@ -74,32 +98,40 @@ def check_worker(
     max_busy_s: float,
     timeout: float,
     uptime_s: float | None = None,
+    shards: int = 1,
 ) -> str | None:
-    """None when this host's worker is attached to ``stream`` and not stuck on a batch.
+    """None when this host's worker is attached to every shard of ``stream`` and not stuck
+    on a batch.
 
-    Healthy while ``stream`` does not exist: the API creates it with the first frame (and it
-    expires when idle); workers only wait for it (``service.frame_stream.run_frame_worker``), so
-    a new or idle system has no stream and no group. Unhealthy: Redis unreachable, the stream
-    there but the workers' group missing (a waiting worker creates it within 0.1 s), or a
-    consumer of this host stuck for more than ``max_busy_s`` seconds (see
-    ``assess_consumers``).
+    Healthy while a shard's stream does not exist: the API creates it with the first frame
+    routed there (and it expires when idle); workers only wait for it
+    (``service.frame_stream.run_frame_worker``), so a new or idle system has no stream and no
+    group. Unhealthy: Redis unreachable, a shard's stream there but the workers' group missing
+    (a waiting worker creates it within 0.1 s), or a consumer of this host stuck on any shard
+    for more than ``max_busy_s`` seconds (see ``assess_consumers``).
     """
     import redis
 
     client = None
+    consumers: list[dict[str, Any]] = []
+    missing: list[str] = []
     try:
         client = redis_client(redis_url, timeout)
-        if not client.exists(stream):
-            return None  # no traffic yet, or the idle stream expired
-        groups = [g["name"] for g in client.xinfo_groups(stream)]
-        consumers = client.xinfo_consumers(stream, WORKER_GROUP) if _has(groups) else []
+        for name in frames_streams(stream, shards):
+            if not client.exists(name):
+                continue  # no traffic yet, or the idle stream expired
+            if _has([g["name"] for g in client.xinfo_groups(name)]):
+                consumers += client.xinfo_consumers(name, WORKER_GROUP)
+            else:
+                missing.append(name)
     except (redis.RedisError, OSError) as exc:
         return f"redis: {exc}"
     finally:
         if client is not None:
             client.close()
-    if not _has(groups):
-        return f"no consumer group {WORKER_GROUP} on {stream}: the worker has not started"
+    if missing:
+        where = ", ".join(missing)
+        return f"no consumer group {WORKER_GROUP} on {where}: the worker has not started"
     return assess_consumers(consumers, f"{socket.gethostname()}-", max_busy_s, uptime_s)
 
 
@@ -144,8 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         redis_url = os.environ.get("CTVIS_REDIS_URL", "")
         stream = os.environ.get("CTVIS_FRAMES_STREAM", "ctvis:frames")
+        shards = int(os.environ.get("CTVIS_STREAM_SHARDS", "1"))
+        uptime = process_uptime_s()
         problem = (
-            check_worker(redis_url, stream, args.max_busy_s, args.timeout, process_uptime_s())
+            check_worker(redis_url, stream, args.max_busy_s, args.timeout, uptime, shards)
             if redis_url
             else "CTVIS_REDIS_URL is not set"
         )

@@ -463,7 +463,8 @@ drive() {
   local out rc
   out="$("$PYTHON" "$ROOT/deploy/smoke_drive.py" --url "http://127.0.0.1:$PORT" \
     --engine "$ENGINE" --project "$PROJECT" --work "$RUN/work" \
-    --job-frames "${SMOKE_JOB_FRAMES:-480}" --live-frames "${SMOKE_LIVE_FRAMES:-24}")"
+    --job-frames "${SMOKE_JOB_FRAMES:-480}" --live-frames "${SMOKE_LIVE_FRAMES:-24}" \
+    --stream-shards "$([ "${SMOKE_REDIS:-single}" = cluster ] && echo 3 || echo 1)")"
   rc=$?
   echo "$out"
   SUMMARY_EXTRA="$(tail -n 1 <<< "$out")"

@@ -243,17 +243,20 @@ def local_track(video: Path, out: Path) -> list[dict[str, Any]]:
 
 
 def job_holder(stack: Stack) -> str | None:
-    """Hostname of the worker that holds the (only) pending entry of the jobs stream (the
-    key names come from the service's own code: the same tree the image was built from)."""
+    """Hostname of the worker that holds the (only) pending entry of the jobs stream or its
+    shards (the key names come from the service's own code: the same tree the image was
+    built from)."""
     from service.jobs.redis_manager import JOB_GROUP, JOBS_STREAM
     from service.keys import jobs_stream_key
 
-    out = stack.redis_cli("XPENDING", jobs_stream_key(JOBS_STREAM), JOB_GROUP, "-", "+", "10")
-    lines = out.split()
-    if len(lines) < 4:
-        return None
-    consumer = lines[1]  # entry id, consumer, idle ms, deliveries
-    return consumer.rsplit("-", 2)[0] if consumer.endswith("-jobs") else None
+    shards = stack.stream_shards
+    for shard in range(shards):
+        stream = jobs_stream_key(JOBS_STREAM, shard, shards)
+        lines = stack.redis_cli("XPENDING", stream, JOB_GROUP, "-", "+", "10").split()
+        if len(lines) >= 4:
+            consumer = lines[1]  # entry id, consumer, idle ms, deliveries
+            return consumer.rsplit("-", 2)[0] if consumer.endswith("-jobs") else None
+    return None
 
 
 def job_field(stack: Stack, job_id: str, field: str) -> str:
@@ -261,7 +264,8 @@ def job_field(stack: Stack, job_id: str, field: str) -> str:
     from service.jobs.redis_manager import JOBS_STREAM
     from service.keys import job_key
 
-    return stack.redis_cli("HGET", job_key(JOBS_STREAM, job_id), field).strip()
+    key = job_key(JOBS_STREAM, job_id, stack.stream_shards)
+    return stack.redis_cli("HGET", key, field).strip()
 
 
 def drive_jobs(
@@ -377,10 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live-frames", type=int, default=24)
     parser.add_argument("--job-frames", type=int, default=480)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--stream-shards", type=int, default=1, help="the stack's shards")
     parser.add_argument("--timeout", type=float, default=300, help="per wait, seconds")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    stack = Stack(args.engine, args.project)
+    stack = Stack(args.engine, args.project, args.stream_shards)
     step, parts = "ready", []
     try:
         with httpx.Client(base_url=args.url, timeout=120) as client:

@@ -29,8 +29,9 @@ def check(ok: object, name: str, reason: str) -> None:
 class Stack:
     """The containers of one compose project, through the engine's command line."""
 
-    def __init__(self, engine: str, project: str) -> None:
+    def __init__(self, engine: str, project: str, stream_shards: int = 1) -> None:
         self.engine, self.project = engine, project
+        self.stream_shards = stream_shards  # the stack's CTVIS_STREAM_SHARDS
 
     def run(self, *args: str, timeout: float = 60) -> str:
         done = subprocess.run(

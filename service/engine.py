@@ -33,11 +33,14 @@ class FrameItem:
         frame: HxWx3 uint8 RGB.
         state: the session's tracker state before this frame.
         tracker_cfg: the session's tracker settings.
+        session_id: the session's id; the Redis frame queue routes the frame to the stream
+            shard of this id (``service.keys.shard_of``). The engine does not read it.
     """
 
     frame: np.ndarray
     state: TrackState
     tracker_cfg: TrackerConfig
+    session_id: str = ""
 
 
 @dataclass(frozen=True)

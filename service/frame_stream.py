@@ -6,6 +6,9 @@ reply on a per-request list; the reply carries the new state as a delta against 
 sent. Workers (``run_frame_worker``) read the stream through a consumer
 group (``service.streams``), batch frames from many sessions, run ``Engine.run_batch`` and push
 each outcome back.
+With ``stream_shards`` > 1 the stream is that many shards (``service.keys``): the API puts a
+session's frames on the shard of its id, and every worker reads all shards
+(``service.shard_reader``) with the same claim and retry rules per shard.
 Workers are stateless: the API keeps the session's lease and does the compare-and-set save,
 exactly as in a single process, so N API replicas and M workers can run side by side.
 """
@@ -32,10 +35,10 @@ from model.tracker.state import TrackState
 from service.auth import new_id
 from service.engine import Engine, FrameItem, FrameOutcome
 from service.errors import ApiError, store_unavailable
-from service.keys import reply_key
+from service.keys import frames_stream_key, frames_stream_keys, reply_key, shard_of
 from service.metrics import Metrics
 from service.redis_conn import LazyAsyncClient, RedisMode
-from service.streams import Batch, StreamConsumer, StreamGone, run_plan_async
+from service.shard_reader import ShardBatch, ShardReader, pack
 
 if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT
@@ -150,6 +153,7 @@ class RedisFrameQueue:
         stream: str = FRAMES_STREAM,
         stream_ttl_s: int = STREAM_TTL_S,
         redis_mode: RedisMode = "auto",
+        shards: int = 1,
     ) -> None:
         # BLPOP blocks for up to timeout_s: the socket must wait longer than that.
         self._lazy = LazyAsyncClient(
@@ -159,6 +163,7 @@ class RedisFrameQueue:
         self.timeout_s = timeout_s
         self.stream = stream
         self.stream_ttl_s = stream_ttl_s
+        self.shards = shards
         self.depth = 0
 
     def start(self) -> None:
@@ -171,12 +176,14 @@ class RedisFrameQueue:
         """Queue the frame for a worker; 503 ``worker_unavailable`` if nobody answers."""
         request_id = new_id()
         fields = encode_item(item, self.model_id, request_id)
+        shard = shard_of(item.session_id, self.shards)
+        stream = frames_stream_key(self.stream, shard, self.shards)
         try:
             client = await self._c()
             async with client.pipeline(transaction=False) as pipe:
-                pipe.xadd(self.stream, fields, maxlen=STREAM_MAXLEN, approximate=True)
+                pipe.xadd(stream, fields, maxlen=STREAM_MAXLEN, approximate=True)
                 # The stream disappears after an hour without traffic (no key outlives use).
-                pipe.expire(self.stream, self.stream_ttl_s)
+                pipe.expire(stream, self.stream_ttl_s)
                 await pipe.execute()
             self.depth += 1
             try:
@@ -211,6 +218,7 @@ async def run_frame_worker(
     metrics: Metrics | None = None,
     claim_idle_ms: int = 5_000,
     redis_mode: RedisMode = "auto",
+    shards: int = 1,
 ) -> int:
     """Consume frame requests until ``stop`` is set; returns the number of frames processed.
 
@@ -218,45 +226,51 @@ async def run_frame_worker(
     never has two frames in flight), runs them as one batch, pushes every reply, then
     acknowledges the entries. Entries another worker took but never acknowledged (it died)
     are claimed after ``claim_idle_ms`` and retried once; a second loss answers
-    ``WorkerLost``. On ``stop`` the current batch is finished and acknowledged first.
-    Workers never create the stream: the API creates it with its first frame and gives it a
+    ``WorkerLost``. On ``stop`` the current batch, and whatever reads in flight return, are
+    finished and acknowledged first. With ``shards`` > 1 all shard streams are read
+    (``ShardReader``); a batch may mix shards, each entry is acknowledged on its own.
+    Workers never create a stream: the API creates it with its first frame and gives it a
     TTL, so an idle system leaves no key behind; until then (and after it expired) the worker
     waits for it.
     """
     lazy = LazyAsyncClient(url, redis_mode, socket_connect_timeout=2, socket_timeout=30)
-    consumer = StreamConsumer(
-        stream, WORKER_GROUP, f"{socket.gethostname()}-{os.getpid()}", MAX_DELIVERIES
-    )
+    reader = ShardReader(
+        lazy, frames_stream_keys(stream, shards), WORKER_GROUP,
+        f"{socket.gethostname()}-{os.getpid()}", MAX_DELIVERIES, max_batch_size, claim_idle_ms,
+    )  # fmt: skip
     processed = 0
-    next_claim = 0.0
-    ready = False
     try:
         while not stop.is_set():
-            try:
-                client = await lazy.get()
-                if not ready:
-                    ready = await run_plan_async(client, consumer.ensure_group())
-                    if not ready:
-                        await asyncio.sleep(0.1)  # no traffic yet (or the idle stream expired)
-                        continue
-                claim = claim_idle_ms if time.monotonic() >= next_claim else None
-                batch = await run_plan_async(client, consumer.read(max_batch_size, 200, claim))
-                if batch:
-                    processed += await _serve_batch(
-                        client, consumer, engine, model_id, batch, metrics
-                    )
-            except StreamGone:
-                ready = False  # the idle stream expired; wait for the API to recreate it
-                continue
-            except Exception as exc:  # noqa: BLE001 - Redis restarts etc.: retry, stay up
-                log.warning("frame worker loop error (retrying): %s: %s", type(exc).__name__, exc)
-                ready = False
-                await asyncio.sleep(0.5)
-                continue
-            if claim is not None:
-                next_claim = time.monotonic() + claim_idle_ms / 2000
+            batches = await reader.next_batches()
+            processed += await _serve_all(lazy, reader, engine, model_id, batches, metrics)
+        last = await reader.drain()  # on stop: serve what the reads in flight bring
+        processed += await _serve_all(lazy, reader, engine, model_id, last, metrics)
     finally:
+        await reader.close()
         await lazy.close()
+    return processed
+
+
+async def _serve_all(
+    lazy: LazyAsyncClient,
+    reader: ShardReader,
+    engine: Engine,
+    model_id: str,
+    batches: list[ShardBatch],
+    metrics: Metrics | None,
+) -> int:
+    """Serve ``batches`` in runs of at most the batch size; returns the frames run. A Redis
+    error is logged and paused on (the entries of the run it hit stay unacknowledged, so
+    they are claimed and retried)."""
+    processed = 0
+    for run in pack(batches, reader.count):
+        try:
+            client = await lazy.get()
+            processed += await _serve_batch(client, engine, model_id, run, metrics)
+        except Exception as exc:  # noqa: BLE001 - Redis restarts etc.: retry, stay up
+            log.warning("frame worker loop error (retrying): %s: %s", type(exc).__name__, exc)
+            reader.rejoin()
+            await asyncio.sleep(0.5)
     return processed
 
 
@@ -268,20 +282,20 @@ def _lost(fields: dict[bytes, bytes]) -> tuple[str, FrameOutcome]:
 
 async def _serve_batch(
     client: Any,
-    consumer: StreamConsumer,
     engine: Engine,
     model_id: str,
-    batch: Batch,
+    batches: list[ShardBatch],
     metrics: Metrics | None,
 ) -> int:
-    """Run the batch's frames, push every reply and acknowledge every entry (one pipeline);
-    returns the number of frames run."""
+    """Run the frames of ``batches`` (of one or more shards) as one batch, push every reply
+    and acknowledge every entry on its shard (one pipeline); returns the number of frames
+    run."""
+    exhausted = [fields for _, batch in batches for _, fields in batch.exhausted]
     replies: dict[str, tuple[FrameOutcome, TrackState | None]] = {
-        request_id: (outcome, None)
-        for request_id, outcome in (_lost(fields) for _, fields in batch.exhausted)
+        request_id: (outcome, None) for request_id, outcome in map(_lost, exhausted)
     }
     decoded = []
-    for entry_id, fields in batch.entries:
+    for entry_id, fields in (entry for _, batch in batches for entry in batch.entries):
         try:
             request_id, item_model, item = decode_item(fields)
         except Exception as exc:  # noqa: BLE001 - a malformed entry fails alone
@@ -301,7 +315,8 @@ async def _serve_batch(
             key = reply_key(request_id)
             pipe.lpush(key, encode_outcome(outcome, model_id, prev))
             pipe.expire(key, REPLY_TTL_S)
-        consumer.ack_into(pipe, batch.ids)
+        for consumer, batch in batches:
+            consumer.ack_into(pipe, batch.ids)
         await pipe.execute()
     if metrics is not None and decoded:
         metrics.batch_size.observe(len(decoded))

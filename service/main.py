@@ -33,7 +33,9 @@ from service.store import SessionStore, make_store
 log = logging.getLogger("ctvis.service")
 
 
-def _make_queue(engine: Engine, settings: Settings, metrics: Metrics) -> BatchQueue[FrameItem, FrameOutcome]:
+def _make_queue(
+    engine: Engine, settings: Settings, metrics: Metrics
+) -> BatchQueue[FrameItem, FrameOutcome]:
     async def run(items: list[FrameItem]) -> list[FrameOutcome]:
         # The model runs in a worker thread so it never blocks the event loop.
         return await asyncio.to_thread(engine.run_batch, items)
@@ -75,6 +77,7 @@ def _frame_queue(
     return RedisFrameQueue(
         settings.redis_url, served.model_id, settings.worker_timeout_s,
         settings.frames_stream, settings.stream_ttl_s, settings.redis_mode,
+        settings.stream_shards,
     )  # fmt: skip
 
 
@@ -88,6 +91,7 @@ def _job_manager(
     return RedisJobManager(
         settings.redis_url, job_dir(settings), settings.max_video_frames,
         settings.job_ttl_s, settings.jobs_stream, settings.redis_mode,
+        settings.stream_shards,
     )  # fmt: skip
 
 

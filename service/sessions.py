@@ -304,7 +304,7 @@ class SessionService:
         cfg = tracker_with_overrides(TrackerConfig(), lease.meta["tracker"])
         state = await self._state_at(session_id, lease.frame_index)
         queued_at = time.perf_counter()
-        outcome = await self.queue.submit(FrameItem(frame, state, cfg))
+        outcome = await self.queue.submit(FrameItem(frame, state, cfg, session_id))
         queue_ms = (time.perf_counter() - queued_at) * 1000 - outcome.model_ms
         if isinstance(outcome.error, WorkerLost):
             self.metrics.errors.labels("worker_lost").inc()

@@ -154,6 +154,15 @@ class Settings(BaseSettings):
     frames_stream: str = Field(
         "ctvis:frames", min_length=1, description="Redis stream carrying frames to workers."
     )
+    stream_shards: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Shards of the frames stream and of the job queue: a session's frames and "
+        "a job go to the shard their id hashes to, every worker reads all shards. On a Redis "
+        "Cluster, the number of primaries (or a multiple) spreads the streams over them; API "
+        "replicas and workers must agree.",
+    )
     send_timeout_s: float = Field(
         10.0, gt=0, description="Deadline for sending one reply to a WebSocket client."
     )

@@ -47,19 +47,21 @@ async def _serve(settings: Settings, served: ServedModel, metrics: Metrics) -> t
         loop.add_signal_handler(sig, stop.set)
     print(
         f"ctvis worker: model {served.model_id} on {settings.device}, "
-        f"stream {settings.frames_stream}",
+        f"stream {settings.frames_stream}"
+        + (f" ({settings.stream_shards} shards)" if settings.stream_shards > 1 else ""),
         flush=True,
     )
     frames_loop = run_frame_worker(
         url, Engine(served), served.model_id, settings.max_batch_size, stop,
         settings.frames_stream, claim_idle_ms=settings.claim_idle_ms, metrics=metrics,
-        redis_mode=settings.redis_mode,
+        redis_mode=settings.redis_mode, shards=settings.stream_shards,
     )  # fmt: skip
     jobs = JobWorker(
         url, served, job_dir(settings), claim_idle_ms=settings.job_claim_idle_ms,
         max_attempts=settings.max_job_attempts,
         checkpoint_every_clips=settings.job_checkpoint_clips, ttl_s=settings.job_ttl_s,
         stream=settings.jobs_stream, metrics=metrics, redis_mode=settings.redis_mode,
+        shards=settings.stream_shards,
     )  # fmt: skip
 
     async def frames_until_stop() -> int:

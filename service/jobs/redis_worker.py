@@ -4,7 +4,8 @@ A worker reads job ids from the jobs stream through the workers' consumer group
 (``service.streams``), runs each job with progress checkpoints in the job's hash and heart-beats
 its claim while it runs; see ``service.jobs.redis_manager`` for the whole design. Its Redis
 client is a blocking one: jobs run in a thread (``run_job_worker``), and the tracking loop
-calls back into it for progress, checkpoints and the cancel flag.
+calls back into it for progress, checkpoints and the cancel flag. With ``shards`` > 1 it reads
+the queue's shards in turn (``next_job``); a job's keys are those of its id's shard.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from model.video.runner import Cancelled
 from service.jobs.redis_manager import JOB_GROUP, JOBS_STREAM
 from service.jobs.status import FINAL_STATES, REDIS_FIELDS, JobState, JobStatus, field_from_redis
 from service.jobs.video import job_error, run_video_job
-from service.keys import job_key, jobs_stream_key, pending_bytes_key, pending_key
+from service.keys import JobQueueKeys, job_key, job_queue_keys, shard_of
 from service.metrics import Metrics
 from service.redis_conn import RedisMode, open_sync
 from service.served import ServedModel
@@ -54,6 +55,7 @@ class JobWorker:
         stream: str = JOBS_STREAM,
         metrics: Metrics | None = None,
         redis_mode: RedisMode = "auto",
+        shards: int = 1,
     ) -> None:
         self._url = url
         self._mode = redis_mode
@@ -66,11 +68,11 @@ class JobWorker:
         self.checkpoint_every_clips = checkpoint_every_clips
         self.ttl_s = ttl_s
         self.queue = stream
-        self.stream = jobs_stream_key(stream)
-        self.pending = pending_key(stream)
-        self.pending_bytes = pending_bytes_key(stream)
+        self.shards = shards
+        self._queues = job_queue_keys(stream, shards)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-jobs"
-        self.jobs = StreamConsumer(self.stream, JOB_GROUP, self.consumer)
+        self._consumers = [StreamConsumer(q.queue, JOB_GROUP, self.consumer) for q in self._queues]
+        self._turn = 0  # the shard the next read looks at
 
     @property
     def client(self) -> Any:
@@ -81,13 +83,30 @@ class JobWorker:
             )
         return self._client
 
+    def _keys(self, job_id: str) -> JobQueueKeys:
+        """The queue keys of the shard of ``job_id``."""
+        return self._queues[shard_of(job_id, self.shards)]
+
+    def _jobs(self, job_id: str) -> StreamConsumer:
+        """The consumer of the shard of ``job_id`` (the shard its entry was read from)."""
+        return self._consumers[shard_of(job_id, self.shards)]
+
     def next_job(self, block_ms: int) -> tuple[bytes, str] | None:
-        """A stale job another worker abandoned, else a new one; None when idle."""
-        if not run_plan(self.client, self.jobs.ensure_group()):
-            time.sleep(block_ms / 1000)  # no job was ever queued (or the queue expired)
+        """A stale job another worker abandoned, else a new one; None when idle.
+
+        Each call reads the next shard in turn, waiting up to ``block_ms / shards`` there, so
+        an idle worker looks at every shard (and for stale jobs on it) within about
+        ``block_ms``; a job waits at most that long for an idle worker, which is nothing
+        next to its run time.
+        """
+        jobs = self._consumers[self._turn]
+        self._turn = (self._turn + 1) % self.shards
+        wait_ms = max(1, block_ms // self.shards)
+        if not run_plan(self.client, jobs.ensure_group()):
+            time.sleep(wait_ms / 1000)  # no job was ever queued (or the queue expired)
             return None
         try:
-            batch = run_plan(self.client, self.jobs.read(1, block_ms, self.claim_idle_ms))
+            batch = run_plan(self.client, jobs.read(1, wait_ms, self.claim_idle_ms))
         except StreamGone:
             return None
         if not batch.entries:
@@ -96,7 +115,7 @@ class JobWorker:
         return entry_id, fields[b"job_id"].decode()
 
     def _load(self, job_id: str) -> JobStatus | None:
-        key = job_key(self.queue, job_id)
+        key = job_key(self.queue, job_id, self.shards)
         values = self.client.hmget(key, list(REDIS_FIELDS))  # bytes: no decode_responses
         raw = {k.encode(): v for k, v in zip(REDIS_FIELDS, values, strict=True) if v is not None}
         return JobStatus.from_redis(raw)
@@ -104,30 +123,31 @@ class JobWorker:
     def _update(self, job_id: str, status: JobStatus, *names: str) -> None:
         """Write the named fields of ``status`` and renew the job's TTL and its place among
         pending jobs."""
-        key = job_key(self.queue, job_id)
+        key, own = job_key(self.queue, job_id, self.shards), self._keys(job_id)
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(key, mapping=status.to_redis(*names))
         pipe.expire(key, self.ttl_s)
-        pipe.zadd(self.pending, {job_id: time.time() + self.ttl_s}, xx=True)
-        pipe.expire(self.pending, self.ttl_s)
-        pipe.expire(self.pending_bytes, self.ttl_s)
+        pipe.zadd(own.pending, {job_id: time.time() + self.ttl_s}, xx=True)
+        pipe.expire(own.pending, self.ttl_s)
+        pipe.expire(own.pending_bytes, self.ttl_s)
         pipe.execute()
 
     def _forget(self, job_id: str) -> None:
         """Free the job's place and bytes among pending jobs (it ended or is gone)."""
+        own = self._keys(job_id)
         pipe = self.client.pipeline(transaction=True)
-        pipe.zrem(self.pending, job_id)
-        pipe.hdel(self.pending_bytes, job_id)
+        pipe.zrem(own.pending, job_id)
+        pipe.hdel(own.pending_bytes, job_id)
         pipe.execute()
 
     def run_one(self, entry_id: bytes, job_id: str, stop: threading.Event) -> str:
         """Run (or resume) one claimed job; returns its new state (or ``gone``,
         ``interrupted``, ``retry``)."""
-        key = job_key(self.queue, job_id)
+        key = job_key(self.queue, job_id, self.shards)
         status = self._load(job_id)
         if status is None or status.state in FINAL_STATES:
             self._forget(job_id)
-            run_plan(self.client, self.jobs.ack(entry_id))  # expired, finished or deleted
+            run_plan(self.client, self._jobs(job_id).ack(entry_id))  # expired, finished or deleted
             return "gone"
         status.attempts = int(self.client.hincrby(key, "attempts", 1))
         if status.attempts > self.max_attempts:
@@ -146,7 +166,7 @@ class JobWorker:
             self.client.hincrby(key, "attempts", -1)
             status.state = "queued"
             self._update(job_id, status, "state")
-            run_plan(self.client, self.jobs.requeue(entry_id, {"job_id": job_id}))
+            run_plan(self.client, self._jobs(job_id).requeue(entry_id, {"job_id": job_id}))
             return "interrupted"
         except Cancelled:
             return self._final(entry_id, job_id, status, "cancelled", None)
@@ -165,7 +185,7 @@ class JobWorker:
         stop: threading.Event,
     ) -> int:
         """``run_video_job`` with this worker's progress, checkpoint and stop callbacks."""
-        key = job_key(self.queue, job_id)
+        key = job_key(self.queue, job_id, self.shards)
 
         def checkpoint(done: int, payload: bytes) -> None:
             pipe = self.client.pipeline(transaction=True)
@@ -201,7 +221,7 @@ class JobWorker:
                 last_beat = now
                 status.frames_done = done
                 self._update(job_id, status, "frames_done")
-                run_plan(self.client, self.jobs.heartbeat(entry_id))
+                run_plan(self.client, self._jobs(job_id).heartbeat(entry_id))
 
         return progress
 
@@ -216,7 +236,7 @@ class JobWorker:
             return self._final(entry_id, job_id, status, "dead_letter", error)
         status.state, status.error = "queued", error
         self._update(job_id, status, "state", "error")
-        run_plan(self.client, self.jobs.requeue(entry_id, {"job_id": job_id}))
+        run_plan(self.client, self._jobs(job_id).requeue(entry_id, {"job_id": job_id}))
         return "retry"
 
     def _final(
@@ -226,8 +246,8 @@ class JobWorker:
         self._update(job_id, status, "state", "error", "finished_at")
         (self.root / job_id / "input").unlink(missing_ok=True)
         self._forget(job_id)
-        self.client.hdel(job_key(self.queue, job_id), "progress")
-        run_plan(self.client, self.jobs.ack(entry_id))
+        self.client.hdel(job_key(self.queue, job_id, self.shards), "progress")
+        run_plan(self.client, self._jobs(job_id).ack(entry_id))
         if self.metrics is not None:
             self.metrics.jobs.labels(state).inc()
         return state

@@ -57,6 +57,9 @@ def test_init_forms_the_cluster_of_the_defined_nodes_before_api_and_workers(
         env = services[role]["environment"]
         host = env["CTVIS_REDIS_URL"].split("//")[1].split(":")[0]
         assert host in named and env["CTVIS_REDIS_MODE"] == "cluster"
+        # one frames / jobs shard per primary (6 nodes, 1 replica each)
+        primaries = len(named) // (1 + int(init["environment"]["CLUSTER_REPLICAS"]))
+        assert int(env["CTVIS_STREAM_SHARDS"]) == primaries
         condition = services[role]["depends_on"]["redis-cluster-init"]["condition"]
         assert condition == "service_completed_successfully"
     mount = init["volumes"][0].split(":")

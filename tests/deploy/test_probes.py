@@ -107,6 +107,41 @@ def test_worker_probe_reads_the_consumer_group(monkeypatch: pytest.MonkeyPatch) 
     assert healthcheck.main(["worker"]) == 1
 
 
+@pytest.mark.redis
+def test_worker_probe_checks_every_shard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With CTVIS_STREAM_SHARDS the probe looks at each shard stream the service names."""
+    from service.keys import frames_stream_keys
+
+    base = f"ctvis:test-health:{uuid.uuid4().hex}"
+    for shards in (1, 2, 3, 8):
+        assert healthcheck.frames_streams(base, shards) == frames_stream_keys(base, shards)
+    streams = frames_stream_keys(base, 3)
+    client = redis.Redis.from_url(REDIS_URL)
+    check = healthcheck.check_worker
+    try:
+        assert check(REDIS_URL, base, 60, 2, shards=3) is None  # no shard has traffic yet
+        for name in streams[:2]:
+            client.xadd(name, {"frame": b"x"})
+            client.xgroup_create(name, frame_stream.WORKER_GROUP, id="0")
+        client.xadd(streams[2], {"frame": b"x"})
+        problem = check(REDIS_URL, base, 60, 2, shards=3)
+        assert problem is not None and streams[2] in problem and streams[0] not in problem
+        client.xgroup_create(streams[2], frame_stream.WORKER_GROUP, id="0")
+        assert check(REDIS_URL, base, 60, 2, shards=3) is None
+        consumer = f"{socket.gethostname()}-{os.getpid()}"
+        client.xreadgroup(frame_stream.WORKER_GROUP, consumer, {streams[1]: ">"}, count=1)
+        time.sleep(0.05)
+        assert "holding 1 frame" in check(REDIS_URL, base, 0.01, 2, shards=3)
+        monkeypatch.setenv("CTVIS_REDIS_URL", REDIS_URL)
+        monkeypatch.setenv("CTVIS_FRAMES_STREAM", base)
+        monkeypatch.setenv("CTVIS_STREAM_SHARDS", "3")
+        assert healthcheck.main(["worker", "--max-busy-s", "0.01"]) == 1
+        assert healthcheck.main(["worker"]) == 0
+    finally:
+        client.delete(*streams)
+        client.close()
+
+
 def test_worker_probe_speaks_every_redis_the_service_does() -> None:
     """Sentinel URLs (and Cluster nodes) go through the service's own client factory."""
     sentinel = healthcheck.redis_client("redis+sentinel://127.0.0.1:1/primary/0", 1.0)

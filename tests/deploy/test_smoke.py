@@ -177,9 +177,11 @@ class FakeStack(drive.Stack):
     """``smoke_drive.Stack`` answering from a table instead of a container engine; with
     ``cluster`` the stack has the Redis Cluster nodes of deploy/compose.redis-cluster.yml."""
 
-    def __init__(self, pending: str, cluster: bool = False) -> None:
+    def __init__(self, pending: str, cluster: bool = False, shards: int = 1) -> None:
+        super().__init__("podman", "fake", shards)
         self.pending = pending
         self.cluster = cluster
+        self.asked: list[str] = []
 
     def containers(self, service: str) -> list[str]:
         if service.startswith("redis-node-") and not self.cluster:
@@ -192,8 +194,14 @@ class FakeStack(drive.Stack):
 
         cli = ("redis-cli", "-c") if self.cluster else ("redis-cli",)
         assert container == ("redis-node-1-id" if self.cluster else "redis-id")
-        assert argv == (*cli, "XPENDING", jobs_stream_key(JOBS_STREAM), JOB_GROUP, "-", "+", "10")
-        return self.pending
+        streams = [
+            jobs_stream_key(JOBS_STREAM, k, self.stream_shards) for k in range(self.stream_shards)
+        ]
+        assert argv[: len(cli) + 1] == (*cli, "XPENDING") and argv[len(cli) + 1] in streams
+        assert argv[len(cli) + 2 :] == (JOB_GROUP, "-", "+", "10")
+        self.asked.append(argv[len(cli) + 1])
+        # the entry sits on the last shard: the others answer nothing
+        return self.pending if argv[len(cli) + 1] == streams[-1] else ""
 
 
 def test_job_holder_reads_the_pending_entry() -> None:
@@ -202,6 +210,8 @@ def test_job_holder_reads_the_pending_entry() -> None:
     assert drive.job_holder(FakeStack("")) is None
     assert drive.job_holder(FakeStack("1-0\nframes-consumer-7\n5\n1\n")) is None
     assert drive.job_holder(FakeStack(out, cluster=True)) == "3f2a9c1b7e4d"
+    sharded = FakeStack(out, cluster=True, shards=3)
+    assert drive.job_holder(sharded) == "3f2a9c1b7e4d" and len(set(sharded.asked)) == 3
 
 
 def _instance(track: int, score: float, mask: np.ndarray) -> dict[str, Any]:

@@ -9,8 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
+from service.frame_stream import WORKER_GROUP
+from service.keys import frames_stream_key, frames_stream_keys, shard_of
 from service.main import create_app
 from service.settings import Settings
 from tests.service.conftest import png_bytes
@@ -70,15 +73,18 @@ def test_poison_frame_fails_only_itself(
         assert 'ctvis_errors_total{code="frame_failed"} 1.0' in c.get("/metrics").text
 
 
-def _worker(stream: str, *extra: str, fault: str | None = None) -> subprocess.Popen[str]:
-    """A ``ctvis worker`` process on ``stream``, with ``fault`` (a ``FaultInjection`` spec)."""
+def _worker(
+    stream: str, *extra: str, fault: str | None = None, shards: int = 1
+) -> subprocess.Popen[str]:
+    """A ``ctvis worker`` process on ``stream`` (in ``shards`` shards), with ``fault`` (a
+    ``FaultInjection`` spec)."""
     args = ["--redis-url", REDIS_URL, "--stream", stream, "--log-level", "error", *extra]
     proc = subprocess.Popen(
         worker_command(fault, *args),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=worker_env(dict(os.environ)),
+        env=worker_env({**os.environ, "CTVIS_STREAM_SHARDS": str(shards)}),
     )
     assert proc.stdout is not None
     assert "ctvis worker: model" in proc.stdout.readline()
@@ -93,12 +99,19 @@ def _stop(*procs: subprocess.Popen[str]) -> None:
 
 
 @pytest.mark.redis
-def test_worker_killed_mid_frame_is_retried_on_another(video_frames: list[np.ndarray]) -> None:
+@pytest.mark.parametrize("shards", [1, 3])
+def test_worker_killed_mid_frame_is_retried_on_another(
+    video_frames: list[np.ndarray], shards: int
+) -> None:
+    """Also with the stream in shards: the frame held on its session's shard is claimed
+    there by the other worker, which reads every shard."""
     stream = f"ctvis:test-frames:{uuid.uuid4().hex}"
-    dying = _worker(stream, fault="crash_after_frames=3")
+    dying = _worker(stream, fault="crash_after_frames=3", shards=shards)
     survivor = None
     try:
-        settings = Settings(redis_url=REDIS_URL, worker=False, frames_stream=stream)
+        settings = Settings(
+            redis_url=REDIS_URL, worker=False, frames_stream=stream, stream_shards=shards
+        )
         with ThreadPoolExecutor(1) as pool, TestClient(create_app(settings)) as api:
             sid, hdr = _session(api)
             url = f"/v1/sessions/{sid}/frames"
@@ -106,10 +119,11 @@ def test_worker_killed_mid_frame_is_retried_on_another(video_frames: list[np.nda
             pending = pool.submit(api.post, url, content=png_bytes(video_frames[3]), headers=hdr)
             dying.wait(timeout=60)  # exits abruptly while holding frame 3
             assert dying.returncode == 137
-            survivor = _worker(stream, "--claim-idle-ms", "300")
+            survivor = _worker(stream, "--claim-idle-ms", "300", shards=shards)
             got.append(pending.result(timeout=60))
             got += [api.post(url, content=png_bytes(f), headers=hdr) for f in video_frames[4:]]
         assert [r.status_code for r in got] == [200] * len(video_frames)
+        _assert_all_acknowledged_on_the_session_shard(stream, sid, shards)
         interrupted = [r.json() for r in got]
         with TestClient(create_app(Settings())) as local:
             sid, hdr = _session(local)
@@ -121,6 +135,19 @@ def test_worker_killed_mid_frame_is_retried_on_another(video_frames: list[np.nda
         assert [r["instances"] for r in interrupted] == [r["instances"] for r in straight]
     finally:
         _stop(dying, *([survivor] if survivor else []))
+
+
+def _assert_all_acknowledged_on_the_session_shard(stream: str, sid: str, shards: int) -> None:
+    """Only the session's shard stream exists, and no frame is pending there."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        shard = frames_stream_key(stream, shard_of(sid, shards), shards)
+        names = frames_stream_keys(stream, shards)
+        assert [n for n in names if client.exists(n)] == [shard]
+        assert client.xpending(shard, WORKER_GROUP)["pending"] == 0
+    finally:
+        client.delete(*names)
+        client.close()
 
 
 @pytest.mark.redis

@@ -1,7 +1,8 @@
 """The service on a real Redis Cluster (3 primaries + 3 replicas on loopback).
 
 One node's address is enough: the store asks it ``INFO cluster`` and uses the cluster client;
-every key of a session shares its hash tag, so its scripts never cross slots.
+every key of a session shares its hash tag, so its scripts never cross slots. With
+``stream_shards`` the frames stream and the job queue spread over the primaries too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.keys import session_key, state_key
+from service.keys import frames_stream_keys, job_queue_keys, session_key, state_key
 from service.main import create_app
 from service.settings import Settings
 from service.store import RedisStore, SessionRecord
@@ -111,8 +112,20 @@ def _wait_job(api: TestClient, job_id: str, timeout_s: float = 120) -> dict:
     raise AssertionError(f"job {job_id} not finished: {status}")
 
 
+def _primaries_holding(cluster: Any, keys: list[str]) -> set[int]:
+    """Ports of the primaries whose slots hold ``keys``."""
+    from redis.cluster import RedisCluster
+
+    client = RedisCluster.from_url(cluster.url)
+    try:
+        return {int(client.get_node_from_key(key).port) for key in keys}
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("shards", [1, 3])
 def test_api_replicas_and_workers_on_a_cluster(
-    cluster: Any, video_frames: list[np.ndarray], mp4_file: Path, tmp_path: Path
+    cluster: Any, video_frames: list[np.ndarray], mp4_file: Path, tmp_path: Path, shards: int
 ) -> None:
     with TestClient(create_app(Settings())) as local:
         want = _track(local, video_frames)
@@ -120,17 +133,20 @@ def test_api_replicas_and_workers_on_a_cluster(
         assert _wait_job(local, job)["state"] == "done"
         want_result = local.get(f"/v1/videos/{job}/result").json()
     exe = shutil.which("ctvis") or str(Path(sys.executable).parent / "ctvis")
-    env = {"CTVIS_JOB_DIR": str(tmp_path / "jobs"), "CTVIS_CHECKPOINT": "tiny-random"}
+    env = {"CTVIS_JOB_DIR": str(tmp_path / "jobs"), "CTVIS_CHECKPOINT": "tiny-random",
+           "CTVIS_STREAM_SHARDS": str(shards)}  # fmt: skip
     worker = subprocess.Popen(
         [exe, "worker", "--redis-url", cluster.url, "--log-level", "warning"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, **env},
     )  # fmt: skip
     try:
-        settings = Settings(redis_url=cluster.url, worker=False, job_dir=str(tmp_path / "jobs"))
+        settings = Settings(redis_url=cluster.url, worker=False,
+                            job_dir=str(tmp_path / "jobs"), stream_shards=shards)  # fmt: skip
         with TestClient(create_app(settings)) as api:
             assert api.get("/readyz").status_code == 200
-            assert _track(api, video_frames) == want  # frames go to the worker over the cluster
+            for _ in range(shards):  # frames go to the worker over the cluster (shards: spread)
+                assert _track(api, video_frames) == want
             job = api.post("/v1/videos", content=mp4_file.read_bytes()).json()["job_id"]
             assert _wait_job(api, job)["state"] == "done"
             assert api.get(f"/v1/videos/{job}/result").json() == want_result
@@ -141,6 +157,11 @@ def test_api_replicas_and_workers_on_a_cluster(
     assert "Traceback" not in out, out
     keys = cluster.all_keys()
     assert all(ttl > 0 for ttl in keys.values()), keys
+    if shards > 1:  # one shard of each stream on every primary (see service.keys.shard_name)
+        primaries = set(cluster.primaries())
+        assert _primaries_holding(cluster, frames_stream_keys("ctvis:frames", shards)) == primaries
+        queues = [q.queue for q in job_queue_keys("ctvis:jobs", shards)]
+        assert _primaries_holding(cluster, queues) == primaries
 
 
 def test_primary_killed_while_sessions_stream_and_a_job_runs() -> None:
