@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     provenance = result.meta["provenance"]
     print(
         f"wrote {args.out}: {cfg.backbone} backbone, {cfg.num_queries} queries, "
-        f"{cfg.num_classes} classes, min_size {result.pre_cfg.min_size}; "
+        f"{cfg.num_classes} classes, min_size {result.preprocess_cfg.min_size}; "
         f"left at init: {len(provenance['left_at_init'])} tensors"
     )
     return 0

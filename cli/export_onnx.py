@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         except CheckpointError as exc:
             print(f"ctvis export-onnx: {exc}", file=sys.stderr)
             return 1
-        segmenter, pre_cfg = loaded.segmenter, loaded.pre_cfg
+        segmenter, pre_cfg = loaded.segmenter, loaded.preprocess_cfg
     else:
         if args.preset not in PRESETS:
             names = ", ".join(sorted(PRESETS))

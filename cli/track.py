@@ -136,7 +136,9 @@ def _load(args: argparse.Namespace) -> tuple[LoadedCheckpoint, Callable[[Any], F
     except CheckpointError as exc:
         raise TrackError(str(exc)) from exc
     if args.tracker:
-        ckpt = dataclasses.replace(ckpt, trk_cfg=_tracker_overrides(ckpt.trk_cfg, args.tracker))
+        ckpt = dataclasses.replace(
+            ckpt, tracker_cfg=_tracker_overrides(ckpt.tracker_cfg, args.tracker)
+        )
     if args.backend == "torch":
         return ckpt, TorchBackend(ckpt.segmenter, device=device)
     onnx_path = Path(args.onnx_model or Path(args.checkpoint) / "model.onnx")
@@ -201,8 +203,8 @@ def _track_one(
                 source,
                 forward_fn,
                 ckpt.model_cfg,
-                ckpt.pre_cfg,
-                ckpt.trk_cfg,
+                ckpt.preprocess_cfg,
+                ckpt.tracker_cfg,
                 video_id=video_id,
                 num_frames=source.num_frames,
                 progress=progress,
@@ -257,7 +259,8 @@ def _run_dataset(args: argparse.Namespace, ckpt: LoadedCheckpoint, forward_fn: A
 
     try:
         run = track_dataset(
-            dataset, args.frames_root, forward_fn, ckpt.model_cfg, ckpt.pre_cfg, ckpt.trk_cfg,
+            dataset, args.frames_root, forward_fn,
+            ckpt.model_cfg, ckpt.preprocess_cfg, ckpt.tracker_cfg,
             on_video=bar, on_results=write,
         )  # fmt: skip
     except DatasetVideoError as exc:

@@ -58,8 +58,8 @@ class LoadedCheckpoint:
 
     segmenter: Segmenter
     model_cfg: ModelConfig
-    pre_cfg: PreprocessConfig
-    trk_cfg: TrackerConfig
+    preprocess_cfg: PreprocessConfig
+    tracker_cfg: TrackerConfig
     meta: dict[str, Any]
 
 

@@ -104,8 +104,10 @@ def reset_reid_head(init: Path, out: Path) -> Path:
         if isinstance(module, torch.nn.Linear):
             module.reset_parameters()
     provenance = {"derived_from": str(init), "reid_head": "re-initialised (torch seed 0)"}
-    save_checkpoint(out, loaded.segmenter, loaded.model_cfg, loaded.pre_cfg, loaded.trk_cfg,
-                    provenance)  # fmt: skip
+    save_checkpoint(
+        out, loaded.segmenter, loaded.model_cfg, loaded.preprocess_cfg, loaded.tracker_cfg,
+        provenance,
+    )  # fmt: skip
     return out
 
 

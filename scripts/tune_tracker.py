@@ -57,9 +57,11 @@ def network_outputs(checkpoint: str, dataset: str, frames_root: str) -> tuple[An
         yield None
         # sizes of a frame as large as the file declares, as track_frames derives them
         blank = np.zeros((1, video.height, video.width, 3), dtype=np.uint8)
-        videos.append((video.id, MaskSizes.of(prepare_frames(blank, ckpt.pre_cfg)), list(chunks)))
+        videos.append(
+            (video.id, MaskSizes.of(prepare_frames(blank, ckpt.preprocess_cfg)), list(chunks))
+        )
 
-    cfgs = (ckpt.model_cfg, ckpt.pre_cfg, ckpt.trk_cfg)
+    cfgs = (ckpt.model_cfg, ckpt.preprocess_cfg, ckpt.tracker_cfg)
     track_dataset(load_videos(dataset), frames_root, forward, *cfgs, on_video=record)
     return ckpt, videos
 
@@ -134,16 +136,16 @@ def main() -> None:
     gt = load_ground_truth(args.dataset)
     ckpt, videos = network_outputs(args.checkpoint, args.dataset, args.frames_root)
     rows = []
-    boxes = args.box if args.box else [ckpt.trk_cfg.box_iou_weight]
-    offsets = args.offset if args.offset else [ckpt.trk_cfg.mask_logit_offset]
+    boxes = args.box if args.box else [ckpt.tracker_cfg.box_iou_weight]
+    offsets = args.offset if args.offset else [ckpt.tracker_cfg.mask_logit_offset]
     grid = itertools.product(args.init, args.match, args.nms, boxes, offsets)
     for init, match, nms, box, offset in grid:
         setting = {"init": init, "match": match, "nms": nms, "box": box, "offset": offset}
         options = {GRID_OPTIONS[flag]: value for flag, value in setting.items()}
-        cfg = tracker_config_from_dict(options, ckpt.trk_cfg)
+        cfg = tracker_config_from_dict(options, ckpt.tracker_cfg)
         rows.append({**setting, **score(ckpt, videos, gt, cfg)})
         print(json.dumps(rows[-1]), file=sys.stderr)
-    current = score(ckpt, videos, gt, ckpt.trk_cfg)
+    current = score(ckpt, videos, gt, ckpt.tracker_cfg)
     rows.sort(key=lambda r: -r["AP"])
     print(
         "| init | match | nms | box | offset | AP | AP50 | AR10 | IDSW |\n"
@@ -152,7 +154,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['init']} | {r['match']} | {r['nms']} | {r['box']} | {r['offset']} | "
               f"{r['AP']} | {r['AP50']} | {r['AR10']} | {r['IDSW']} |")  # fmt: skip
-    t = ckpt.trk_cfg
+    t = ckpt.tracker_cfg
     print(f"\ncheckpoint's own settings ({t.init_score_threshold}, {t.match_threshold}, "
           f"{t.mask_nms_threshold}, box {t.box_iou_weight}, offset {t.mask_logit_offset}): "
           f"{json.dumps(current)}")  # fmt: skip

@@ -76,7 +76,7 @@ def test_float32_on_cuda_matches_official(
     backend = TorchBackend(copy.deepcopy(loaded.segmenter), device="cuda")
     out = backend(reference["input_tensor"][:1])
     assert out.pred_logits.device.type == "cuda"
-    ours = _run_clips(backend, reference["input_tensor"], loaded.pre_cfg.clip_frames)
+    ours = _run_clips(backend, reference["input_tensor"], loaded.preprocess_cfg.clip_frames)
     # GPU reductions sum in another order than the CPU: a few ulps more than the CPU bounds.
     for key, atol in (("pred_logits", 2e-4), ("pred_masks", 2e-3), ("pred_embeds", 2e-4)):
         worst = float((ours[key] - reference[key]).abs().max())
@@ -93,7 +93,7 @@ def test_half_precision_channels_last_on_cuda(
         dtype=dtype,  # type: ignore[arg-type]
         channels_last=True,
     )
-    ours = _run_clips(backend, reference["input_tensor"], loaded.pre_cfg.clip_frames)
+    ours = _run_clips(backend, reference["input_tensor"], loaded.preprocess_cfg.clip_frames)
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in ours.values())
     probs = ours["pred_logits"].softmax(-1)
     ref_probs = reference["pred_logits"].softmax(-1)
@@ -115,7 +115,12 @@ def test_video_on_cuda_equals_official_result(loaded: LoadedCheckpoint, fixtures
     expected = json.loads((fixtures_dir / "video_result.json").read_text())
     backend = TorchBackend(copy.deepcopy(loaded.segmenter), device="cuda")
     result = track_frames(
-        iter(frames), backend, loaded.model_cfg, loaded.pre_cfg, loaded.trk_cfg, video_id=1
+        iter(frames),
+        backend,
+        loaded.model_cfg,
+        loaded.preprocess_cfg,
+        loaded.tracker_cfg,
+        video_id=1,
     )
     assert [r["category_id"] for r in result.results] == [r["category_id"] for r in expected]
     for ours, ref in zip(result.results, expected, strict=True):

@@ -59,20 +59,20 @@ def frame0(loaded: LoadedCheckpoint, reference: dict[str, Any]) -> dict[str, Any
 
 
 def test_config_read_from_official_yaml(loaded: LoadedCheckpoint, reference: dict[str, Any]):
-    assert loaded.pre_cfg.min_size == reference["min_size_test"] == 104
-    assert loaded.pre_cfg.max_size == reference["max_size_test"]
-    assert loaded.pre_cfg.size_divisibility == reference["size_divisibility"]
-    assert loaded.pre_cfg.clip_frames == reference["num_clip_frames"]
-    assert torch.allclose(torch.tensor(loaded.pre_cfg.pixel_mean), reference["pixel_mean"])
-    assert torch.allclose(torch.tensor(loaded.pre_cfg.pixel_std), reference["pixel_std"])
+    assert loaded.preprocess_cfg.min_size == reference["min_size_test"] == 104
+    assert loaded.preprocess_cfg.max_size == reference["max_size_test"]
+    assert loaded.preprocess_cfg.size_divisibility == reference["size_divisibility"]
+    assert loaded.preprocess_cfg.clip_frames == reference["num_clip_frames"]
+    assert torch.allclose(torch.tensor(loaded.preprocess_cfg.pixel_mean), reference["pixel_mean"])
+    assert torch.allclose(torch.tensor(loaded.preprocess_cfg.pixel_std), reference["pixel_std"])
     assert loaded.model_cfg.num_queries == 16 and loaded.model_cfg.decoder_layers == 4
-    assert loaded.trk_cfg.match_threshold == 0.3
+    assert loaded.tracker_cfg.match_threshold == 0.3
 
 
 def test_resized_frames_are_exact(
     loaded: LoadedCheckpoint, frames: np.ndarray, reference: dict[str, Any]
 ):
-    ours = np.stack([resize_frame(f, loaded.pre_cfg) for f in frames]).transpose(0, 3, 1, 2)
+    ours = np.stack([resize_frame(f, loaded.preprocess_cfg) for f in frames]).transpose(0, 3, 1, 2)
     official = reference["resized_images_uint8"].numpy()
     assert ours.shape == official.shape
     differing = int((ours != official).sum())
@@ -80,7 +80,7 @@ def test_resized_frames_are_exact(
 
 
 def test_input_tensor(loaded: LoadedCheckpoint, frames: np.ndarray, reference: dict[str, Any]):
-    batch = prepare_frames(frames, loaded.pre_cfg)
+    batch = prepare_frames(frames, loaded.preprocess_cfg)
     assert list(batch.image_sizes[0]) == reference["image_size_resized"]
     assert list(batch.original_sizes[0]) == reference["original_size"]
     assert list(batch.padded_size) == reference["padded_size"]
@@ -124,7 +124,7 @@ def test_frame0_decoder_predictions(frame0: dict[str, Any], reference: dict[str,
 
 def test_final_outputs_in_clips_of_5(loaded: LoadedCheckpoint, reference: dict[str, Any]):
     pixels = reference["input_tensor"]
-    clip = loaded.pre_cfg.clip_frames
+    clip = loaded.preprocess_cfg.clip_frames
     with torch.no_grad():
         outputs = [loaded.segmenter(pixels[s : s + clip]) for s in range(0, len(pixels), clip)]
     tolerances = {

@@ -23,7 +23,7 @@ def test_cached_outputs_score_like_the_track_cli(tmp_path: Path) -> None:
     frames = str(tmp_path / "synth" / "frames")
     ckpt, videos = tune.network_outputs(str(DEMO_CHECKPOINT), str(gt_path), frames)
     gt = load_ground_truth(gt_path)
-    ours = tune.score(ckpt, videos, gt, ckpt.trk_cfg)
+    ours = tune.score(ckpt, videos, gt, ckpt.tracker_cfg)
 
     out = tmp_path / "results.json"
     argv = ["track", "--dataset", str(gt_path), "--frames-root", frames, "--out", str(out)]
@@ -33,11 +33,11 @@ def test_cached_outputs_score_like_the_track_cli(tmp_path: Path) -> None:
     assert ours["IDSW"] == ev.id_switches
     # another setting gives another result set: the config reaches the tracker (no score
     # exceeds 1, so no track starts)
-    strict = dataclasses.replace(ckpt.trk_cfg, init_score_threshold=1.0)
+    strict = dataclasses.replace(ckpt.tracker_cfg, init_score_threshold=1.0)
     assert tune.score(ckpt, videos, gt, strict)["AR10"] == 0.0
     assert json.loads(out.read_text())  # the CLI wrote results
     # the mask threshold option scores as the CLI's override of it does
-    grown = dataclasses.replace(ckpt.trk_cfg, mask_logit_offset=1.0)
+    grown = dataclasses.replace(ckpt.tracker_cfg, mask_logit_offset=1.0)
     offset_out = tmp_path / "offset.json"
     argv = ["track", "--dataset", str(gt_path), "--frames-root", frames, "--out", str(offset_out)]
     argv += ["--tracker", "mask_logit_offset=1.0", "--no-progress", "--device", "cpu"]

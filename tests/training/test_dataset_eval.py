@@ -52,8 +52,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _run(ckpt: LoadedCheckpoint, data: Any, frames: Path, **kwargs: Any) -> Any:
-    return track_dataset(data, frames, ckpt.segmenter, ckpt.model_cfg, ckpt.pre_cfg,
-                         ckpt.trk_cfg, **kwargs)  # fmt: skip
+    return track_dataset(data, frames, ckpt.segmenter, ckpt.model_cfg, ckpt.preprocess_cfg,
+                         ckpt.tracker_cfg, **kwargs)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,10 @@ def test_convert_and_load_round_trip(fixtures_dir, config_path, official_state, 
     converted = convert_official(ckpt, config_path, tmp_path / "out")
     loaded = load_checkpoint(tmp_path / "out")
     assert loaded.model_cfg == converted.model_cfg
-    assert loaded.pre_cfg == converted.pre_cfg and loaded.trk_cfg == converted.trk_cfg
+    assert (
+        loaded.preprocess_cfg == converted.preprocess_cfg
+        and loaded.tracker_cfg == converted.tracker_cfg
+    )
     assert not loaded.segmenter.training
     state = loaded.segmenter.state_dict()
     for key, value in official_state.items():
@@ -99,8 +102,8 @@ def test_base_chain_is_resolved(config_path, fixtures_dir, tmp_path):
     child = {"_BASE_": "base/Base.yaml", "INPUT": {"MIN_SIZE_TEST": 96}}
     cfg = _write_yaml(tmp_path / "Child.yaml", child)
     result = convert_official(fixtures_dir / "model_final.pth", cfg, tmp_path / "out")
-    assert result.pre_cfg.min_size == 96
-    assert result.pre_cfg.max_size == 1333  # from the base
+    assert result.preprocess_cfg.min_size == 96
+    assert result.preprocess_cfg.max_size == 1333  # from the base
     assert result.model_cfg.hidden_dim == 64
 
 
