@@ -58,7 +58,8 @@ def format_table(metrics: dict[str, Any], per_category: dict[str, float]) -> str
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print; exit 1 with a message on a missing or malformed file, or (with
     ``--strict``) on results whose label space is not the ground truth's."""
-    from training.ytvis_eval import evaluate, label_space_mismatch
+    from training.label_space import label_space_mismatch
+    from training.ytvis_eval import evaluate
     from training.ytvis_json import YtvisFormatError, load_ground_truth, load_results
 
     start = time.perf_counter()

@@ -25,7 +25,8 @@ from model.pipeline import ProgressFn
 from model.structures import FrameOutputs
 from model.video.reader import FrameSource
 from model.video.runner import track_frames
-from training.ytvis_eval import EvalResult, LabelSpaceMismatch, evaluate, label_space_mismatch
+from training.label_space import LabelSpaceMismatch, label_space_mismatch
+from training.ytvis_eval import EvalResult, evaluate
 from training.ytvis_json import GroundTruth, Video, parse_results
 
 __all__ = [

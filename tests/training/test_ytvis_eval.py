@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from training.label_space import LabelSpaceMismatch, label_space_mismatch
 from training.ytvis_eval import (
     METRIC_KEYS,
     EvalResult,
-    LabelSpaceMismatch,
     evaluate,
     evaluate_files,
     frame_intersections,
-    label_space_mismatch,
     video_iou,
 )
 from training.ytvis_json import GroundTruth, YtvisFormatError, parse_ground_truth, parse_results
