@@ -179,6 +179,24 @@ def _jobs_loop(base: str, video: bytes, every_s: float, stop: threading.Event,
     return ids
 
 
+def _drain_jobs(base: str, job_ids: list[str], drain_s: float, report: SoakReport) -> None:
+    """Wait up to ``drain_s`` for the submitted jobs to end; count done, failed and lost."""
+    deadline = time.monotonic() + drain_s
+    pending = set(job_ids)
+    with httpx.Client(base_url=base, timeout=30) as http:
+        while pending and time.monotonic() < deadline:
+            for job_id in list(pending):
+                state = http.get(f"/v1/videos/{job_id}").json().get("state")
+                if state == "done":
+                    report.jobs_done += 1
+                    pending.discard(job_id)
+                elif state in ("failed", "cancelled", "dead_letter"):
+                    report.jobs_failed += 1
+                    pending.discard(job_id)
+            time.sleep(0.5)
+    report.jobs_lost = len(pending)
+
+
 def run_soak(redis_url: str, sessions: int, duration_s: float, kill_every_s: float,
              workers: int = 2, job_every_s: float = 10.0, sample_s: float = 10.0,
              drain_s: float = 120.0) -> SoakReport:  # fmt: skip
@@ -233,20 +251,7 @@ def run_soak(redis_url: str, sessions: int, duration_s: float, kill_every_s: flo
         stop.set()
         for t in [*threads, job_thread]:
             t.join(timeout=180)
-        deadline = time.monotonic() + drain_s
-        pending = set(job_ids)
-        with httpx.Client(base_url=cluster.base, timeout=30) as http:
-            while pending and time.monotonic() < deadline:
-                for job_id in list(pending):
-                    state = http.get(f"/v1/videos/{job_id}").json().get("state")
-                    if state == "done":
-                        report.jobs_done += 1
-                        pending.discard(job_id)
-                    elif state in ("failed", "cancelled", "dead_letter"):
-                        report.jobs_failed += 1
-                        pending.discard(job_id)
-                time.sleep(0.5)
-        report.jobs_lost = len(pending)
+        _drain_jobs(cluster.base, job_ids, drain_s, report)
     finally:
         stop.set()
         cluster.stop()
