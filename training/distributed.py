@@ -104,7 +104,8 @@ def check_shared_out_dir(out: Path, env: Dist, timeout_s: float = 10.0) -> None:
 
     Rank 0 creates ``out`` and writes ``out/.shared-fs-check-<token>`` (a fresh random token,
     broadcast to the others); after a barrier every rank looks for it; the verdicts are
-    all-reduced so that all ranks raise together; rank 0 then removes the marker. A
+    all-reduced so that all ranks raise together; rank 0 then removes the marker and every rank
+    waits for that (a barrier), so no rank returns while the marker is still there. A
     one-process run has nothing to check.
 
     Raises:
@@ -123,9 +124,9 @@ def check_shared_out_dir(out: Path, env: Dist, timeout_s: float = 10.0) -> None:
     missing = torch.zeros(env.world_size, dtype=torch.int32, device=env.device)
     missing[env.rank] = int(not seen)
     dist.all_reduce(missing)
-    dist.barrier()
     if env.main:
         marker.unlink(missing_ok=True)
+    dist.barrier()  # no rank goes on (and writes to ``out``) before the marker is gone
     if int(missing.sum()):
         ranks = torch.nonzero(missing).flatten().tolist()
         raise SharedFilesystemError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,19 @@ def test_init_forms_the_cluster_of_the_defined_nodes_for_api_and_workers(
     assert (ROOT / mount[0]).resolve() == INIT
 
 
+def _roles(port: int, timeout_s: float = 15.0) -> dict[str, int]:
+    """Primaries and replicas in the node table (replicas attach a moment after the create)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with redis.Redis(port=port) as client:
+            table = client.execute_command("CLUSTER", "NODES").decode().splitlines()
+        flags = [line.split()[2].split(",") for line in table]
+        roles = {role: sum(role in f for f in flags) for role in ("master", "slave")}
+        if roles == {"master": 3, "slave": 3} or time.monotonic() > deadline:
+            return roles
+        time.sleep(0.2)
+
+
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_init_script_forms_a_cluster_and_leaves_a_formed_one_alone(tmp_path: Path) -> None:
     ports: list[int] = []
@@ -94,10 +108,7 @@ def test_init_script_forms_a_cluster_and_leaves_a_formed_one_alone(tmp_path: Pat
         assert "cluster formed" in first.stdout
         info = _cluster._cluster_info(ports[0])
         assert info["cluster_state"] == "ok" and int(info["cluster_size"]) == 3
-        with redis.Redis(port=ports[0]) as client:
-            roles = client.execute_command("CLUSTER", "NODES").decode().splitlines()
-        assert sum("master" in line for line in roles) == 3
-        assert sum("slave" in line for line in roles) == 3
+        assert _roles(ports[0]) == {"master": 3, "slave": 3}
         again = subprocess.run(
             ["sh", str(INIT)], env=env, capture_output=True, text=True, timeout=60, check=False
         )

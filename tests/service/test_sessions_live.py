@@ -26,7 +26,7 @@ from tests.service.test_session_limits import BAD_TRACKER_BODIES
 def server() -> Iterator[LiveServer]:
     env = {
         "CTVIS_MAX_SESSIONS": "3",
-        "CTVIS_SESSION_TTL_S": "2",
+        "CTVIS_SESSION_TTL_S": "3",
         "CTVIS_BODY_IDLE_TIMEOUT_S": "1",
         "CTVIS_HEADER_TIMEOUT_S": "1",
     }
@@ -51,12 +51,12 @@ def test_tracker_options_refused_and_memory_flat(server: LiveServer) -> None:
 
 
 def test_abandoned_sessions_free_their_slots(server: LiveServer) -> None:
-    time.sleep(2.5)  # sessions of other tests expire first
+    time.sleep(3.5)  # sessions of other tests expire first
     for _ in range(3):
         assert httpx.post(server.url + "/v1/sessions", timeout=10).status_code == 201
     refused = httpx.post(server.url + "/v1/sessions", timeout=10)
     assert refused.status_code == 429 and refused.json()["code"] == "too_many_sessions"
-    time.sleep(3.0)  # nobody deletes them: their TTL (2 s) passes
+    time.sleep(4.0)  # nobody deletes them: their TTL (3 s) passes
     assert httpx.post(server.url + "/v1/sessions", timeout=10).status_code == 201
 
 
@@ -133,10 +133,10 @@ def test_incomplete_headers_are_dropped_but_websockets_stay(
         for _ in range(2):
             assert client.get("/healthz").status_code == 200
             time.sleep(1.5)
-    time.sleep(2.5)  # free the session slots of the other tests
+    time.sleep(3.5)  # free the session slots of the other tests
     created = httpx.post(server.url + "/v1/sessions", timeout=10).json()
     url = f"{server.ws_url}/v1/sessions/{created['session_id']}/stream?token={created['token']}"
     with connect(url, open_timeout=10) as ws:
-        time.sleep(1.5)  # longer than the header deadline
+        time.sleep(1.2)  # longer than the header deadline (1 s), within the TTL (3 s)
         ws.send(png_bytes(video_frames[0]))
         assert '"type":"frame"' in str(ws.recv(timeout=30)).replace(" ", "")
