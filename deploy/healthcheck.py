@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-WORKER_GROUP = "ctvis-workers"  # service.frame_stream.WORKER_GROUP (a test keeps them equal)
+WORKER_GROUP = "ctvis-workers"  # service.keys.WORKER_GROUP (a test keeps them equal)
 SLOTS = 16384  # hash slots of a Redis Cluster
 
 

@@ -246,8 +246,7 @@ def job_holder(stack: Stack) -> str | None:
     """Hostname of the worker that holds the (only) pending entry of the jobs stream or its
     shards (the key names come from the service's own code: the same tree the image was
     built from)."""
-    from service.jobs.redis_manager import JOB_GROUP, JOBS_STREAM
-    from service.keys import jobs_stream_key
+    from service.keys import JOB_GROUP, JOBS_STREAM, jobs_stream_key
 
     shards = stack.stream_shards
     for shard in range(shards):
@@ -261,8 +260,7 @@ def job_holder(stack: Stack) -> str | None:
 
 def job_field(stack: Stack, job_id: str, field: str) -> str:
     """One field of the job's Redis hash."""
-    from service.jobs.redis_manager import JOBS_STREAM
-    from service.keys import job_key
+    from service.keys import JOBS_STREAM, job_key
 
     key = job_key(JOBS_STREAM, job_id, stack.stream_shards)
     return stack.redis_cli("HGET", key, field).strip()

@@ -35,7 +35,14 @@ from model.tracker.state import TrackState
 from service.auth import new_id
 from service.engine import Engine, FrameItem, FrameOutcome
 from service.errors import ApiError, store_unavailable
-from service.keys import frames_stream_key, frames_stream_keys, reply_key, shard_of
+from service.keys import (
+    FRAMES_STREAM,
+    WORKER_GROUP,
+    frames_stream_key,
+    frames_stream_keys,
+    reply_key,
+    shard_of,
+)
 from service.metrics import Metrics
 from service.redis_conn import LazyAsyncClient, RedisMode
 from service.shard_reader import ShardBatch, ShardReader, pack
@@ -45,8 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ctvis.worker")
 
-FRAMES_STREAM = "ctvis:frames"
-WORKER_GROUP = "ctvis-workers"
 REPLY_TTL_S = 120
 STREAM_MAXLEN = 10_000
 STREAM_TTL_S = 3600

@@ -22,6 +22,14 @@ from typing import NamedTuple
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 PREFIX = "ctvis:"
+FRAMES_STREAM = "ctvis:frames"
+"""Default name of the frames stream (``CTVIS_FRAMES_STREAM``)."""
+JOBS_STREAM = "ctvis:jobs"
+"""Default name of the video-job queue (``CTVIS_JOBS_STREAM``)."""
+WORKER_GROUP = "ctvis-workers"
+"""Consumer group of the frame workers on every frames-stream shard."""
+JOB_GROUP = "ctvis-job-workers"
+"""Consumer group of the job workers on every job-queue shard."""
 
 
 def session_key(session_id: str) -> str:

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.keys import FRAMES_STREAM, JOBS_STREAM
 from service.redis_conn import SENTINEL_SCHEME, parse_sentinel_url
 
 
@@ -152,7 +153,7 @@ class Settings(BaseSettings):
         30.0, gt=0, description="How long the API waits for a worker's reply (then 503)."
     )
     frames_stream: str = Field(
-        "ctvis:frames", min_length=1, description="Redis stream carrying frames to workers."
+        FRAMES_STREAM, min_length=1, description="Redis stream carrying frames to workers."
     )
     stream_shards: int = Field(
         1,
@@ -192,7 +193,7 @@ class Settings(BaseSettings):
         4, ge=1, description="Clips between progress checkpoints of a video job."
     )
     job_ttl_s: int = Field(86_400, ge=60, description="How long job records are kept.")
-    jobs_stream: str = Field("ctvis:jobs", min_length=1, description="Redis stream of jobs.")
+    jobs_stream: str = Field(JOBS_STREAM, min_length=1, description="Redis stream of jobs.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the service."
     )

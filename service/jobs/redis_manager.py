@@ -43,12 +43,10 @@ from service.errors import ApiError, store_unavailable
 from service.jobs.admission import JobLimits, storage_full, too_many_jobs
 from service.jobs.status import FINAL_STATES, REDIS_FIELDS, JobOptions, JobStatus
 from service.jobs.video import new_job_dir, validate_or_discard
-from service.keys import JobQueueKeys, job_key, job_queue_keys, shard_of
+from service.keys import JOBS_STREAM, JobQueueKeys, job_key, job_queue_keys, shard_of
 from service.redis_conn import LazyAsyncClient, RedisMode
 
-JOBS_STREAM = "ctvis:jobs"
 """Default name of the job queue (``CTVIS_JOBS_STREAM``); its keys derive from it."""
-JOB_GROUP = "ctvis-job-workers"
 """The workers' consumer group on the jobs stream."""
 
 # Both scripts: KEYS: pending zset, pending-bytes hash of one shard; they first drop the

@@ -22,10 +22,9 @@ from typing import Any, cast
 
 from model.video.progress import progress_frames
 from model.video.runner import Cancelled
-from service.jobs.redis_manager import JOB_GROUP, JOBS_STREAM
 from service.jobs.status import FINAL_STATES, REDIS_FIELDS, JobState, JobStatus, field_from_redis
 from service.jobs.video import job_error, run_video_job
-from service.keys import JobQueueKeys, job_key, job_queue_keys, shard_of
+from service.keys import JOB_GROUP, JOBS_STREAM, JobQueueKeys, job_key, job_queue_keys, shard_of
 from service.metrics import Metrics
 from service.redis_conn import RedisMode, open_sync
 from service.served import ServedModel

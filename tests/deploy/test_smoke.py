@@ -189,8 +189,7 @@ class FakeStack(drive.Stack):
         return [f"{service}-id"]
 
     def exec(self, container: str, *argv: str, timeout: float = 60) -> str:
-        from service.jobs.redis_manager import JOB_GROUP, JOBS_STREAM
-        from service.keys import jobs_stream_key
+        from service.keys import JOB_GROUP, JOBS_STREAM, jobs_stream_key
 
         cli = ("redis-cli", "-c") if self.cluster else ("redis-cli",)
         assert container == ("redis-node-1-id" if self.cluster else "redis-id")

@@ -12,8 +12,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from service.frame_stream import WORKER_GROUP
-from service.keys import frames_stream_key, frames_stream_keys, shard_of
+from service.keys import WORKER_GROUP, frames_stream_key, frames_stream_keys, shard_of
 from service.main import create_app
 from service.settings import Settings
 from tests.service.conftest import png_bytes
