@@ -221,6 +221,31 @@ def _combine(videos: Sequence[AssocScores]) -> AssocScores:
     return _scores(ids, weighted / np.maximum(1.0, tp), tp, fn, fp)
 
 
+def video_scores_from_iou(
+    gt_ids: Sequence[np.ndarray],
+    dt_ids: Sequence[np.ndarray],
+    iou: Sequence[np.ndarray],
+    num_gt: int,
+    num_dt: int,
+) -> AssocScores:
+    """Scores of one video from its detections' IoUs, for callers that have them without
+    masks (the re-id study's cached outputs, ``training.reid_study.evaluate``).
+
+    Args:
+        gt_ids, dt_ids: per frame, the int64 indices of the ground-truth and predicted
+            identities detected there (``0..num_gt-1`` / ``0..num_dt-1``).
+        iou: per frame, the float64 [len(gt_ids[t]), len(dt_ids[t])] mask IoU matrix.
+        num_gt, num_dt: identities in the video.
+    """
+    f = _Frames(list(gt_ids), list(dt_ids), list(iou), num_gt, num_dt)
+    return _scores(_identity_counts(f), *_hota_counts(f))
+
+
+def combine_scores(videos: Sequence[AssocScores]) -> AssocScores:
+    """The overall scores of several videos (summed counts, TP-weighted AssA per alpha)."""
+    return _combine(list(videos))
+
+
 def association_metrics(gt: GroundTruth, results: Sequence[Track]) -> AssocResult:
     """IDF1 and HOTA/AssA per video and overall (definitions: module docstring).
 
