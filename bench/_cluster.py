@@ -52,14 +52,18 @@ def _spawn_redis(port: int, args: list[str], workdir: Path) -> subprocess.Popen[
         ["redis-server", *args], cwd=node_dir,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    for _ in range(100):
+    deadline = time.monotonic() + 20  # a loaded 2-core machine can take seconds
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if _ask(port, "PING"):
                 return proc
         except redis.ConnectionError:
             time.sleep(0.05)
+    code = proc.poll()
     proc.kill()
-    raise RuntimeError(f"redis process on {port} did not start")
+    proc.wait()
+    why = f"exited with {code} (port taken?)" if code is not None else "did not answer in 20 s"
+    raise RuntimeError(f"redis process on {port} {why}")
 
 
 def _stop_all(procs: dict[int, subprocess.Popen[bytes]]) -> None:
